@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install everything first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned here (the CPU build on this project's machines); pyproject keeps a range.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev]"
+	# elasticdeform's PyPI wheel was built against NumPy 1 and fails under NumPy 2: build it from source.
+	$(BIN)/python -m pip install -q --no-binary elasticdeform elasticdeform
+	$(BIN)/python -c "import elasticdeform, torch, onnxruntime, SimpleITK; print('installed: torch', torch.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/labelaudit demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs audits demo

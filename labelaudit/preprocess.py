@@ -1,0 +1,205 @@
+"""Preprocessing fitted at training time, saved in run.json and applied identically at scoring.
+
+Pure numpy (no torch): scoring and `check` use it too.
+Array legend: S slices, C channels, H x W in-plane pixels (after the slicing axis is moved first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import InputError, ModelError
+from .io import resample_slices
+from .types import Case
+
+#: Foreground percentiles for CT clipping, as nnU-Net's CTNormalization.
+CT_PERCENTILES = (0.5, 99.5)
+_SAMPLES_PER_CASE = 20_000
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Label values in the files <-> class indices 0..K-1 used by the networks."""
+
+    values: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def from_declared(cls, declared: dict[str, int] | None, found: Iterable[int] = ()) -> LabelMap:
+        """From dataset.json labels when given, else from the values found in the labels."""
+        if declared:
+            pairs = sorted((v, k) for k, v in declared.items())
+        else:
+            pairs = [(int(v), "background" if int(v) == 0 else f"label_{int(v)}") for v in sorted(set(found) | {0})]
+        return cls(tuple(v for v, _ in pairs), tuple(n for _, n in pairs))
+
+    def encode(self, label: np.ndarray) -> np.ndarray:
+        """Label values -> class indices (int64). Unknown values raise InputError."""
+        lut_size = max(self.values) + 1
+        values = np.unique(label)
+        unknown = sorted(int(v) for v in values if int(v) not in self.values)
+        if unknown:
+            raise InputError(f"label values {unknown} are not among the model's classes {list(self.values)}")
+        if min(self.values) >= 0 and lut_size <= 65536:
+            lut = np.zeros(lut_size, dtype=np.int64)
+            lut[list(self.values)] = np.arange(self.num_classes)
+            return lut[label.astype(np.int64)]
+        out = np.zeros(label.shape, dtype=np.int64)
+        for index, value in enumerate(self.values):
+            out[label == value] = index
+        return out
+
+    def decode(self, classes: np.ndarray) -> np.ndarray:
+        """Class indices -> label values, in the smallest integer type that holds them."""
+        dtype = np.uint8 if max(self.values) < 256 and min(self.values) >= 0 else np.int32
+        return np.asarray(self.values, dtype=dtype)[classes]
+
+    def to_json(self) -> dict:
+        return {"values": list(self.values), "names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LabelMap:
+        return cls(tuple(int(v) for v in data["values"]), tuple(str(n) for n in data["names"]))
+
+
+@dataclass(frozen=True)
+class ChannelNorm:
+    """How one channel is normalised: `ct` (clip to foreground percentiles, global z-score) or `zscore` (per case)."""
+
+    kind: str
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything scoring needs to turn a case into network input exactly as in training."""
+
+    channels: tuple[ChannelNorm, ...]
+    target_spacing: tuple[float, float] | None = None  # in-plane (rows, columns) mm; None keeps native pixels
+    divisor: int = 16  # network input H, W are padded to a multiple of this
+
+    def to_json(self) -> dict:
+        return {"channels": [asdict(c) for c in self.channels],
+                "target_spacing": list(self.target_spacing) if self.target_spacing else None,
+                "divisor": self.divisor}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Preprocessing:
+        try:
+            return cls(tuple(ChannelNorm(**c) for c in data["channels"]),
+                       tuple(data["target_spacing"]) if data.get("target_spacing") else None,
+                       int(data.get("divisor", 16)))
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"run.json: invalid 'preprocessing' ({exc})") from exc
+
+    def resample_factor(self, case: Case) -> tuple[float, float]:
+        """Output pixels per input pixel along (rows, columns)."""
+        if self.target_spacing is None:
+            return (1.0, 1.0)
+        spacing = case.geometry.in_plane_spacing()
+        return (spacing[0] / self.target_spacing[0], spacing[1] / self.target_spacing[1])
+
+
+def is_ct(channel_name: str) -> bool:
+    return channel_name.strip().upper() in ("CT", "CT_HU", "HU")
+
+
+def fit_preprocessing(cases: Iterable[Case], channel_names: list[str], label_map: LabelMap,
+                      target_spacing: tuple[float, float] | None = None, seed: int = 0) -> Preprocessing:
+    """Fit intensity normalisation on training cases (nnU-Net's rules).
+
+    CT channels: clip to the 0.5/99.5 percentiles of foreground voxels over all cases, then subtract
+    their mean and divide by their std. Other channels: z-score per case at application time.
+    """
+    rng = np.random.default_rng(seed)
+    samples: list[list[np.ndarray]] = [[] for _ in channel_names]
+    for case in cases:
+        if case.label is None:
+            continue
+        foreground = case.label.array != 0
+        if not foreground.any():
+            continue
+        for c, name in enumerate(channel_names):
+            if is_ct(name):
+                voxels = case.channels[c].array[foreground]
+                take = min(voxels.size, _SAMPLES_PER_CASE)
+                samples[c].append(rng.choice(voxels, size=take, replace=False).astype(np.float64))
+    norms = []
+    for c, name in enumerate(channel_names):
+        if is_ct(name) and samples[c]:
+            pooled = np.concatenate(samples[c])
+            low, high = np.percentile(pooled, CT_PERCENTILES)
+            clipped = np.clip(pooled, low, high)
+            norms.append(ChannelNorm("ct", float(low), float(high), float(clipped.mean()),
+                                     float(max(clipped.std(), 1e-6))))
+        else:
+            norms.append(ChannelNorm("zscore"))
+    return Preprocessing(tuple(norms), target_spacing)
+
+
+def normalise_image(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Normalise a (S, C, H, W) stack of one case; returns float32."""
+    if image.shape[1] != len(prep.channels):
+        raise ModelError(f"image has {image.shape[1]} channels, the model expects {len(prep.channels)}")
+    out = np.empty(image.shape, dtype=np.float32)
+    for c, norm in enumerate(prep.channels):
+        channel = image[:, c].astype(np.float32)
+        if norm.kind == "ct":
+            out[:, c] = (np.clip(channel, norm.clip_low, norm.clip_high) - norm.mean) / norm.std
+        else:
+            mean, std = float(channel.mean()), float(channel.std())
+            out[:, c] = (channel - mean) / max(std, 1e-6)
+    return out
+
+
+def prepare_case(case: Case, prep: Preprocessing, label_map: LabelMap | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A case as network input: image (S, C, h, w) float32 and, with a label map, classes (S, h, w) int64.
+
+    h, w are the in-plane sizes after resampling to `prep.target_spacing` (no padding here).
+    """
+    image = normalise_image(case.image_slices(), prep)
+    factor = prep.resample_factor(case)
+    image = resample_slices(image, factor, order=1)
+    classes = None
+    if label_map is not None and case.label is not None:
+        classes = resample_slices(label_map.encode(case.label_slices()), factor, order=0)
+    return image, classes
+
+
+def pad_to_multiple(array: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Zero-pad the last two axes up to a multiple of `divisor` (bottom/right). Returns (padded, (h, w))."""
+    h, w = array.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph == 0 and pw == 0:
+        return array, (h, w)
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(array, pad, mode="constant"), (h, w)
+
+
+def restore_in_plane(stack: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+    """Resample a (S, h, w) stack back to the case's native in-plane `size` (H, W)."""
+    h, w = stack.shape[-2:]
+    if (h, w) == tuple(size):
+        return stack
+    return resample_slices(stack, (size[0] / h, size[1] / w), order=order)
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for the networks, with what is needed to map results back."""
+
+    case_id: str
+    image: np.ndarray  # (S, C, h, w) float32
+    classes: np.ndarray | None  # (S, h, w) int64
+    native_size: tuple[int, int] = field(default=(0, 0))  # (H, W) before resampling

@@ -1,0 +1,194 @@
+"""Typed values that cross module boundaries: geometry travels with voxels.
+
+Array legend: arrays are in numpy order, i.e. the reverse of ITK's (x, y, z):
+a 3D array has shape (Z, Y, X), a 2D one (Y, X). A multi-channel image is
+a tuple of single-channel volumes on one grid. A *slice stack* moves the
+through-plane axis to the front: (S, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: Default tolerances for comparing grids: a NIfTI round trip moves the origin by ~4e-7 mm.
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels sit in patient space, as SimpleITK reports it (ITK axis order)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major ndim x ndim matrix
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The numpy array shape of a volume on this grid."""
+        return tuple(reversed(self.size))
+
+    def differences(
+        self,
+        other: Geometry,
+        spacing_rtol: float = SPACING_RTOL,
+        origin_atol: float = ORIGIN_ATOL_MM,
+        direction_atol: float = DIRECTION_ATOL,
+    ) -> list[str]:
+        """Describe how `other` differs from this grid beyond tolerance; empty when they match."""
+        if self.ndim != other.ndim:
+            return [f"dimension {self.ndim}D vs {other.ndim}D"]
+        found = []
+        if self.size != other.size:
+            found.append(f"size {_fmt(self.size)} vs {_fmt(other.size)}")
+        if not all(math.isclose(a, b, rel_tol=spacing_rtol) for a, b in zip(self.spacing, other.spacing)):
+            found.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+        if not all(abs(a - b) <= origin_atol for a, b in zip(self.origin, other.origin)):
+            found.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
+        if not all(abs(a - b) <= direction_atol for a, b in zip(self.direction, other.direction)):
+            found.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+        return found
+
+    def slicing_axis(self) -> int:
+        """The numpy axis that 2D slices are taken along (interface.md).
+
+        The ITK axis with the largest spacing; on a tie the last ITK axis, which is
+        numpy axis 0. 2D grids have no through-plane axis and return -1.
+        """
+        if self.ndim < 3:
+            return -1
+        largest = max(self.spacing)
+        itk_axis = max(i for i, s in enumerate(self.spacing) if math.isclose(s, largest, rel_tol=SPACING_RTOL))
+        return self.ndim - 1 - itk_axis
+
+    def in_plane_spacing(self) -> tuple[float, float]:
+        """Pixel spacing (rows, columns) in mm of the slices taken along `slicing_axis`."""
+        numpy_spacing = tuple(reversed(self.spacing))
+        if self.ndim < 3:
+            return (numpy_spacing[0], numpy_spacing[1])
+        axis = self.slicing_axis()
+        rest = [s for i, s in enumerate(numpy_spacing) if i != axis]
+        return (rest[0], rest[1])
+
+    def to_json(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Geometry:
+        return cls(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
+                   tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
+
+
+def _fmt(values: tuple) -> str:
+    return "×".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+@dataclass
+class Volume:
+    """An array in numpy order plus the grid it lives on."""
+
+    array: np.ndarray
+    geometry: Geometry
+
+    def __post_init__(self) -> None:
+        if tuple(self.array.shape) != self.geometry.shape:
+            raise ValueError(f"array shape {self.array.shape} does not match geometry {self.geometry.shape}")
+
+    def to_slices(self) -> np.ndarray:
+        """The volume as a slice stack (S, H, W) along the slicing axis (a view, not a copy)."""
+        return to_slices(self.array, self.geometry)
+
+
+def to_slices(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Move the slicing axis of `array` (numpy order, shape `geometry.shape`) to the front: (S, H, W)."""
+    if geometry.ndim < 3:
+        return array[np.newaxis]
+    return np.moveaxis(array, geometry.slicing_axis(), 0)
+
+
+def from_slices(stack: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Inverse of `to_slices`: a (S, H, W) stack back to the array shape of `geometry`."""
+    if geometry.ndim < 3:
+        return stack[0]
+    return np.moveaxis(stack, 0, geometry.slicing_axis())
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """The files of one case, before anything is read."""
+
+    case_id: str
+    image_paths: tuple[Path, ...]  # one per channel, in channel order
+    label_path: Path | None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.image_paths + ((self.label_path,) if self.label_path else ())
+
+
+@dataclass
+class Case:
+    """One case read into memory: image channels and label on one grid."""
+
+    case_id: str
+    channels: tuple[Volume, ...]
+    label: Volume | None
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.label.geometry if self.label is not None else self.channels[0].geometry
+
+    def image_slices(self) -> np.ndarray:
+        """float32 image as (S, C, H, W) along the slicing axis."""
+        return np.stack([c.to_slices() for c in self.channels], axis=1).astype(np.float32, copy=False)
+
+    def label_slices(self) -> np.ndarray:
+        """The label as (S, H, W) along the slicing axis."""
+        if self.label is None:
+            raise ValueError(f"case {self.case_id} has no label")
+        return self.label.to_slices()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a dataset, a case or a file; `fatal` problems stop the dataset."""
+
+    message: str
+    case_id: str | None = None
+    path: Path | None = None
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        where = f"case {self.case_id}: " if self.case_id else ""
+        at = f"{self.path}: " if self.path else ""
+        return f"{where}{at}{self.message}"
+
+
+@dataclass
+class Dataset:
+    """A discovered dataset folder: its layout, declared labels and case references."""
+
+    root: Path
+    name: str
+    layout: str  # "nnunet" or "paired"
+    file_ending: str
+    labels: dict[str, int] | None  # from dataset.json, name -> value
+    channel_names: dict[str, str] | None
+    cases: list[CaseRef] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    skipped: dict[str, list[Problem]] = field(default_factory=dict)  # case_id -> why
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.cases[0].image_paths) if self.cases else 1
