@@ -562,7 +562,7 @@ def corrupt_dataset(config: CorruptConfig, track: Track = no_track) -> dict:
                 total = sum(sl["changed_pixels"] for sl in slices)
                 if total:
                     written = io.write_like(from_slices(stack, volume.geometry), volume.geometry, partial / rel)
-                    os.chmod(written, ref.label_path.stat().st_mode & 0o777)  # io writes through a 0600 temp file
+                    os.chmod(written, ref.label_path.stat().st_mode & 0o777)  # keep the original label's permissions
                     case_entry.update(corrupted=True, changed_pixels=total)
             if not case_entry["corrupted"]:
                 (partial / rel).parent.mkdir(parents=True, exist_ok=True)

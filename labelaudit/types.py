@@ -52,11 +52,11 @@ class Geometry:
         if self.size != other.size:
             found.append(f"size {_fmt(self.size)} vs {_fmt(other.size)}")
         if not all(math.isclose(a, b, rel_tol=spacing_rtol) for a, b in zip(self.spacing, other.spacing)):
-            found.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+            found.append(f"spacing {_fmt_pair(self.spacing, other.spacing)} mm")
         if not all(abs(a - b) <= origin_atol for a, b in zip(self.origin, other.origin)):
-            found.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
+            found.append(f"origin {_fmt_pair(self.origin, other.origin)} mm")
         if not all(abs(a - b) <= direction_atol for a, b in zip(self.direction, other.direction)):
-            found.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+            found.append(f"direction {_fmt_pair(self.direction, other.direction)}")
         return found
 
     def slicing_axis(self) -> int:
@@ -90,8 +90,17 @@ class Geometry:
                    tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
 
 
-def _fmt(values: tuple) -> str:
-    return "×".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+def _fmt(values: tuple, digits: int = 6) -> str:
+    return "×".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _fmt_pair(a: tuple, b: tuple) -> str:
+    """`a vs b` with just enough digits that the two differ on screen (1000 vs 1000.002, not 1000 vs 1000)."""
+    for digits in range(6, 13):
+        left, right = _fmt(a, digits), _fmt(b, digits)
+        if left != right:
+            break
+    return f"{left} vs {right}"
 
 
 @dataclass
