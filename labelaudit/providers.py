@@ -1,0 +1,211 @@
+"""ONNX Runtime sessions: pick an execution provider that can actually run, load and check graphs.
+
+onnxruntime-gpu lists CUDAExecutionProvider even on a machine without a GPU, and creating a CUDA session
+there logs a loud error before falling back to CPU. So the GPU is probed first (the CUDA driver through
+ctypes: cuInit + cuDeviceGetCount) and CUDA is only asked for when a device is really there.
+
+TensorRT is not selected automatically: it builds an engine per input shape, and scoring feeds one shape
+per case (padded in-plane size), so engine builds would dominate; CUDA is the GPU provider.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MissingDependencyError, ModelError, UsageError
+
+#: ORT log severity: 0 verbose .. 4 fatal. 3 (errors only) keeps a CPU fallback quiet.
+ORT_LOG_SEVERITY = 3
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+#: Names of the segmenter graph's inputs and outputs (the ONNX graph contract of design.md).
+SEGMENTER_INPUTS = ("image", "noise")
+SEGMENTER_OUTPUTS = ("prob_mean", "uncertainty")
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Which provider to ask ONNX Runtime for. `reason` says why (shown to the user)."""
+
+    provider: str  # CPUExecutionProvider | CUDAExecutionProvider
+    device_id: int = 0
+    reason: str = ""
+    explicit: bool = False  # asked for by name: failing to start it is an error, not a fallback
+
+    @property
+    def label(self) -> str:
+        """Short human name: 'cpu' or 'cuda:0'."""
+        return "cpu" if self.provider == CPU else f"cuda:{self.device_id}"
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:i' -> (kind, index or None); anything else is a UsageError."""
+    match = _DEVICE.match(device.strip().lower())
+    if not match or (match[1] != "cuda" and match[2] is not None):
+        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return match[1], (int(match[2]) if match[2] is not None else None)
+
+
+def cuda_device_count() -> tuple[int, str]:
+    """Number of CUDA devices the driver reports, and why it is 0 when it is (no exception, no output)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0, "CUDA_VISIBLE_DEVICES hides every GPU"
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    if sys.platform == "darwin":
+        return 0, "no CUDA on macOS"
+    lib = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return 0, "no NVIDIA driver (libcuda not found)"
+    try:
+        if lib.cuInit(0) != 0:
+            return 0, "the NVIDIA driver found no usable GPU (cuInit failed)"
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0, "the NVIDIA driver could not count GPUs"
+    except AttributeError:
+        return 0, "libcuda lacks the driver API"
+    return int(count.value), "" if count.value else "the NVIDIA driver reports no GPU"
+
+
+def choose_device(device: str = "auto") -> DeviceChoice:
+    """Resolve --device to a provider: CUDA when asked for (or, with auto, when it can run), else CPU.
+
+    `cuda` without a usable GPU is a UsageError (exit 2); `cuda` with an ONNX Runtime build that lacks
+    the CUDA provider is a MissingDependencyError (exit 5).
+    """
+    import onnxruntime as ort
+
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return DeviceChoice(CPU, reason="--device cpu")
+    has_provider = CUDA in ort.get_available_providers()
+    if kind == "cuda" and not has_provider:
+        raise MissingDependencyError("ONNX Runtime with CUDA (onnxruntime-gpu)", "pip install onnxruntime-gpu")
+    if not has_provider:
+        return DeviceChoice(CPU, reason="this ONNX Runtime build has no CUDA provider")
+    count, why = cuda_device_count()
+    wanted = index or 0
+    if kind == "cuda":
+        if count == 0:
+            raise UsageError(f"--device {device}: no usable GPU ({why})", hint="use --device auto or --device cpu")
+        if wanted >= count:
+            raise UsageError(f"--device {device}: GPU {wanted} does not exist ({count} found)",
+                             hint=f"use cuda:0 … cuda:{count - 1}")
+        return DeviceChoice(CUDA, wanted, reason=f"--device {device}", explicit=True)
+    if count == 0:
+        return DeviceChoice(CPU, reason=why)
+    return DeviceChoice(CUDA, 0, reason=f"{count} GPU(s) found")
+
+
+def session_options(threads: int | None = None, severity: int = ORT_LOG_SEVERITY):
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(severity)
+    options = ort.SessionOptions()
+    options.log_severity_level = severity
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _export_hint(run_dir: Path | None) -> str:
+    return f"re-create it with: labelaudit export {run_dir if run_dir is not None else 'RUN_DIR'}"
+
+
+def open_session(path: Path | str, choice: DeviceChoice, run_dir: Path | None = None):
+    """Load an ONNX graph on `choice`'s provider; every failure is a ModelError naming the file.
+
+    When CUDA was chosen by `auto` and ONNX Runtime cannot start it (e.g. cuDNN missing), the session
+    falls back to CPU quietly; `session.get_providers()[0]` says which provider runs.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    hint = _export_hint(run_dir)
+    if not path.is_file():
+        raise ModelError(f"{path}: ONNX graph missing", hint=hint)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty file (0 bytes), not an ONNX graph", hint=hint)
+    providers: list = [CPU]
+    if choice.provider == CUDA:
+        providers = [(CUDA, {"device_id": choice.device_id}), CPU]
+    # an automatic CUDA attempt logs only fatal messages: its failure is a quiet fallback, not an error
+    quiet = choice.provider == CUDA and not choice.explicit
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(severity=4 if quiet else
+                                                                                ORT_LOG_SEVERITY),
+                                       providers=providers)
+    except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX graph ({reason})", hint=hint) from exc
+    if choice.provider == CUDA and session.get_providers()[0] != CUDA and choice.explicit:
+        raise ModelError(f"{path}: ONNX Runtime could not start the CUDA provider on GPU {choice.device_id}",
+                         hint="check the CUDA/cuDNN libraries onnxruntime-gpu needs, or use --device cpu")
+    return session
+
+
+class Segmenter:
+    """A loaded segmenter.onnx: (image (N, C_in, H, W), noise (K, C_in, H, W)) -> prob_mean, uncertainty.
+
+    H, W must be multiples of the run's divisor; the caller pads and crops.
+    """
+
+    def __init__(self, path: Path | str, choice: DeviceChoice, in_channels: int, num_classes: int,
+                 run_dir: Path | None = None) -> None:
+        self.path = Path(path)
+        self.run_dir = run_dir
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.session = open_session(self.path, choice, run_dir)
+        self.provider = self.session.get_providers()[0]
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing_in = [n for n in SEGMENTER_INPUTS if n not in inputs]
+        missing_out = [n for n in SEGMENTER_OUTPUTS if n not in outputs]
+        if missing_in or missing_out or len(inputs) != len(SEGMENTER_INPUTS):
+            raise ModelError(
+                f"{self.path}: graph inputs {sorted(inputs)} and outputs {outputs} do not follow the segmenter "
+                f"contract (inputs {list(SEGMENTER_INPUTS)}, outputs {list(SEGMENTER_OUTPUTS)})",
+                hint=_export_hint(self.run_dir))
+        for name in SEGMENTER_INPUTS:
+            shape = inputs[name].shape
+            if len(shape) != 4:
+                raise ModelError(f"{self.path}: input '{name}' has rank {len(shape)}, expected 4 ({shape})")
+            if isinstance(shape[1], int) and shape[1] != self.in_channels:
+                raise ModelError(f"{self.path}: input '{name}' takes {shape[1]} channels, but run.json declares "
+                                 f"{self.in_channels}")
+            if inputs[name].type != "tensor(float)":
+                raise ModelError(f"{self.path}: input '{name}' is {inputs[name].type}, expected tensor(float)")
+
+    def run(self, image: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """image float32 (N, C_in, H, W), noise float32 (K, C_in, H, W) -> prob_mean (N, C, H, W), unc (N, H, W)."""
+        try:
+            prob, unc = self.session.run(list(SEGMENTER_OUTPUTS), {"image": image, "noise": noise})
+        except Exception as exc:  # shape errors inside the graph surface here
+            reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{self.path}: inference failed on input {tuple(image.shape)} ({reason})") from exc
+        n, _, h, w = image.shape
+        if prob.shape != (n, self.num_classes, h, w) or unc.shape != (n, h, w):
+            raise ModelError(f"{self.path}: outputs prob_mean {prob.shape} and uncertainty {unc.shape}, expected "
+                             f"{(n, self.num_classes, h, w)} and {(n, h, w)} ({self.num_classes} classes in run.json)")
+        return prob, unc

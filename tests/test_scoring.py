@@ -1,0 +1,436 @@
+"""Scoring on ONNX Runtime: pure aggregation functions, providers, end-to-end audits on tiny synthetic data.
+
+The run folders here are built by hand with onnx.helper (no torch): an "oracle" segmenter that follows the
+graph contract (image + noise in, prob_mean + uncertainty out) and classifies smoothed intensities, so the
+audit has something real to find.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelaudit import io
+from labelaudit.data import discover_dataset, fingerprint
+from labelaudit.errors import ModelError, UsageError
+from labelaudit.preprocess import ChannelNorm, LabelMap, Preprocessing
+from labelaudit.runfolder import FoldModel, Perturbations, RunInfo, save_run
+from labelaudit.scoring import (
+    CASE_TOP_SLICES, PixelScore, ScoreConfig, calibrate_run, case_noise_score, class_counts, dice_disagreement,
+    given_class_probability, normalised_entropy, pixel_noise_score, region_of_interest, robust_threshold,
+    roi_radius, route_case, score_dataset, slice_stats,
+)
+from labelaudit.synth import SynthConfig, write_synth_dataset
+
+# ----------------------------------------------------------------------------- tiny run folders
+
+#: Class means of the synthetic CT intensities after the ChannelNorm below: (-100 + 80 k + 60) / 40.
+CT_NORM = ChannelNorm("ct", clip_low=-1000.0, clip_high=1000.0, mean=-60.0, std=40.0)
+
+
+def class_means(num_classes: int) -> np.ndarray:
+    return -1.0 + 2.0 * np.arange(num_classes, dtype=np.float32)
+
+
+def segmenter_graph(path: Path, in_channels: int, num_classes: int, constant_class: int | None = None,
+                    sharpness: float = 4.0, smooth: int = 5) -> Path:
+    """Write a segmenter.onnx that follows the contract.
+
+    Each pass k classifies the 5x5-smoothed channel 0 of image + noise[k] with equal-variance Gaussian
+    logits around `class_means`; `constant_class` makes a model that predicts that class everywhere.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    mus = class_means(num_classes)
+    weight = np.zeros((num_classes, in_channels), dtype=np.float32)
+    bias = np.zeros(num_classes, dtype=np.float32)
+    if constant_class is None:
+        weight[:, 0] = sharpness * mus
+        bias[:] = -sharpness * mus ** 2 / 2
+    else:
+        bias[:] = -8.0
+        bias[constant_class] = 8.0
+    kernel = np.full((in_channels, 1, smooth, smooth), 1.0 / smooth ** 2, dtype=np.float32)
+    pad = smooth // 2
+    inits = [
+        numpy_helper.from_array(kernel, "kernel"), numpy_helper.from_array(weight, "weight"),
+        numpy_helper.from_array(bias.reshape(1, 1, num_classes, 1, 1), "bias"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array(1e-8, dtype=np.float32), "eps"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(-1.0 / math.log(max(num_classes, 2)), dtype=np.float32), "scale"),
+    ]
+    conv = dict(group=in_channels, pads=[pad] * 4, kernel_shape=[smooth, smooth])
+    nodes = [
+        helper.make_node("Conv", ["image", "kernel"], ["image_s"], **conv),
+        helper.make_node("Conv", ["noise", "kernel"], ["noise_s"], **conv),
+        helper.make_node("Unsqueeze", ["image_s", "axis1"], ["image_u"]),
+        helper.make_node("Unsqueeze", ["noise_s", "axis0"], ["noise_u"]),
+        helper.make_node("Add", ["image_u", "noise_u"], ["x"]),
+        helper.make_node("Einsum", ["x", "weight"], ["z"], equation="nkchw,dc->nkdhw"),
+        helper.make_node("Add", ["z", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=2),
+        helper.make_node("ReduceMean", ["probs"], ["prob_mean"], axes=[1], keepdims=0),
+        helper.make_node("Clip", ["prob_mean", "eps", "one"], ["clipped"]),
+        helper.make_node("Log", ["clipped"], ["log_p"]),
+        helper.make_node("Mul", ["prob_mean", "log_p"], ["p_log_p"]),
+        helper.make_node("ReduceSum", ["p_log_p", "axis1"], ["neg_entropy"], keepdims=0),
+        helper.make_node("Mul", ["neg_entropy", "scale"], ["uncertainty"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "oracle_segmenter",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", in_channels, "H", "W"]),
+         helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["K", in_channels, "H", "W"])],
+        [helper.make_tensor_value_info("prob_mean", TensorProto.FLOAT, ["N", num_classes, "H", "W"]),
+         helper.make_tensor_value_info("uncertainty", TensorProto.FLOAT, ["N", "H", "W"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_run(run_dir: Path, dataset_root: Path, num_classes: int = 2, in_channels: int = 1,
+             norm: ChannelNorm = CT_NORM, folds: list[list[str]] | None = None,
+             constant_folds: dict[int, int] | None = None, target_spacing: tuple[float, float] | None = None,
+             k: int = 2, threshold: dict | None = None) -> Path:
+    """A run folder fit (on paper) on `dataset_root`; one oracle model per entry of `folds` (held-out ids)."""
+    dataset = discover_dataset(dataset_root)
+    folds = folds if folds is not None else [[]]
+    models = []
+    for i, held_out in enumerate(folds):
+        rel = f"fold_{i}/segmenter.onnx"
+        segmenter_graph(run_dir / rel, in_channels, num_classes, (constant_folds or {}).get(i))
+        models.append(FoldModel(fold=i if len(folds) > 1 else -1, segmenter=rel,
+                                weights=f"fold_{i}/weights.safetensors", held_out=list(held_out)))
+    info = RunInfo(
+        method="pint",
+        dataset={"path": str(dataset.root.resolve()), "name": dataset.name, "layout": dataset.layout,
+                 "file_ending": dataset.file_ending, "fingerprint": fingerprint(dataset),
+                 "cases": [r.case_id for r in dataset.cases]},
+        label_map=LabelMap(tuple(range(num_classes)), tuple(f"c{i}" for i in range(num_classes))),
+        channel_names=["CT"] * in_channels,
+        preprocessing=Preprocessing(tuple([norm] * in_channels), target_spacing),
+        perturbations=Perturbations(k=k), models=models, threshold=threshold or {},
+    )
+    save_run(run_dir, info)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def data3d(tmp_path_factory) -> Path:
+    # largest spacing on ITK x, so slices are taken along numpy axis 2 (not the first axis)
+    config = SynthConfig(cases=3, size=(6, 36, 40), spacing=(3.0, 0.9, 0.8), seed=1)
+    return write_synth_dataset(tmp_path_factory.mktemp("d3") / "Dataset003_Synth", config)
+
+
+@pytest.fixture(scope="module")
+def audit3d(data3d, tmp_path_factory):
+    base = tmp_path_factory.mktemp("a3")
+    run_dir = make_run(base / "run", data3d, target_spacing=(1.2, 1.1))  # resampled in-plane, then restored
+    out = base / "audit"
+    return score_dataset(ScoreConfig(run_dir=run_dir, out_dir=out, device="cpu", batch_size=4)), out
+
+
+# ----------------------------------------------------------------------------- pure functions, by hand
+
+def test_pixel_scores_by_hand():
+    prob = np.array([[[[0.9, 0.2]], [[0.1, 0.8]]]], dtype=np.float32)  # (1, 2, 1, 2)
+    classes = np.array([[[0, 0]]])  # both pixels labelled background
+    p_given = given_class_probability(prob, classes)
+    np.testing.assert_allclose(p_given, [[[0.9, 0.2]]], atol=1e-6)
+    unc = normalised_entropy(prob)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)  # noqa: E731
+    np.testing.assert_allclose(unc, [[[h(0.9), h(0.8)]]], atol=1e-5)
+    np.testing.assert_allclose(pixel_noise_score(p_given, unc, PixelScore.DISAGREEMENT), [[[0.1, 0.8]]], atol=1e-6)
+    np.testing.assert_allclose(pixel_noise_score(p_given, unc, PixelScore.CONFIDENT_DISAGREEMENT),
+                               [[[0.1 * (1 - h(0.9)), 0.8 * (1 - h(0.8))]]], atol=1e-5)
+    # a certain model that disagrees completely: score 1; one that agrees: 0
+    assert pixel_noise_score(np.float32(0.0), np.float32(0.0)) == 1.0
+    assert pixel_noise_score(np.float32(1.0), np.float32(0.0)) == 0.0
+
+
+def test_roi_radius_follows_spacing():
+    assert roi_radius((1.0, 1.0)) == (3, 3)
+    assert roi_radius((0.5, 3.0)) == (6, 1)
+    assert roi_radius((0.1, 100.0)) == (8, 1)  # clamped
+
+
+def test_region_of_interest_dilates_each_slice_alone():
+    classes = np.zeros((2, 7, 7), dtype=np.int64)
+    pred = np.zeros_like(classes)
+    classes[0, 3, 3] = 1
+    roi = region_of_interest(classes, pred, (1, 1))
+    assert roi[0].sum() == 5  # the cross of radius 1
+    assert not roi[1].any()  # slice 1 is empty: dilation does not leak across slices
+
+
+def test_slice_stats_by_hand():
+    # one 1x8 row per slice; slice 0: label 4 px, prediction 2 of them + 1 outside
+    classes = np.array([[[0, 1, 1, 1, 1, 0, 0, 0]], [[0] * 8]], dtype=np.int64)
+    pred = np.array([[[0, 1, 1, 0, 0, 1, 0, 0]], [[0] * 8]], dtype=np.int64)
+    noise = np.array([[[0.0, 0.1, 0.1, 0.9, 0.9, 0.8, 0.0, 0.7]], [[0.4] * 8]], dtype=np.float32)
+    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1))
+    # ROI = union (px 1..5) dilated by 1 column = px 0..6; sum = 0+.1+.1+.9+.9+.8+0 = 2.8; |union| = 5
+    np.testing.assert_allclose(stats.noise_score, [2.8 / (5 + 1.0), 0.0])
+    np.testing.assert_allclose(stats.disagreement, [1 - 2 * 2 / (4 + 3), 0.0])  # empty slice: no disagreement
+    np.testing.assert_allclose(stats.doubt_fraction, [2 / 4, 0.0])  # px 3 and 4 exceed 0.5
+    assert stats.label_pixels.tolist() == [4, 0] and stats.pred_pixels.tolist() == [3, 0]
+    # the score is clipped to 1 when the ROI holds more doubt than the union has pixels
+    assert slice_stats(np.ones((1, 1, 8), np.float32), classes[:1], classes[:1], 2, (0, 3)).noise_score[0] == 1.0
+
+
+def test_multiclass_disagreement_is_macro_over_present_classes():
+    classes = np.array([[[1, 1, 2, 2]]])
+    pred = np.array([[[1, 1, 1, 1]]])
+    counts = class_counts(classes, pred, num_classes=3)
+    assert counts[:, :, 0].tolist() == [[2, 0], [2, 2], [4, 0]]
+    # class 1: Dice 2*2/(2+4) = 2/3; class 2: Dice 0 -> mean 1/3
+    np.testing.assert_allclose(dice_disagreement(counts), [1 - (2 / 3) / 2])
+
+
+def test_case_score_is_mean_of_top_slices():
+    assert CASE_TOP_SLICES == 3
+    assert case_noise_score(np.array([0.1, 0.9, 0.0, 0.5, 0.7])) == pytest.approx((0.9 + 0.7 + 0.5) / 3)
+    assert case_noise_score(np.array([0.4, 0.2])) == pytest.approx(0.3)
+    assert case_noise_score(np.array([])) == 0.0
+
+
+def test_robust_threshold_by_hand():
+    scores = np.array([0.1, 0.2, 0.2, 0.3, 0.9])  # median 0.2, MAD 0.1
+    assert robust_threshold(scores, k=3.0, floor=0.0) == pytest.approx(0.2 + 3 * 1.4826 * 0.1)
+    assert robust_threshold(np.zeros(10), floor=0.05) == 0.05  # a perfect model: the floor
+    assert robust_threshold(np.array([]), floor=0.05) == 0.05
+
+
+def test_route_case():
+    models = [FoldModel(0, "a", "a", held_out=["c0", "c1"]), FoldModel(1, "b", "b", held_out=["c2"])]
+    assert route_case("c2", models, fit_dataset=True) == ([1], "out-of-fold")
+    assert route_case("c9", models, fit_dataset=True) == ([0, 1], "in-sample")
+    assert route_case("c0", models, fit_dataset=False) == ([0, 1], "new-data")
+    assert route_case("c0", models, fit_dataset=True, out_of_fold=False) == ([0, 1], "in-sample")
+
+
+# ----------------------------------------------------------------------------- providers
+
+def test_device_choice_on_this_machine():
+    from labelaudit.providers import CPU, choose_device, cuda_device_count, parse_device
+
+    assert choose_device("cpu").provider == CPU
+    with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
+        parse_device("gpu")
+    assert parse_device("cuda:1") == ("cuda", 1)
+    if cuda_device_count()[0] == 0:
+        assert choose_device("auto").provider == CPU
+        with pytest.raises(UsageError, match="no usable GPU"):
+            choose_device("cuda")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_audit_files_and_map_geometry_3d(audit3d, data3d):
+    audit, out = audit3d
+    assert audit.provider == "CPUExecutionProvider"
+    cases = _read_csv(out / "cases.csv")
+    slices = _read_csv(out / "slices.csv")
+    assert [c["case_id"] for c in cases] and {"case_id", "noise_score", "flagged", "worst_slice", "disagreement",
+                                               "n_slices", "n_flagged_slices", "model", "routing"} <= set(cases[0])
+    scores = [float(c["noise_score"]) for c in cases]
+    assert scores == sorted(scores, reverse=True)
+    slice_scores = [float(s["noise_score"]) for s in slices]
+    assert slice_scores == sorted(slice_scores, reverse=True)
+    # every slice of every case: 3 cases of 6 slices along ITK x
+    assert sorted((s["case_id"], int(s["slice_index"])) for s in slices) == [
+        (f"case_{i:03d}", j) for i in range(3) for j in range(6)]
+    assert all(0.0 <= v <= 1.0 for v in slice_scores + scores)
+    for ref in discover_dataset(data3d).cases:
+        label = io.read_volume(ref.label_path)
+        noise = io.read_volume(out / "maps" / f"{ref.case_id}_noise.nii.gz")
+        pred = io.read_volume(out / "maps" / f"{ref.case_id}_pred.nii.gz")
+        for written in (noise, pred):
+            assert label.geometry.differences(written.geometry) == []
+            assert written.geometry.size == label.geometry.size
+        assert noise.array.dtype == np.float32
+        assert 0.0 <= noise.array.min() and noise.array.max() <= 1.0
+        # the oracle sees the structure: its prediction overlaps the label well
+        fg, pf = label.array != 0, pred.array != 0
+        assert 2 * (fg & pf).sum() / (fg.sum() + pf.sum()) > 0.8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provider"] == "CPUExecutionProvider"
+    assert summary["counts"]["slices"] == 18 and summary["counts"]["cases"] == 3
+    assert summary["threshold"]["source"].startswith("default")
+    assert summary["dataset"]["fit_dataset"] is True
+    report = (out / "report.html").read_text()
+    assert "<table>" in report and "case_000" in report
+
+
+def test_map_geometry_2d_png(tmp_path):
+    config = SynthConfig(cases=2, size=(40, 36, 1), spacing=(1.0, 1.0, 1.0), two_d=True, classes=2, seed=2)
+    root = write_synth_dataset(tmp_path / "Dataset004_Png", config)
+    # PNG images are shifted by +1024: same means as CT_NORM after shifting its mean
+    norm = ChannelNorm("ct", clip_low=0.0, clip_high=5000.0, mean=1024 - 60.0, std=40.0)
+    run_dir = make_run(tmp_path / "run", root, num_classes=3, norm=norm)
+    out = tmp_path / "audit"
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, out_dir=out, device="cpu"))
+    assert len(audit.slices) == 2 and {s.slice_index for s in audit.slices} == {0}
+    for ref in discover_dataset(root).cases:
+        label = io.read_volume(ref.label_path)
+        noise = io.read_volume(out / "maps" / f"{ref.case_id}_noise.nii.gz")  # PNG cannot hold float32
+        pred = io.read_volume(out / "maps" / f"{ref.case_id}_pred.nii.gz")
+        assert label.geometry.differences(noise.geometry) == [] and label.geometry.differences(pred.geometry) == []
+        assert noise.array.shape == label.array.shape and noise.array.dtype == np.float32
+        assert set(np.unique(pred.array)) <= {0, 1, 2}
+        assert (pred.array == label.array).mean() > 0.9  # label values decoded, not class indices
+
+
+def test_planted_error_ranks_first(tmp_path):
+    config = SynthConfig(cases=3, size=(40, 36, 6), seed=3)
+    root = write_synth_dataset(tmp_path / "Dataset005_Planted", config)
+    path = root / "labelsTr" / "case_001.nii.gz"
+    label = io.read_volume(path)
+    label.array[3] = 0  # the annotator forgot the structure on slice 3 (numpy axis 0 = the slicing axis)
+    io.write_volume(label, path)
+    run_dir = make_run(tmp_path / "run", root)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, out_dir=tmp_path / "audit", device="cpu"))
+    top = audit.slices[0]
+    assert (top.case_id, top.slice_index) == ("case_001", 3)
+    assert top.noise_score > 0.5 and top.label_pixels == 0
+    assert audit.cases[0].case_id == "case_001" and audit.cases[0].worst_slice == 3
+    # with a threshold between the planted slice and the rest, only it is flagged
+    second = audit.slices[1].noise_score
+    flagged = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu",
+                                        threshold=(second + top.noise_score) / 2))
+    assert [(s.case_id, s.slice_index) for s in flagged.flagged_slices] == [("case_001", 3)]
+
+
+def test_out_of_fold_routing_picks_the_holding_model(data3d, tmp_path):
+    # fold 0 (an oracle) held out case_000; fold 1 (predicts background everywhere) held out the others
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000"], ["case_001", "case_002"]],
+                       constant_folds={1: 0})
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    by_case = {c.case_id: c for c in audit.cases}
+    assert by_case["case_000"].model == "fold_0" and by_case["case_000"].routing == "out-of-fold"
+    assert by_case["case_001"].model == "fold_1" and by_case["case_002"].model == "fold_1"
+    pred_px = {c: sum(s.pred_pixels for s in audit.slices if s.case_id == c) for c in by_case}
+    assert pred_px["case_000"] > 0 and pred_px["case_001"] == 0 == pred_px["case_002"]
+    # the background-only model disagrees with every labelled pixel: those cases rank first
+    assert audit.cases[-1].case_id == "case_000"
+    # in-sample: every case by the ensemble of both
+    ensemble = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu", out_of_fold=False))
+    assert {c.model for c in ensemble.cases} == {"ensemble(fold_0+fold_1)"}
+    assert {c.routing for c in ensemble.cases} == {"in-sample"}
+
+
+def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]])
+    threshold = calibrate_run(run_dir, device="cpu")
+    assert threshold["rule"] == "median+k*mad" and threshold["k"] == 3.0
+    assert threshold["floor"] <= threshold["slice"] <= 1.0 and threshold["case"] == threshold["slice"]
+    assert threshold["scored"] == "out-of-fold" and threshold["n_slices"] > 0
+    assert "q90" in threshold["slice_stats"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no audit folder written
+
+
+# ----------------------------------------------------------------------------- CLI exit codes
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from labelaudit.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "corrupt", "wrong_inputs"])
+def test_bad_onnx_exits_4(data3d, tmp_path, damage):
+    run_dir = make_run(tmp_path / "run", data3d)
+    graph = run_dir / "fold_0" / "segmenter.onnx"
+    if damage == "missing":
+        graph.unlink()
+    elif damage == "empty":
+        graph.write_bytes(b"")
+    elif damage == "corrupt":
+        graph.write_bytes(b"\x08\x07this is not a protobuf" * 10)
+    else:
+        import onnx
+        from onnx import TensorProto, helper
+
+        node = helper.make_node("Identity", ["x"], ["y"])
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(graph))
+    result = _cli(["score", str(data3d), "--model", str(run_dir), "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert result.exit_code == 4, result.output
+    assert "segmenter.onnx" in result.output
+
+
+def test_run_from_another_label_set_exits_4(data3d, tmp_path):
+    other = write_synth_dataset(tmp_path / "three_classes", SynthConfig(cases=1, classes=2, seed=4))
+    run_dir = make_run(tmp_path / "run", data3d, num_classes=2)
+    result = _cli(["score", str(other), "--model", str(run_dir), "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert result.exit_code == 4, result.output
+    assert "label values [2]" in result.output and "another label set" in result.output
+    with pytest.raises(ModelError, match="label values"):
+        score_dataset(ScoreConfig(run_dir=run_dir, dataset=other, write=False, device="cpu"))
+
+
+def test_run_with_other_channels_exits_4(data3d, tmp_path):
+    run_dir = make_run(tmp_path / "run", data3d, in_channels=2)
+    result = _cli(["score", str(data3d), "--model", str(run_dir), "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert result.exit_code == 4 and "2 image channel(s)" in result.output, result.output
+
+
+def test_audit_inside_the_label_folder_is_refused(data3d, tmp_path):
+    run_dir = make_run(tmp_path / "run", data3d)
+    before = sorted(p.name for p in (data3d / "labelsTr").iterdir())
+    result = _cli(["score", str(data3d), "--model", str(run_dir), "--out", str(data3d / "labelsTr" / "audit")])
+    assert result.exit_code == 2 and "input folder" in result.output, result.output
+    assert sorted(p.name for p in (data3d / "labelsTr").iterdir()) == before
+
+
+def test_cli_score_defaults_to_latest_run_and_its_dataset(data3d, tmp_path, monkeypatch):
+    from labelaudit.runfolder import record_latest
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = make_run(tmp_path / "run", data3d)
+    record_latest(run_dir)
+    result = _cli(["score", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "CPUExecutionProvider" in result.output and "top 10 slices" in result.output
+    assert (tmp_path / "audits" / "Dataset003_Synth" / "cases.csv").is_file()
+    result = _cli(["score", "--device", "cuda:x"])
+    assert result.exit_code == 2
+
+
+def test_undeclared_label_values_skip_the_case_or_fail_the_run(tmp_path):
+    root = write_synth_dataset(tmp_path / "paired", SynthConfig(cases=2, size=(24, 20, 3), seed=6), layout="paired")
+    path = root / "labels" / "case_001.nii.gz"
+    label = io.read_volume(path)
+    label.array[1, :2, :2] = 2  # a value the (binary) run does not know; no dataset.json declares labels
+    io.write_volume(label, path)
+    run_dir = make_run(tmp_path / "run", root)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert [c.case_id for c in audit.cases] == ["case_000"]
+    assert "label values [2] are not among the run's classes [0, 1]" in audit.skipped["case_001"][0]
+    path0 = root / "labels" / "case_000.nii.gz"
+    label0 = io.read_volume(path0)
+    label0.array[0, 0, 0] = 2
+    io.write_volume(label0, path0)
+    with pytest.raises(ModelError, match="another label set"):
+        score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
