@@ -25,18 +25,23 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
-@app.callback()
-def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for internal errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
-) -> None:
-    """Find the wrong annotations in a medical image segmentation dataset."""
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    # an eager option callback runs while parsing, before Click asks for a command
+    if value:
         from . import __version__
 
         print(f"labelaudit {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for internal errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Find the wrong annotations in a medical image segmentation dataset."""
+    _state["debug"] = debug
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -100,3 +105,354 @@ def inspect(
 
 
 # commands added by later modules go below this line
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    audit_dir: Annotated[Path, typer.Argument(help="Audit folder written by `labelaudit score`.", show_default=False)],
+    truth: Annotated[Path, typer.Option("--truth", help="corruption.json written by `labelaudit corrupt`.",
+                                        show_default=False)],
+    clean: Annotated[Optional[Path], typer.Option(
+        "--clean", help="The clean dataset (default: the manifest's source); needed for pixel and "
+                        "segmentation metrics.", show_default=False)] = None,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Where to write the metrics as JSON (default: AUDIT_DIR/evaluation.json).",
+        show_default=False)] = None,
+    pixel_sample: Annotated[int, typer.Option("--pixel-sample", min=1,
+                                              help="Most pixels used per pixel level (uniform sample).")] = 2_000_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sample.")] = 0,
+) -> None:
+    """Measure an audit against a corruption manifest (AP, AUROC, P@k; Dice, IoU, HD95, ASSD)."""
+    from .console import err, out, track
+    from .evaluate import EvaluateConfig, evaluate_audit, evaluation_tables, write_evaluation_json
+
+    config = EvaluateConfig(audit_dir=audit_dir, truth=truth, clean=clean, pixel_sample=pixel_sample, seed=seed)
+    result = evaluate_audit(config, track=track)
+    for table in evaluation_tables(result):
+        out.print(table)
+    from rich.markup import escape
+
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    written = write_evaluation_json(result, json_path or Path(audit_dir) / "evaluation.json")
+    err.print(f"metrics written to {written}")
+
+
+@app.command()
+@handle_errors
+def corrupt(
+    clean: Annotated[Path, typer.Argument(metavar="CLEAN", help="The clean dataset folder (never modified).",
+                                          show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Where the noisy copy and corruption.json go.",
+                                            show_default=False)],
+    rate: Annotated[float, typer.Option("--rate", help="Fraction of the slices with foreground (--level slice) "
+                                                        "or of the cases with foreground (--level case) to corrupt.")] = 0.4,
+    kinds: Annotated[str, typer.Option("--kinds", help="Comma-separated noise models: dilation, erosion, elastic, "
+                                                        "shift, missing, spurious, mcpm (elastic and mcpm need "
+                                                        "elasticdeform).")] = "dilation,erosion,shift,missing,spurious",
+    level: Annotated[str, typer.Option("--level", help="slice: independent errors on single slices; case: one "
+                                                        "systematic error over a whole volume.")] = "slice",
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives identical files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT when it is a previous corrupt output.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Make every dataset problem fatal (exit 3).")] = False,
+) -> None:
+    """Make a noisy copy of a clean dataset, with a manifest of exactly what was changed."""
+    from rich.table import Table
+
+    from .console import out, track
+    from .noise import MANIFEST_NAME, CorruptConfig, corrupt_dataset, parse_kinds, summarize
+
+    config = CorruptConfig(clean=clean, out=out_dir, rate=rate, kinds=parse_kinds(kinds), level=level, seed=seed,
+                           force=force, strict=strict)
+    config.validate()
+    manifest = corrupt_dataset(config, track=track)
+    table = Table(title=f"corrupted at {level} level (seed {seed})", title_justify="left")
+    for column in ("kind", "slices", "cases", "changed pixels"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    rows = summarize(manifest)
+    for kind, row in rows.items():
+        table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
+    table.add_row("[bold]total[/]", str(sum(r["slices"] for r in rows.values())),
+                  str(sum(c["corrupted"] for c in manifest["cases"].values())),
+                  str(sum(r["changed_pixels"] for r in rows.values())))
+    out.print(table)
+    unit = "slices" if level == "slice" else "cases"
+    out.print(f"achieved rate: {manifest['corrupted_count']}/{manifest['population_size']} {unit} = "
+              f"{manifest['achieved_rate']:.3f} (asked {rate:g}); population: {manifest['population']}",
+              soft_wrap=True)
+    if manifest["skipped"]:
+        out.print(f"skipped {len(manifest['skipped'])} problem case(s) (copied unchanged): "
+                  f"{', '.join(manifest['skipped'])}", soft_wrap=True)
+    out.print(f"noisy dataset: {out_dir}\nmanifest: {Path(out_dir) / MANIFEST_NAME}", soft_wrap=True, markup=False)
+
+
+@app.command()
+@handle_errors
+def score(
+    dataset: Annotated[Optional[Path], typer.Argument(
+        help="Dataset folder to score (default: the dataset the model was fit on).", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Run folder written by `fit` (default: the latest run).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Audit folder to write (default: audits/<dataset-name>).", show_default=False)] = None,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="HTML report file (default: AUDIT_DIR/report.html).", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per ONNX Runtime call.")] = 16,
+    strict: Annotated[bool, typer.Option("--strict", help="Make every case problem fatal (exit 3).")] = False,
+) -> None:
+    """Score every annotation of a dataset with a run's ONNX graphs (ONNX Runtime, no PyTorch)."""
+    from .audit import render_audit
+    from .console import err, track
+    from .runfolder import latest_run
+    from .scoring import ScoreConfig, score_dataset
+
+    run_dir = model if model is not None else latest_run()
+    config = ScoreConfig(run_dir=run_dir, dataset=dataset, out_dir=out, report=report, device=device,
+                         batch_size=batch_size, strict=strict)
+    audit = score_dataset(config, track=track)
+    err.print(f"ONNX Runtime provider: {audit.provider} ({audit.device_reason})", highlight=False)
+    render_audit(audit)
+
+
+def _training_progress():
+    """Rich progress bars for training, one per fold, fed by fit's progress callback.
+
+    A bar is stopped as soon as its fold is done, so that the `track` bars of later steps (export,
+    calibration) never run while it is live (Rich allows one live display at a time).
+    """
+    from .console import progress
+
+    state: dict = {"bar": None, "description": None}
+
+    def stop() -> None:
+        if state["bar"] is not None:
+            state["bar"].stop()
+        state["bar"] = state["description"] = None
+
+    def update(description: str, completed: int, total: int, status: str) -> None:
+        if description != state["description"]:
+            stop()
+            state["bar"], state["description"] = progress(transient=False), description
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(description, total=total, status=status)
+        state["bar"].update(state["task"], completed=completed, total=total, status=status)
+        if completed >= total:
+            stop()
+
+    return stop, update
+
+
+@app.command()
+@handle_errors
+def fit(
+    dataset: DatasetArg,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run folder to write (default: runs/<dataset-name>-<method>).", show_default=False)] = None,
+    method: Annotated[str, typer.Option("--method", help="pint, plain (the baseline) or mcpm.")] = "pint",
+    variant: Annotated[str, typer.Option("--variant", help="PINT variant: pint (pixel + image), pnt (pixel only), "
+                                                         "int (image only).")] = "pint",
+    meta_set: Annotated[Optional[Path], typer.Option(
+        "--meta-set", help="MCPM: text file of verified-clean case ids.", show_default=False)] = None,
+    folds: Annotated[int, typer.Option("--folds", min=1, help="Train one model per fold of cases, each scoring "
+                                                              "the cases it did not see; 1: one model on all.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training steps per epoch.")] = 25,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per training step.")] = 8,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="AdamW learning rate "
+                                                 "(poly decay).")] = 2e-3,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (mixed precision on CUDA).")
+                      ] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of folds, initialisation, sampling and augmentation.")
+                    ] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoints.")
+                      ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Make every case problem fatal (exit 3).")] = False,
+    target_spacing: Annotated[Optional[float], typer.Option(
+        "--target-spacing", help="Resample slices in-plane to this pixel size (mm); default: native pixels.",
+        show_default=False)] = None,
+    teacher_passes: Annotated[int, typer.Option("--teacher-passes", min=1, help="PINT: perturbed teacher passes "
+                                                                               "per step (K).")] = 4,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="PINT: teacher EMA decay "
+                                                                                  "(gamma).")] = 0.99,
+    warmup: Annotated[float, typer.Option("--warmup", min=0.0, max=1.0, help="PINT: fraction of steps trained "
+                                                                            "on the labels alone.")] = 0.1,
+    pseudo_weight: Annotated[float, typer.Option("--pseudo-weight", min=0.0, help="PINT: weight (lambda) of the "
+                                                                                 "MSE to the teacher.")] = 1.0,
+    image_quantile: Annotated[float, typer.Option("--image-quantile", min=0.0, max=1.0, help="PINT: images whose "
+                                                  "uncertainty exceeds this quantile of recent ones learn from "
+                                                  "the teacher only.")] = 0.5,
+    exporter: Annotated[str, typer.Option("--exporter", help="ONNX exporter: dynamo or torchscript.")] = "dynamo",
+) -> None:
+    """Train a noise-robust segmentation model on a dataset and export its ONNX graphs."""
+    from dataclasses import replace
+
+    from .console import err, track
+    from .console import out as stdout
+    from .fit import FitConfig, fit_dataset
+    from .methods import LoopParams, PintParams
+
+    config = FitConfig(
+        dataset=dataset, out=out, method=method, variant=variant, folds=folds, seed=seed, device=device,
+        resume=resume, force=force, strict=strict, target_spacing=target_spacing, meta_set=meta_set,
+        exporter=exporter,
+        loop=replace(LoopParams(), epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
+                     learning_rate=learning_rate),
+        pint=replace(PintParams(), variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
+                     warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile),
+    )
+    stop, update = _training_progress()
+    try:
+        run_dir = fit_dataset(config, track=track, progress=update)
+    finally:
+        stop()
+    from .runfolder import load_run
+
+    info = load_run(run_dir)
+    for case_id, problems in info.dataset.get("skipped", {}).items():
+        err.print(f"[yellow]skipped[/] case {case_id}: {'; '.join(problems)}", soft_wrap=True)
+    stdout.print(f"run folder: {run_dir}", soft_wrap=True)
+    stdout.print(f"method: {info.method}" + (f" ({info.config.get('variant')})" if info.method == "pint" else "")
+                 + f", device: {info.extra.get('device', '?')}, folds: {len(info.models)}", soft_wrap=True)
+    for model in info.models:
+        rows = info.log.get(f"fold_{max(model.fold, 0)}", [])
+        loss = f"{rows[-1]['loss']:.4f}" if rows else "?"
+        seen = f"held out {len(model.held_out)} case(s)" if model.held_out else "trained on every case"
+        stdout.print(f"  fold {max(model.fold, 0)}: final loss {loss}, {seen}, ONNX parity "
+                     f"{model.export.get('max_abs_diff', float('nan')):.1e}", soft_wrap=True)
+    if info.threshold:
+        levels = ", ".join(f"{k} {v:.3f}" for k, v in info.threshold.items()
+                           if k in ("slice", "case") and isinstance(v, (int, float)))
+        stdout.print(f"flagging threshold (calibrated on the training data): {levels or info.threshold}",
+                     soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run folder written by `labelaudit fit`.",
+                                            show_default=False)],
+    exporter: Annotated[Optional[str], typer.Option(
+        "--exporter", help="dynamo or torchscript (default: the run's own).", show_default=False)] = None,
+) -> None:
+    """Re-write and verify a run's ONNX graphs from its weights."""
+    from .console import out as stdout
+    from .console import track
+    from .export import export_run
+
+    info = export_run(run_dir, track=track, exporter=exporter)
+    for model in info.models:
+        stdout.print(f"{Path(run_dir) / model.segmenter}: opset {model.export['opset']}, "
+                     f"{model.export['exporter']} exporter, max |ONNX - PyTorch| {model.export['max_abs_diff']:.1e}",
+                     soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs (clean/, noisy/); an "
+                                                        "earlier demo's outputs there are replaced.")] = Path("demo"),
+    rate: Annotated[float, typer.Option("--rate", min=0.0, max=1.0, help="Fraction of the slices with "
+                                                                         "foreground to corrupt.")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the corruption.")] = 0,
+) -> None:
+    """Run the pipeline on the embedded demo data (brain MRI from the MNI152 template) and say where it went."""
+    from rich.table import Table
+
+    from .console import err, track
+    from .console import out as stdout
+    from .demo import DemoConfig, run_demo
+    from .render import render_inspect
+
+    def announce(index: int, total: int, name: str) -> None:
+        err.print(f"[bold]\\[{index}/{total}][/] {name}")
+
+    result = run_demo(DemoConfig(out=out_dir, rate=rate, seed=seed), track=track, announce=announce)
+    if result.summary is not None:
+        render_inspect(result.summary)
+    if result.manifest is not None:
+        table = Table(title=f"corrupted labels (seed {seed})", title_justify="left")
+        for column in ("kind", "slices", "cases", "changed pixels"):
+            table.add_column(column, justify="left" if column == "kind" else "right")
+        rows = result.corrupted_by_kind
+        for kind, row in rows.items():
+            table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
+        stdout.print(table)
+        stdout.print(f"{result.num_cases} cases, {result.num_slices} slices; corrupted "
+                     f"{result.manifest['corrupted_count']} of {result.manifest['population_size']} slices with "
+                     f"foreground ({result.manifest['achieved_rate']:.1%})")
+    for step in result.steps:
+        where = f" -> {step.path}" if step.path is not None else ""
+        stdout.print(f"  {step.name}: {step.seconds:.1f} s{where}", soft_wrap=True)
+    stdout.print(f"clean dataset: {result.clean}", soft_wrap=True)  # paths never wrap: scripts read them
+    if result.noisy is not None:
+        stdout.print(f"noisy dataset: {result.noisy}\nmanifest: {result.manifest_path}", soft_wrap=True)
+
+
+from enum import Enum  # noqa: E402 - stdlib, cheap; kept beside the command that uses it
+
+
+class CheckFormat(str, Enum):
+    """What `check` prints on stdout."""
+
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+
+
+@app.command()
+@handle_errors
+def check(
+    incoming: Annotated[Path, typer.Argument(metavar="INCOMING", help="Dataset folder of the annotations to gate "
+                                                                      "(same layouts as DATASET).",
+                                             show_default=False)],
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Run folder (run.json + ONNX graphs), e.g. models/demo-pint (default: the latest run).",
+        show_default=False)] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Flag slices and cases whose noise score reaches T (default: the run's calibrated "
+                            "threshold).", show_default=False)] = None,
+    max_flagged: Annotated[int, typer.Option("--max-flagged", min=0, help="Pass with up to N flagged "
+                                                                          "annotations.")] = 0,
+    junit: Annotated[Optional[Path], typer.Option(
+        "--junit", help="Also write JUnit XML here (one test case per annotation).", show_default=False)] = None,
+    fmt: Annotated[CheckFormat, typer.Option("--format", case_sensitive=False,
+                                             help="stdout: text (a summary table), json, or github "
+                                                  "(workflow annotations).")] = CheckFormat.TEXT,
+    cache: Annotated[Optional[Path], typer.Option(
+        "--cache", help="Cache folder: only new or changed annotations are scored again.", show_default=False)
+                     ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per ONNX Runtime call.")] = 16,
+) -> None:
+    """Gate incoming annotations: exit 0 when none is flagged, 1 when some are (CI; no PyTorch needed)."""
+    import json as _json
+
+    from .console import err, track
+    from .console import out as stdout
+    from .gate import CheckConfig, check_json, github_annotations, junit_xml, run_check, summary_table
+    from .runfolder import latest_run
+
+    config = CheckConfig(incoming=incoming, run_dir=model if model is not None else latest_run(),
+                         threshold=threshold, max_flagged=max_flagged, cache_dir=cache, device=device,
+                         batch_size=batch_size)
+    result = run_check(config, track=track)
+    if junit is not None:
+        from .errors import UsageError
+
+        try:
+            junit.parent.mkdir(parents=True, exist_ok=True)
+            junit.write_text(junit_xml(result), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--junit {junit}: cannot write ({exc.strerror or exc})") from exc
+        err.print(f"JUnit XML written to {junit}", soft_wrap=True, markup=False)
+    if fmt is CheckFormat.JSON:
+        sys.stdout.write(_json.dumps(check_json(result), indent=2) + "\n")
+    elif fmt is CheckFormat.GITHUB:
+        sys.stdout.write(github_annotations(result))
+    else:
+        stdout.print(summary_table(result))
+    sys.stdout.flush()
+    raise typer.Exit(result.exit_code)

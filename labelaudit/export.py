@@ -1,0 +1,221 @@
+"""torch -> ONNX: write each fold's segmenter.onnx from its safetensors weights, verified with ONNX Runtime.
+
+The graph contract (scoring depends on it exactly): inputs `image` float32 [N, C_in, H, W] (H, W multiples
+of 16) and `noise` float32 [K, C_in, H, W]; outputs `prob_mean` float32 [N, C, H, W] (mean over k of
+softmax(net(image + noise[k]))) and `uncertainty` float32 [N, H, W] (entropy(prob_mean) / log C).
+N, K, H and W are dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .data import no_track
+from .errors import TRAINING_EXTRA, MissingDependencyError, ModelError
+from .runfolder import Perturbations, RunInfo, perturbation_noise, save_run
+
+OPSET = 18
+#: Export fails when ONNX Runtime and PyTorch differ by more than this (algorithms.md §7.2).
+PARITY_TOLERANCE = 1e-4
+EXPORTERS = ("dynamo", "torchscript")
+#: The example shape used for tracing, and a different one for the parity check (so frozen shapes show).
+_EXAMPLE_HW = (32, 32)
+_CHECK_N, _CHECK_HW = 3, (48, 80)
+
+
+def require_training_extra() -> None:
+    """Raise MissingDependencyError (exit 5) when a package of the training extra cannot be imported."""
+    for module, what in (("torch", "PyTorch (training)"), ("monai", "MONAI (training)"),
+                         ("safetensors", "safetensors (training)"), ("onnx", "onnx (export)")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise MissingDependencyError(what, TRAINING_EXTRA) from None
+
+
+# ----------------------------------------------------------------------------- weights
+
+def save_weights(net, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the network's state as safetensors (cannot execute code on load), atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata or {})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_weights(path: Path) -> dict:
+    """Read safetensors weights; a missing, truncated or corrupt file is a ModelError naming it (exit 4)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file missing", hint="re-fit the run with: labelaudit fit DATASET --force")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: weights file is truncated or corrupt ({exc})",
+                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
+
+
+# ----------------------------------------------------------------------------- one graph
+
+def export_segmenter(net, num_classes: int, in_channels: int, path: Path, perturbations: Perturbations,
+                     exporter: str = "dynamo", opset: int = OPSET) -> dict:
+    """Export PerturbedSegmenter(net) to `path` and verify it with ONNX Runtime (CPU).
+
+    The check runs on a shape different from the export example, with the run's noise bank
+    (runfolder.perturbation_noise). Returns {"opset", "exporter", "max_abs_diff", "checked_shape", ...};
+    raises ModelError when the graph differs from PyTorch by more than PARITY_TOLERANCE.
+    """
+    import torch
+
+    from .nets import PerturbedSegmenter
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    model = PerturbedSegmenter(net.to("cpu").eval(), num_classes).eval()
+    image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
+    noise = torch.zeros(2, in_channels, *_EXAMPLE_HW)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    names = {"input_names": ["image", "noise"], "output_names": ["prob_mean", "uncertainty"]}
+    try:
+        with _quiet():
+            if exporter == "dynamo":
+                from torch.export import Dim
+
+                n, k, h, w = Dim("N"), Dim("K"), Dim("H"), Dim("W")
+                program = torch.onnx.export(
+                    model, (image, noise), None, dynamo=True, opset_version=opset, external_data=False,
+                    dynamic_shapes={"image": {0: n, 2: h, 3: w}, "noise": {0: k, 2: h, 3: w}}, verbose=False,
+                    **names)
+                program.save(tmp, external_data=False)
+            else:
+                torch.onnx.export(
+                    model, (image, noise), tmp, dynamo=False, opset_version=opset, **names,
+                    dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "noise": {0: "K", 2: "H", 3: "W"},
+                                  "prob_mean": {0: "N", 2: "H", 3: "W"}, "uncertainty": {0: "N", 1: "H", 2: "W"}})
+        diff = verify_segmenter(model, Path(tmp), in_channels, perturbations)
+        if diff > PARITY_TOLERANCE:
+            raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
+                             hint="try the other exporter, or report this as a bug")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
+            "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "noise_passes": perturbations.k,
+            "torch": torch.__version__}
+
+
+def verify_segmenter(model, onnx_path: Path, in_channels: int, perturbations: Perturbations) -> float:
+    """Max |ONNX Runtime - PyTorch| over both outputs, on random images of shape (3, C_in, 48, 80)."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(_CHECK_N, in_channels, *_CHECK_HW)).astype(np.float32)
+    noise = perturbation_noise(perturbations, in_channels, *_CHECK_HW)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    got = session.run(["prob_mean", "uncertainty"], {"image": image, "noise": noise})
+    with torch.no_grad():
+        want = model(torch.from_numpy(image), torch.from_numpy(noise))
+    return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' warnings and log lines: library code never prints."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(open(os.devnull, "w")) as sink:
+                try:
+                    yield
+                finally:
+                    sink.close()
+    finally:
+        logger.setLevel(level)
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    """run.json without load_run's check that the ONNX files exist (export is what creates them)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing", hint="this folder was not written by `labelaudit fit`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    return RunInfo.from_json(data, path)
+
+
+def build_fold_net(info: RunInfo, weights: Path):
+    """The deployment network of one fold, rebuilt from run.json's net parameters and its weights."""
+    from .methods import NetParams
+
+    params = NetParams.from_json(info.config.get("net", {}))
+    return load_net(weights, len(info.channel_names), info.label_map.num_classes, params)
+
+
+def load_net(weights: Path, in_channels: int, num_classes: int, params):
+    """A U-Net of the given shape with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
+    from .nets import build_unet
+
+    net = build_unet(in_channels, num_classes, params)
+    state = load_weights(weights)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{weights}: weights do not fit the network described in run.json ({first})",
+                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
+    return net.eval()
+
+
+def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] = no_track,
+               exporter: str | None = None) -> RunInfo:
+    """Re-create and re-verify every fold's segmenter.onnx from its weights; update run.json.
+
+    `exporter`: dynamo or torchscript; default: the one run.json's configuration names.
+    """
+    require_training_extra()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: run folder not found", hint="train one with: labelaudit fit DATASET")
+    info = read_run_info(run_dir)
+    if not info.models:
+        raise ModelError(f"{run_dir / 'run.json'}: lists no models (the fit did not finish)",
+                         hint="finish it with: labelaudit fit DATASET --resume")
+    exporter = exporter or info.config.get("exporter", "dynamo")
+    for model in track(info.models, "exporting"):
+        net = build_fold_net(info, run_dir / model.weights)
+        model.export = export_segmenter(net, info.label_map.num_classes, len(info.channel_names),
+                                        run_dir / model.segmenter, info.perturbations, exporter)
+    save_run(run_dir, info)
+    return info
