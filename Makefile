@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	# elasticdeform's PyPI wheel was built against NumPy 1 and fails under NumPy 2: build it from source.
 	$(BIN)/python -m pip install -q --no-binary elasticdeform elasticdeform
 	$(BIN)/python -c "import elasticdeform, torch, onnxruntime, SimpleITK; print('installed: torch', torch.__version__)"
+	# headless Chromium for the report's browser test (skipped without it); only as root with apt-get
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium) || true
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,11 +1,11 @@
-"""The audit folder that `score` writes: cases.csv, slices.csv, maps/, summary.json and a minimal report.
+"""The audit folder that `score` writes: cases.csv, slices.csv, maps/, summary.json and the report.
 
     AUDIT_DIR/cases.csv               one row per case, noise_score descending
     AUDIT_DIR/slices.csv              one row per slice of every case, noise_score descending
     AUDIT_DIR/maps/<case>_noise<end>  float32 noise map in [0, 1], the label file's exact geometry
     AUDIT_DIR/maps/<case>_pred<end>   the model's label map (label values), same geometry
     AUDIT_DIR/summary.json            dataset, run, provider, thresholds, counts, per-case rows, timings, skipped
-    AUDIT_DIR/report.html             until the report module exists: a plain, escaped table page
+    AUDIT_DIR/report.html             the self-contained HTML report (labelaudit.report)
 
 Every file is written through a temp file and renamed, so an interrupted run leaves no half file.
 """
@@ -13,7 +13,6 @@ Every file is written through a temp file and renamed, so an interrupted run lea
 from __future__ import annotations
 
 import csv
-import html
 import io as _io
 import json
 import os
@@ -29,12 +28,10 @@ from .errors import UsageError
 from .types import CaseRef, Dataset, Geometry
 
 CASE_COLUMNS = ("case_id", "noise_score", "flagged", "worst_slice", "disagreement", "n_slices", "n_flagged_slices",
-                "model", "routing", "noise_map", "pred_map")
+                "model", "routing", "noise_map", "pred_map", "error_kind")
 SLICE_COLUMNS = ("case_id", "slice_index", "noise_score", "flagged", "disagreement", "doubt_fraction",
-                 "label_pixels", "pred_pixels")
+                 "label_pixels", "pred_pixels", "error_kind")
 INPUT_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "labels")
-REPORT_TOP_CASES = 20
-REPORT_TOP_SLICES = 30
 
 
 def check_out_dir(out_dir: Path, dataset: Dataset) -> None:
@@ -145,51 +142,11 @@ def write_audit(audit, report: Path | None = None) -> dict[str, str]:
                    "report": str(report_path)}
     _atomic_text(out_dir / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
     _atomic_text(out_dir / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
-    _atomic_text(report_path, render_html(audit))
+    from .report import write_report
+
+    write_report(audit, report_path)
     write_summary(audit)
     return audit.files
-
-
-def _table(rows: list, columns: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        cells = "".join(f"<td>{html.escape(_fmt(getattr(row, c)))}</td>" for c in columns)
-        body.append(f'<tr class="{"flagged" if row.flagged else ""}">{cells}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def render_html(audit) -> str:
-    """A minimal self-contained page: what was scored, with what, and the top cases and slices."""
-    e = html.escape
-    threshold = audit.threshold
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>labelaudit: {e(audit.dataset.get('name', ''))}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}tr.flagged td{{background:#fde2e1}}</style></head>
-<body><h1>Label audit of {e(audit.dataset.get('name', ''))}</h1>
-<p>Dataset <code>{e(audit.dataset.get('path', ''))}</code>, run <code>{e(audit.run.get('path', ''))}</code>
-(method {e(str(audit.run.get('method')))}), ONNX Runtime provider {e(audit.provider)}.
-Pixel noise score: {e(audit.pixel_score)}; flagging threshold: slice {threshold['slice']:.3f},
-case {threshold['case']:.3f} ({e(str(threshold.get('source', '')))}).
-{len(audit.cases)} cases, {len(audit.slices)} slices; {len(audit.flagged_cases)} cases and
-{len(audit.flagged_slices)} slices flagged; {len(audit.skipped)} cases skipped.</p>
-<p>Noise scores are in [0, 1], higher means more likely wrong. This is a minimal page; the noise maps in
-<code>maps/</code> overlay on the images in 3D Slicer or ITK-SNAP.</p>
-<h2>Top {min(REPORT_TOP_CASES, len(audit.cases))} cases</h2>
-{_table(audit.cases[:REPORT_TOP_CASES], CASE_COLUMNS[:9])}
-<h2>Top {min(REPORT_TOP_SLICES, len(audit.slices))} slices</h2>
-{_table(audit.slices[:REPORT_TOP_SLICES], SLICE_COLUMNS)}
-{_skipped_html(audit.skipped)}
-</body></html>
-"""
-
-
-def _skipped_html(skipped: dict[str, list[str]]) -> str:
-    if not skipped:
-        return ""
-    items = "".join(f"<li>{html.escape(case)}: {html.escape('; '.join(why))}</li>" for case, why in skipped.items())
-    return f"<h2>Skipped cases</h2><ul>{items}</ul>"
 
 
 def render_audit(audit, top: int = 10) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data import CaseInfo, Track, check_case, discover_dataset, fingerprint, no_track, raise_fatal
+from .errorkind import ErrorKind, classify_slices, dominant_kind
 from .errors import InputError, ModelError
 from .preprocess import LabelMap, pad_to_multiple, prepare_case, restore_in_plane
 from .runfolder import FoldModel, RunInfo, load_run, perturbation_noise
@@ -71,6 +72,12 @@ THRESHOLD_RULE = "median+k*mad"
 THRESHOLD_K = 3.0
 MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
 THRESHOLD_FLOOR = 0.05
+#: Stored with the thresholds in run.json, so that a committed model says what its threshold means.
+THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = max(floor, median + k * mad_scale "
+                     "* MAD) of the scores of the training slices with structure ('scored' says whether "
+                     "out-of-fold or in-sample): k robust standard deviations above a typical training "
+                     "annotation, robust to up to half of them being wrong; a case is flagged when any slice is, "
+                     "or when its score (mean of its 3 worst slices) reaches 'case'")
 #: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
 #: Upper bound on N·K·Hp·Wp pixels per ORT call, so a 512×512 CT with K=8 stays within a few GB.
@@ -242,6 +249,7 @@ class ScoreConfig:
     pixel_score: PixelScore = PIXEL_SCORE
     out_of_fold: bool = True
     strict: bool = False
+    cases: tuple[str, ...] | None = None  # score only these case ids (check --cache: the new or changed ones)
 
 
 @dataclass
@@ -254,6 +262,7 @@ class SliceScore:
     doubt_fraction: float
     label_pixels: int
     pred_pixels: int
+    error_kind: str = "none"  # errorkind.ErrorKind value: label vs robust prediction on this slice
 
 
 @dataclass
@@ -269,6 +278,7 @@ class CaseScore:
     routing: str  # out-of-fold | in-sample | new-data
     noise_map: str | None = None  # path relative to the audit folder
     pred_map: str | None = None
+    error_kind: str = "none"  # the dominant kind over the slices that make the case score
 
 
 @dataclass
@@ -291,6 +301,7 @@ class Audit:
     out_dir: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    views: dict = field(default_factory=dict)  # case id -> report.CaseView (files, thumbnails), when writing
 
     @property
     def flagged_cases(self) -> list[CaseScore]:
@@ -498,17 +509,24 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
         dataset={"name": dataset.name, "path": str(dataset.root.resolve()), "layout": dataset.layout,
                  "fit_dataset": fit_dataset},
         run={"path": str(run_dir.resolve()), "method": info.method, "created": info.created,
-             "models": [_model_name(info.models, [i]) for i in range(len(info.models))]},
+             "models": [_model_name(info.models, [i]) for i in range(len(info.models))],
+             "trained_on": {"name": info.dataset.get("name"), "cases": len(info.dataset.get("cases") or [])}},
         provider=scorer.provider, device=scorer.device, device_reason=scorer.reason, versions=scorer.versions,
         pixel_score=scorer.pixel_score.value, threshold=threshold, perturbations=scorer.perturbations.k,
         out_dir=out_dir,
     )
     declared = dataset.labels.values() if dataset.labels else None
+    views = None
+    if out_dir is not None:
+        from .report import ViewCollector
+
+        views = ViewCollector()  # thumbnails for the report, gathered while each case is in memory
     seconds = {"read": 0.0, "write": 0.0}
     label_set_failures = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool:
         wait = time.perf_counter()
-        for ref, case, case_info, problems in _prefetched(list(dataset.cases), declared, track, pool):
+        refs = [r for r in dataset.cases if config.cases is None or r.case_id in config.cases]
+        for ref, case, case_info, problems in _prefetched(refs, declared, track, pool):
             seconds["read"] += time.perf_counter() - wait
             unknown = sorted(set(case_info.label_counts) - set(info.label_map.values)) if case_info else []
             if unknown and not problems:
@@ -527,14 +545,19 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
                 audit.problems.extend(str(p) for p in problems)
                 wait = time.perf_counter()
                 continue
-            result = _case_result(ref.case_id, stats, threshold, _model_name(info.models, chosen), routing, audit)
+            pred_values = info.label_map.decode(pred_map)
+            kinds = classify_slices(case.label_slices(), pred_values)
+            result = _case_result(ref.case_id, stats, threshold, _model_name(info.models, chosen), routing, audit,
+                                  kinds)
             if out_dir is not None:
                 t0 = time.perf_counter()
                 geometry = case.label.geometry
                 result.noise_map, result.pred_map = audit_io.write_case_maps(
-                    out_dir, ref, geometry, noise_map, info.label_map.decode(pred_map))
+                    out_dir, ref, geometry, noise_map, pred_values)
+                views.add(ref, case, noise_map, pred_values, stats.noise_score,
+                          (stats.label_pixels + stats.pred_pixels) > 0, result.noise_score)
                 seconds["write"] += time.perf_counter() - t0
-            del case, noise_map, pred_map
+            del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()
     if label_set_failures and not audit.cases:
         raise ModelError(f"{run_dir}: no case of {dataset.root} could be scored: its labels hold values outside "
@@ -543,6 +566,7 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
                               "this dataset")
     for ref_id, problems in dataset.skipped.items():  # discovery-time problems (missing label, duplicates …)
         audit.skipped.setdefault(ref_id, [str(p) for p in problems])
+    audit.views = views.views if views is not None else {}
     audit.cases.sort(key=lambda c: (-c.noise_score, c.case_id))
     audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
     num_slices = sum(c.n_slices for c in audit.cases)
@@ -571,12 +595,13 @@ def _fit_dataset_path(info: RunInfo, run_dir: Path) -> Path:
 
 
 def _case_result(case_id: str, stats: SliceStats, threshold: dict, model: str, routing: str,
-                 audit: Audit) -> CaseScore:
+                 audit: Audit, kinds: list[ErrorKind] | None = None) -> CaseScore:
     slice_flags = stats.noise_score >= threshold["slice"]
+    kinds = kinds if kinds is not None else [ErrorKind.NONE] * len(stats.noise_score)
     for i in range(len(stats.noise_score)):
         audit.slices.append(SliceScore(case_id, i, float(stats.noise_score[i]), bool(slice_flags[i]),
                                        float(stats.disagreement[i]), float(stats.doubt_fraction[i]),
-                                       int(stats.label_pixels[i]), int(stats.pred_pixels[i])))
+                                       int(stats.label_pixels[i]), int(stats.pred_pixels[i]), kinds[i].value))
     score = case_noise_score(stats.noise_score)
     # a case is flagged when its score passes the case threshold or any of its slices is flagged: one wrong
     # slice is enough to send the annotation back
@@ -584,6 +609,8 @@ def _case_result(case_id: str, stats: SliceStats, threshold: dict, model: str, r
     result = CaseScore(case_id, score, flagged, int(np.argmax(stats.noise_score)),
                        float(dice_disagreement(stats.counts.sum(axis=-1))), len(stats.noise_score),
                        int(slice_flags.sum()), model, routing)
+    worst = np.argsort(-stats.noise_score, kind="stable")[:CASE_TOP_SLICES]  # the slices that make the case score
+    result.error_kind = dominant_kind([kinds[i] for i in worst], stats.noise_score[worst]).value
     audit.cases.append(result)
     return result
 
@@ -622,6 +649,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
 
     return {
         "slice": slice_threshold, "case": case_threshold, "rule": THRESHOLD_RULE, "case_rule": case_rule,
+        "meaning": THRESHOLD_MEANING,
         "k": k, "mad_scale": MAD_SCALE, "floor": floor, "pixel_score": audit.pixel_score,
         "perturbations": audit.perturbations,
         "scored": "out-of-fold" if any(c.routing == "out-of-fold" for c in audit.cases) else "in-sample",

@@ -1,0 +1,289 @@
+"""The HTML report: content and order from a real (tiny) audit, escaping, thumbnails, orientation, PNG encoding."""
+
+from __future__ import annotations
+
+import csv
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelaudit import io
+from labelaudit.errorkind import ErrorKind
+from labelaudit.report import ReportConfig, ViewCollector, render_report
+from labelaudit.report.page import contour_path, histogram_svg
+from labelaudit.report.png import encode_png
+from labelaudit.report.views import CaseView, Orientation, crop_box, make_slice_view, orientation_of
+from labelaudit.scoring import Audit, CaseScore, ScoreConfig, SliceScore, score_dataset
+from labelaudit.synth import SynthConfig, write_synth_dataset
+from labelaudit.types import Case, CaseRef, Geometry, Volume
+from test_scoring import make_run
+
+EVIL = "<script>alert(1)</script>"
+
+
+# ----------------------------------------------------------------------------- a real audit, end to end
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """3 cases, case_001 with the structure erased from slice 3: scored, written, report rendered."""
+    base = tmp_path_factory.mktemp("report")
+    root = write_synth_dataset(base / "Dataset007_Report", SynthConfig(cases=3, size=(40, 36, 6), seed=3))
+    path = root / "labelsTr" / "case_001.nii.gz"
+    label = io.read_volume(path)
+    label.array[3] = 0  # numpy axis 0 is the slicing axis here
+    io.write_volume(label, path)
+    run_dir = make_run(base / "run", root)
+    report = base / "elsewhere" / "audit.html"
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, out_dir=base / "audit", report=report, device="cpu"))
+    return audit, base / "audit", report.read_text(encoding="utf-8")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_lists_cases_worst_first_with_the_planted_slice_on_top(planted):
+    audit, _, page = planted
+    order = re.findall(r'<section class="case[^"]*"[^>]*data-case="([^"]+)"', page)
+    assert order == [c.case_id for c in audit.cases] and order[0] == "case_001"
+    first = page[page.index('data-case="case_001"'):]
+    first = first[:first.index("</section>")]
+    slices = [int(v) for v in re.findall(r'class="tile[^"]*"[^>]*data-slice="(\d+)"', first)]
+    assert slices[0] == 3 and len(slices) == ReportConfig().top_slices
+    assert 'data-kind="missing_structure"' in first.split('data-slice="3"')[1][:200]
+    # tile scores within a case descend
+    scores = [float(v) for v in re.findall(r'class="tile[^"]*"[^>]*data-score="([0-9.]+)"', first)]
+    assert scores == sorted(scores, reverse=True)
+    # thumbnails: image + heat overlay per shown slice, and the two contours
+    assert first.count('src="data:image/png;base64,') == 2 * len(slices)
+    assert re.search(r'<path class="lab" d="M[0-9]', first) and re.search(r'<path class="pred" d="M[0-9]', first)
+
+
+def test_report_header_facts_counts_and_histogram(planted):
+    audit, out, page = planted
+    assert "<title>labelaudit: Dataset007_Report</title>" in page
+    assert "<b>pint</b>" in page and "trained" in page
+    assert f"slice <b>{audit.threshold['slice']:.3f}</b>" in page
+    for number, name in ((3, "cases"), (18, "slices"), (len(audit.flagged_cases), "flagged cases"),
+                         (len(audit.flagged_slices), "flagged slices")):
+        assert f"<b>{number}</b><span>{name}</span>" in page
+    assert '<svg class="histogram"' in page and 'class="threshold"' in page
+    assert "worst slices of the 50 worst cases" in page  # N and M stated on the page
+
+
+def test_report_names_the_files_and_slices_to_open(planted):
+    audit, out, page = planted
+    section = page[page.index('data-case="case_001"'):]
+    section = section[:section.index("</section>")]
+    assert "imagesTr/case_001_0000.nii.gz" in section and "labelsTr/case_001.nii.gz" in section
+    assert "maps/case_001_noise.nii.gz" in section and "maps/case_001_pred.nii.gz" in section
+    assert re.search(r"axial slices, voxel index k \(0-based, of 6\): 3, ", section)
+    assert f"itksnap -g {audit.dataset['path']}/imagesTr/case_001_0000.nii.gz" in section
+    assert f"-o {out.resolve()}/maps/case_001_noise.nii.gz" in section or f"-o {out}/maps/case_001_noise.nii.gz" in section
+
+
+def test_report_is_self_contained(planted):
+    _, _, page = planted
+    # every src is inline, nothing is linked or imported, and the policy forbids fetching
+    assert re.findall(r'\ssrc="([^"]*)"', page) and all(s.startswith("data:image/png;base64,")
+                                                        for s in re.findall(r'\ssrc="([^"]*)"', page))
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    assert "http://" not in page and "https://" not in page
+    assert "default-src 'none'" in page
+    assert page.count("<script>") == 1 and "fetch(" not in page and "XMLHttpRequest" not in page
+
+
+def test_csv_columns_carry_the_error_kind(planted):
+    audit, out, _ = planted
+    kinds = {k.value for k in ErrorKind}
+    slices = _read_csv(out / "slices.csv")
+    assert slices[0]["error_kind"] == "missing_structure" and (slices[0]["case_id"], slices[0]["slice_index"]) == (
+        "case_001", "3")
+    assert {row["error_kind"] for row in slices} <= kinds
+    cases = _read_csv(out / "cases.csv")
+    assert cases[0]["case_id"] == "case_001" and cases[0]["error_kind"] == "missing_structure"
+
+
+# ----------------------------------------------------------------------------- hand-made audits
+
+def tiny_view(case_id: str, slice_index: int = 0, images=("img.nii.gz",), label: str = "lab.nii.gz") -> CaseView:
+    """A CaseView with one 24x24 thumbnail: a disk label, a shifted prediction, noise where they differ."""
+    y, x = np.mgrid[:24, :24]
+    lab = ((y - 12) ** 2 + (x - 11) ** 2 <= 25).astype(np.uint8)
+    pred = ((y - 12) ** 2 + (x - 14) ** 2 <= 25).astype(np.uint8)
+    image = (100 + 50 * lab + np.sin(x) * 5).astype(np.float32)
+    view = CaseView(case_id, tuple(images), label, Orientation("axial", 2, 4, spacing=(0.9, 0.8)))
+    view.slices[slice_index] = make_slice_view(slice_index, image, lab, pred, (lab != pred).astype(np.float32),
+                                               view.orientation)
+    return view
+
+
+def make_audit(case_ids: list[str], name: str = "Dataset009_Hand", with_views: bool = True) -> Audit:
+    """An Audit built by hand: case i has score 0.9 - 0.2 i, slices 0..3, slice 1 the worst; thumbnails for all."""
+    kinds = [ErrorKind.OVER, ErrorKind.MISSING, ErrorKind.SHIFTED, ErrorKind.WRONG_CLASS]
+    audit = Audit(dataset={"name": name, "path": "/data/" + name, "layout": "nnunet", "fit_dataset": True},
+                  run={"path": "/runs/r", "method": "pint", "created": "2025-01-02T03:04:05+00:00",
+                       "models": ["fold_0", "fold_1"], "trained_on": {"name": name, "cases": len(case_ids)}},
+                  provider="CPUExecutionProvider", device="cpu", device_reason="test", pixel_score="disagreement",
+                  threshold={"slice": 0.3, "case": 0.3, "source": "override"}, perturbations=2, out_dir=Path("/a"))
+    for i, case_id in enumerate(case_ids):
+        score = 0.9 - 0.2 * i
+        audit.cases.append(CaseScore(case_id, score, score >= 0.3, 1, 0.2, 4, int(score >= 0.3), "fold_0",
+                                     "out-of-fold", f"maps/{case_id}_noise.nii.gz", f"maps/{case_id}_pred.nii.gz",
+                                     kinds[i % 4].value))
+        for j, factor in enumerate((0.5, 1.0, 0.3, 0.1)):
+            audit.slices.append(SliceScore(case_id, j, score * factor, score * factor >= 0.3, 0.1, 0.25, 40, 45,
+                                           kinds[i % 4].value if j == 1 else "none"))
+        if with_views:
+            audit.views[case_id] = tiny_view(case_id, 1, images=(f"/data/{name}/imagesTr/{case_id}_0000.nii.gz",),
+                                             label=f"/data/{name}/labelsTr/{case_id}.nii.gz")
+    audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
+    return audit
+
+
+def test_every_string_from_the_data_is_escaped():
+    audit = make_audit([EVIL, 'a"b', "ok"], name='"><img src=x onerror=alert(2)>')
+    audit.dataset["path"] = "/data/<b>bold</b>"
+    audit.run["method"] = "<i>pint</i>"
+    audit.views[EVIL] = tiny_view(EVIL, 1, images=("/data/<script>x</script>_0000.nii.gz",), label="/l/'<u>.nii.gz")
+    audit.skipped = {"<em>bad</em>": ["case <em>bad</em>: unreadable <file>"]}
+    page = render_report(audit)
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script") == 1  # only the report's own script
+    assert "<img src=x" not in page and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
+    for raw in ("<b>bold</b>", "<i>pint</i>", "<u>", "<em>bad</em>", "<file>"):
+        assert raw not in page
+    assert 'data-case="a&quot;b"' in page
+
+
+def test_report_without_thumbnails_still_lists_every_case():
+    audit = make_audit(["c1", "c2"], with_views=False)
+    page = render_report(audit)
+    assert re.findall(r'data-case="([^"]+)"', page) == ["c1", "c2"]
+    assert "data:image/png" not in page and "no thumbnail" in page
+
+
+def test_kind_filter_offers_the_kinds_present():
+    page = render_report(make_audit(["c1", "c2"]))
+    select = page[page.index('id="f-kind"'):]
+    select = select[:select.index("</select>")]
+    assert re.findall(r'<option value="(\w*)">', select) == ["", "none", "over_segmentation", "missing_structure"]
+
+
+def test_page_size_stays_small_per_thumbnail():
+    audit = make_audit([f"case_{i:03d}" for i in range(20)])
+    page = render_report(audit)
+    assert len(page) < 20 * 12_000 + 60_000  # a 24 px thumbnail costs a few kB
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def _case(array: np.ndarray, geometry: Geometry) -> Case:
+    return Case("c", (Volume(array.astype(np.float32), geometry),), Volume((array > 0).astype(np.uint8), geometry))
+
+
+def test_collector_keeps_thumbnails_for_the_worst_cases_only():
+    geometry = Geometry((8, 8, 3), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    collector = ViewCollector(ReportConfig(top_cases=2, top_slices=2))
+    array = np.zeros((3, 8, 8))
+    array[:, 2:6, 2:6] = 1
+    scores = {"a": 0.2, "b": 0.9, "c": 0.5, "d": 0.1, "e": 0.5}
+    for case_id, score in scores.items():
+        ref = CaseRef(case_id, (Path(f"{case_id}_0000.nii.gz"),), Path(f"{case_id}.nii.gz"))
+        noise = np.zeros((3, 8, 8), dtype=np.float32)
+        pred = (array > 0).astype(np.uint8)
+        collector.add(ref, _case(array, geometry), noise, pred, np.array([score, score / 2, 0.0]),
+                      np.array([True, True, False]), score)
+    with_thumbs = {c for c, v in collector.views.items() if v.slices}
+    assert with_thumbs == {"b", "c"}  # c before e on a tie: the audit's order is score, then case id
+    assert set(collector.views) == set(scores)  # where-to-look for every case
+    assert sorted(collector.views["b"].slices) == [0, 1]
+
+
+def test_orientation_follows_the_direction_cosines():
+    identity = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    axial = orientation_of(Geometry((10, 12, 5), (0.8, 0.9, 3.0), (0, 0, 0), identity))
+    assert (axial.plane, axial.axis_name, axial.num_slices) == ("axial", "k", 5)
+    assert not (axial.transpose or axial.flip_rows or axial.flip_cols) and axial.spacing == (0.9, 0.8)
+    # NIfTI's usual RAS storage: x and y point to patient right and anterior -> both flipped for display
+    ras = orientation_of(Geometry((10, 12, 5), (0.8, 0.9, 3.0), (0, 0, 0), (-1, 0, 0, 0, -1, 0, 0, 0, 1)))
+    assert ras.flip_rows and ras.flip_cols and not ras.transpose
+    # slices along y (coronal): rows are z and must run downward toward inferior, so superior is up
+    coronal = orientation_of(Geometry((10, 6, 12), (0.8, 3.0, 0.9), (0, 0, 0), identity))
+    assert coronal.plane == "coronal" and coronal.axis_name == "j" and coronal.flip_rows and not coronal.transpose
+    two_d = orientation_of(Geometry((10, 12), (0.5, 0.6), (0, 0), (1, 0, 0, 1)))
+    assert two_d.plane == "2D" and two_d.itk_axis == -1
+    picture = np.arange(6).reshape(2, 3)
+    assert np.array_equal(Orientation("axial", 2, 1, True, True, False).apply(picture), picture.T[::-1])
+
+
+def test_crop_box_centres_on_the_structure_with_a_margin():
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[100:110, 200:220] = True
+    r0, r1, c0, c1 = crop_box(mask)
+    assert r1 - r0 == c1 - c0 == 48  # the minimum crop
+    assert r0 <= 100 and r1 >= 110 and c0 <= 200 and c1 >= 220
+    assert crop_box(np.zeros((30, 40), dtype=bool)) == (0, 30, 0, 40)
+
+
+def test_large_slices_are_downsampled_to_the_thumbnail_size():
+    image = np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)
+    label = np.zeros((512, 512), dtype=np.uint8)
+    label[50:450, 60:470] = 1
+    view = make_slice_view(7, image, label, label, np.zeros_like(image), Orientation("axial", 2, 9))
+    assert max(view.image.shape) <= 160 and view.image.dtype == np.uint8 and view.label.shape == view.image.shape
+
+
+def _decode_png(data: bytes) -> tuple[int, int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, _, colour, *_ = header
+    return width, height, colour, zlib.decompress(idat)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_png_round_trip(channels):
+    rng = np.random.default_rng(1)
+    shape = (5, 7) if channels == 1 else (5, 7, 4)
+    pixels = np.cumsum(rng.integers(0, 9, size=shape), axis=0).astype(np.uint8)
+    width, height, colour, raw = _decode_png(encode_png(pixels))
+    assert (width, height, colour) == (7, 5, 0 if channels == 1 else 6)
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(5, 1 + 7 * channels)
+    decoded = rows[:, 1:].copy()
+    for r in range(5):  # undo the filter: 0 none, 2 up
+        assert rows[r, 0] in (0, 2)
+        if rows[r, 0] == 2 and r > 0:
+            decoded[r] = decoded[r] + decoded[r - 1]
+    assert np.array_equal(decoded, pixels.reshape(5, -1))
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(pixels.astype(np.float32))
+
+
+def test_contour_follows_the_pixel_edges():
+    labels = np.zeros((10, 10), dtype=np.uint8)
+    labels[2:6, 3:8] = 1  # rows 2..5, columns 3..7: the box [3, 8] x [2, 6]
+    assert sorted(re.findall(r"M\d+ \d+[HV]\d+", contour_path(labels))) == [
+        "M3 2H8", "M3 2V6", "M3 6H8", "M8 2V6"]
+    labels[7, 0] = 2  # a second class: its own one-pixel square
+    assert {"M0 7H1", "M0 8H1", "M0 7V8", "M1 7V8"} <= set(re.findall(r"M\d+ \d+[HV]\d+", contour_path(labels)))
+    assert contour_path(np.zeros((4, 4), dtype=np.uint8)) == ""
+
+
+def test_histogram_marks_the_threshold_and_colours_flagged_bars():
+    svg = histogram_svg(np.array([0.01, 0.02, 0.02, 0.5]), threshold=0.3, bins=10)
+    assert "threshold 0.300" in svg and svg.count("<rect") == 2
+    assert svg.count("#D55E00") == 1  # the one bar at or past the threshold
