@@ -1,7 +1,9 @@
-"""Benchmark: does PINT rank corrupted slices better than plain U-Net's own disagreement?
+"""Benchmark: do PINT and MCPM rank corrupted slices better than plain U-Net's own disagreement?
 
-Corrupts the embedded demo data (slice level, r = 0.4, mixed kinds), fits plain and PINT
-with the same budget, in-sample (one model scoring its own training data, --folds 1) and
+Corrupts the embedded demo data (slice level, r = 0.4, mixed kinds), fits plain, PINT and MCPM
+with the same budget (MCPM's meta set: the clean copies of the 2 cases with the fewest corrupted
+slices, given as a dataset folder, so their noisy copies are left out of its training; plain-clean:
+plain U-Net on the clean labels, the reference for "how much of the noisy-vs-clean Dice gap is recovered"), in-sample (one model scoring its own training data, --folds 1) and
 out-of-fold (--folds K), scores each run with ONNX Runtime and evaluates the audit against
 the corruption manifest and the clean labels. Writes a Markdown section to bench/RESULTS.md.
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from labelaudit.demo import materialize_demo  # noqa: E402
 from labelaudit.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
 from labelaudit.metrics import ranking_scores  # noqa: E402
+from labelaudit.scoring import MCPM_PIXEL_SCORE, PIXEL_SCORE, PixelScore, ScoreConfig, score_dataset  # noqa: E402
 
 
 def run(args: list[str], log: Path) -> float:
@@ -65,7 +68,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="plain,pint")
+    parser.add_argument("--methods", default="plain,pint,mcpm,plain-clean")
+    parser.add_argument("--meta-cases", type=int, default=2, help="MCPM: verified cases in the meta set")
+    parser.add_argument("--device", default="cpu", help="training device (scoring runs on ONNX Runtime's CPU "
+                                                          "provider either way, for comparable score times)")
     parser.add_argument("--work", type=Path, default=HERE / "out" / "pint_audit")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
@@ -80,24 +86,37 @@ def main() -> None:
     run(["corrupt", str(clean), str(noisy), "--rate", str(args.rate), "--level", "slice",
          "--seed", str(args.seed)], log)
     manifest = noisy / "corruption.json"
+    methods = args.methods.split(",")
+    meta_dir = write_meta_set(clean, manifest, work / "meta", args.meta_cases) if "mcpm" in methods else None
 
     rows = []
-    for method in args.methods.split(","):
+    for method in methods:
+        # plain-clean: the same plain U-Net on the clean labels, scoring them (only its Dice is of interest)
+        data = clean if method == "plain-clean" else noisy
         for folds, setting in ((1, "in-sample"), (args.folds, "out-of-fold")):
             run_dir = work / "runs" / f"{method}-k{folds}"
             audit = work / "audits" / f"{method}-k{folds}"
-            fit_args = ["fit", str(noisy), "--method", method, "--folds", str(folds), "--out", str(run_dir),
-                        "--seed", str(args.seed), "--device", "cpu", "--force"]
+            fit_args = ["fit", str(data), "--method", "plain" if method == "plain-clean" else method,
+                        "--folds", str(folds), "--out", str(run_dir),
+                        "--seed", str(args.seed), "--device", args.device, "--force"]
+            if method == "mcpm":
+                fit_args += ["--meta-set", str(meta_dir)]
             if epochs:
                 fit_args += ["--epochs", str(epochs)]
             fit_s = run(fit_args, log)
-            score_s = run(["score", str(noisy), "--model", str(run_dir), "--out", str(audit), "--device", "cpu"], log)
+            score_s = run(["score", str(data), "--model", str(run_dir), "--out", str(audit), "--device", "cpu"], log)
             result = evaluate_audit(EvaluateConfig(audit, manifest, clean=clean))
             ev = result.to_json()
             (audit / "evaluation.json").write_text(json.dumps(ev, indent=2))
             ranking = ev["ranking"]
             seg = ev["segmentation"]
             dis_ap, dis_auroc = disagreement_baseline(audit, manifest)
+            # the other pixel formula, same run and slices: which one ranks corrupted annotations better?
+            other = next(p for p in PixelScore if p is not PIXEL_SCORE)
+            other_dir = audit.with_name(audit.name + f"-{other.value}")
+            score_dataset(ScoreConfig(run_dir=run_dir, dataset=data, out_dir=other_dir, device="cpu",
+                                      pixel_score=other, out_of_fold=True))
+            other_ranking = evaluate_audit(EvaluateConfig(other_dir, manifest, clean=clean)).to_json()["ranking"]
             rows.append({
                 "method": method, "setting": setting, "folds": folds,
                 "slice_ap": ranking["slice"]["ap"], "slice_auroc": ranking["slice"]["auroc"],
@@ -106,11 +125,47 @@ def main() -> None:
                 "disagreement_ap": dis_ap, "disagreement_auroc": dis_auroc,
                 "dice": seg.get("prediction", {}).get("foreground_mean", {}).get("dice"),
                 "noisy_dice": seg.get("noisy_label", {}).get("foreground_mean", {}).get("dice"),
-                "fit_s": fit_s, "score_s": score_s,
+                "fit_s": fit_s, "score_s": score_s, "other_formula": other.value,
+                "other_slice_ap": other_ranking["slice"]["ap"], "other_slice_auroc": other_ranking["slice"]["auroc"],
+                "other_pixel_ap": other_ranking.get("pixel", {}).get("ap"),
             })
             print(json.dumps(rows[-1]), flush=True)
 
     write_results(args, rows, epochs)
+
+
+def write_meta_set(clean: Path, manifest_path: Path, dest: Path, count: int) -> Path:
+    """A dataset folder with the clean copies of the `count` cases that have the fewest corrupted slices."""
+    manifest = read_manifest(manifest_path)
+    order = sorted(manifest.cases, key=lambda c: (sum(manifest.cases[c].slices.values()), c))
+    chosen = order[:count]
+    (dest / "imagesTr").mkdir(parents=True)
+    (dest / "labelsTr").mkdir()
+    meta = json.loads((clean / "dataset.json").read_text())
+    meta["numTraining"] = len(chosen)
+    (dest / "dataset.json").write_text(json.dumps(meta, indent=2))
+    for case in chosen:
+        for image in (clean / "imagesTr").glob(f"{case}_*"):
+            shutil.copy2(image, dest / "imagesTr" / image.name)
+        for label in (clean / "labelsTr").glob(f"{case}.*"):
+            shutil.copy2(label, dest / "labelsTr" / label.name)
+    return dest
+
+
+def gap_recovered(rows: list[dict]) -> list[str]:
+    """(Dice_method - Dice_plain) / (Dice_plain-clean - Dice_plain) per setting: the paper's "gap recovered"."""
+    lines = []
+    for setting in ("in-sample", "out-of-fold"):
+        dice = {r["method"]: r["dice"] for r in rows if r["setting"] == setting and r["dice"] is not None}
+        if not {"plain", "plain-clean"} <= set(dice):
+            continue
+        gap = dice["plain-clean"] - dice["plain"]
+        for method in (m for m in dice if m not in ("plain", "plain-clean")):
+            share = f"{(dice[method] - dice['plain']) / gap:+.0%}" if abs(gap) > 1e-6 else "– (no gap)"
+            lines.append(f"- {setting}: {method} recovers {share} of the Dice gap between plain on noisy labels "
+                         f"({dice['plain']:.3f}) and plain on clean labels ({dice['plain-clean']:.3f}); "
+                         f"{method} {dice[method]:.3f}")
+    return lines
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -129,8 +184,8 @@ def write_results(args, rows: list[dict], epochs: int | None) -> None:
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu}; python {platform.python_version()}",
         f"- data: embedded demo (MNI152-derived), corrupted at slice level, r = {args.rate}, mixed kinds, seed {args.seed}",
-        f"- budget: same for both methods ({'epochs ' + str(epochs) if epochs else 'default epochs'}), device cpu;"
-        f" out-of-fold = {args.folds} folds",
+        f"- budget: same for both methods ({'epochs ' + str(epochs) if epochs else 'default epochs'});"
+        f" out-of-fold = {args.folds} folds; training device {args.device}",
         "- command: `python bench/pint_audit.py" + (" --quick" if args.quick else "") + "`",
         "",
         "| method | audit | slice AP | slice AUROC | case AP | pixel AP | pixel AP (ROI) | 1−Dice AP | 1−Dice AUROC "
@@ -142,6 +197,20 @@ def write_results(args, rows: list[dict], epochs: int | None) -> None:
             f"| {r['method']} | {r['setting']} | {fmt(r['slice_ap'])} | {fmt(r['slice_auroc'])} | {fmt(r['case_ap'])} "
             f"| {fmt(r['pixel_ap'])} | {fmt(r['pixel_roi_ap'])} | {fmt(r['disagreement_ap'])} "
             f"| {fmt(r['disagreement_auroc'])} | {fmt(r['dice'])} | {r['fit_s']:.0f} | {r['score_s']:.0f} |")
+    if rows:
+        lines += ["", f"Pixel formula: the table uses `{PIXEL_SCORE.value}` (MCPM runs: `{MCPM_PIXEL_SCORE.value}`); "
+                  f"with `{rows[0]['other_formula']}` "
+                  "instead (same runs):", "", "| method | audit | slice AP | slice AUROC | pixel AP |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['setting']} | {fmt(r['other_slice_ap'])} | {fmt(r['other_slice_auroc'])} "
+                  f"| {fmt(r['other_pixel_ap'])} |" for r in rows]
+    recovered = gap_recovered(rows)
+    if recovered:
+        lines += ["", "Dice against the clean labels, gap recovered (plain-clean's ranking columns score clean labels "
+                  "and mean nothing):", "", *recovered]
+    cost = mcpm_cost(args)
+    if cost:
+        lines += ["", f"MCPM epoch cost (run.json `mcpm_cost`, meta-step time subtracted from the same epochs): {cost}"]
     if rows and rows[0].get("noisy_dice") is not None:
         lines += ["", f"The noisy labels themselves have Dice {fmt(rows[0]['noisy_dice'])} against the clean ones."]
     lines += ["", "slice AP/AUROC rank slices by labelaudit's noise score; 1−Dice ranks them by the model's own "
@@ -158,6 +227,17 @@ def write_results(args, rows: list[dict], epochs: int | None) -> None:
         text = text.rstrip() + "\n\n" + section
     results.write_text(text)
     print(f"wrote {results}")
+
+
+def mcpm_cost(args) -> str:
+    """The ratio of an MCPM epoch to a plain one, per run, as fit measured it."""
+    parts = []
+    for run_json in sorted((args.work / "runs").glob("mcpm-k*/run.json")):
+        cost = json.loads(run_json.read_text()).get("mcpm_cost", {})
+        ratios = [c["ratio"] for c in cost.values() if "ratio" in c]
+        if ratios:
+            parts.append(f"{run_json.parent.name}: {min(ratios):.1f}-{max(ratios):.1f}x")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

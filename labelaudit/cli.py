@@ -254,7 +254,8 @@ def fit(
     variant: Annotated[str, typer.Option("--variant", help="PINT variant: pint (pixel + image), pnt (pixel only), "
                                                          "int (image only).")] = "pint",
     meta_set: Annotated[Optional[Path], typer.Option(
-        "--meta-set", help="MCPM: text file of verified-clean case ids.", show_default=False)] = None,
+        "--meta-set", help="MCPM: a text file of verified case ids (one per line, # comments), left out of "
+                           "training, or a dataset folder of verified cases.", show_default=False)] = None,
     folds: Annotated[int, typer.Option("--folds", min=1, help="Train one model per fold of cases, each scoring "
                                                               "the cases it did not see; 1: one model on all.")] = 3,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train.")] = 10,
@@ -284,6 +285,16 @@ def fit(
     image_quantile: Annotated[float, typer.Option("--image-quantile", min=0.0, max=1.0, help="PINT: images whose "
                                                   "uncertainty exceeds this quantile of recent ones learn from "
                                                   "the teacher only.")] = 0.5,
+    virtual_lr: Annotated[float, typer.Option("--virtual-lr", min=0.0, help="MCPM: step (alpha) of the virtual "
+                                              "SGD update of the bilevel step.")] = 0.05,
+    meta_lr: Annotated[float, typer.Option("--meta-lr", min=0.0, help="MCPM: Adam learning rate (beta) of the "
+                                           "meta mask network.")] = 3e-3,
+    meta_batch_size: Annotated[int, typer.Option("--meta-batch-size", min=0, help="MCPM: slices per meta batch "
+                                                 "(m); 0: the training batch size.")] = 0,
+    meta_every: Annotated[int, typer.Option("--meta-every", min=1, help="MCPM: one meta step every k training "
+                                            "steps (k > 1 is cheaper).")] = 1,
+    meta_warmup: Annotated[float, typer.Option("--meta-warmup", min=0.0, max=1.0, help="MCPM: fraction of steps "
+                                               "trained unweighted before the first meta step.")] = 0.1,
     exporter: Annotated[str, typer.Option("--exporter", help="ONNX exporter: dynamo or torchscript.")] = "dynamo",
 ) -> None:
     """Train a noise-robust segmentation model on a dataset and export its ONNX graphs."""
@@ -292,7 +303,7 @@ def fit(
     from .console import err, track
     from .console import out as stdout
     from .fit import FitConfig, fit_dataset
-    from .methods import LoopParams, PintParams
+    from .methods import LoopParams, McpmParams, PintParams
 
     config = FitConfig(
         dataset=dataset, out=out, method=method, variant=variant, folds=folds, seed=seed, device=device,
@@ -302,6 +313,8 @@ def fit(
                      learning_rate=learning_rate),
         pint=replace(PintParams(), variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
                      warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile),
+        mcpm=replace(McpmParams(), virtual_lr=virtual_lr, meta_lr=meta_lr, meta_batch_size=meta_batch_size,
+                     meta_every=meta_every, warmup_fraction=meta_warmup),
     )
     stop, update = _training_progress()
     try:
@@ -316,6 +329,10 @@ def fit(
     stdout.print(f"run folder: {run_dir}", soft_wrap=True)
     stdout.print(f"method: {info.method}" + (f" ({info.config.get('variant')})" if info.method == "pint" else "")
                  + f", device: {info.extra.get('device', '?')}, folds: {len(info.models)}", soft_wrap=True)
+    meta = info.extra.get("meta_set")
+    if meta:
+        stdout.print(f"meta set: {len(meta['cases'])} verified case(s) from {meta['path']}, left out of training",
+                     soft_wrap=True)
     for model in info.models:
         rows = info.log.get(f"fold_{max(model.fold, 0)}", [])
         loss = f"{rows[-1]['loss']:.4f}" if rows else "?"
@@ -352,43 +369,67 @@ def export(
 @app.command()
 @handle_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs (clean/, noisy/); an "
-                                                        "earlier demo's outputs there are replaced.")] = Path("demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs (clean/, noisy/, run/, "
+                                                        "audit/); an earlier demo's outputs there are replaced.")
+                       ] = Path("demo"),
     rate: Annotated[float, typer.Option("--rate", min=0.0, max=1.0, help="Fraction of the slices with "
                                                                          "foreground to corrupt.")] = 0.3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the corruption.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the corruption and the training.")] = 0,
+    method: Annotated[str, typer.Option("--method", help="pint or plain.")] = "pint",
+    folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 3,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per fold (default: fit's).",
+                                                  show_default=False)] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations-per-epoch", min=1, show_default=False,
+                                                      help="Training steps per epoch (default: fit's).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Run the pipeline on the embedded demo data (brain MRI from the MNI152 template) and say where it went."""
+    """Run the whole pipeline on the embedded demo data (brain MRI from the MNI152 template): corrupt, fit, score."""
     from rich.table import Table
 
     from .console import err, track
     from .console import out as stdout
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, DemoHooks, run_demo
     from .render import render_inspect
 
     def announce(index: int, total: int, name: str) -> None:
         err.print(f"[bold]\\[{index}/{total}][/] {name}")
 
-    result = run_demo(DemoConfig(out=out_dir, rate=rate, seed=seed), track=track, announce=announce)
+    config = DemoConfig(out=out_dir, rate=rate, seed=seed, method=method, folds=folds, epochs=epochs,
+                        iterations_per_epoch=iterations, device=device)
+    stop, update = _training_progress()
+    try:
+        result = run_demo(config, DemoHooks(track=track, progress=update), announce=announce)
+    finally:
+        stop()
     if result.summary is not None:
         render_inspect(result.summary)
     if result.manifest is not None:
         table = Table(title=f"corrupted labels (seed {seed})", title_justify="left")
         for column in ("kind", "slices", "cases", "changed pixels"):
             table.add_column(column, justify="left" if column == "kind" else "right")
-        rows = result.corrupted_by_kind
-        for kind, row in rows.items():
+        for kind, row in result.corrupted_by_kind.items():
             table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
         stdout.print(table)
         stdout.print(f"{result.num_cases} cases, {result.num_slices} slices; corrupted "
                      f"{result.manifest['corrupted_count']} of {result.manifest['population_size']} slices with "
                      f"foreground ({result.manifest['achieved_rate']:.1%})")
+    if result.audit is not None:
+        from .audit import render_audit
+
+        render_audit(result.audit)
+    if result.evaluation is not None:
+        truth = {r.level: r.scores for r in result.evaluation.ranking}
+        found = ", ".join(f"{level} AP {truth[level].ap:.2f} / AUROC {truth[level].auroc:.2f}"
+                          for level in ("slice", "case", "pixel") if level in truth)
+        stdout.print(f"how well the audit found the corrupted labels (vs. the known truth): {found}")
     for step in result.steps:
         where = f" -> {step.path}" if step.path is not None else ""
         stdout.print(f"  {step.name}: {step.seconds:.1f} s{where}", soft_wrap=True)
     stdout.print(f"clean dataset: {result.clean}", soft_wrap=True)  # paths never wrap: scripts read them
     if result.noisy is not None:
         stdout.print(f"noisy dataset: {result.noisy}\nmanifest: {result.manifest_path}", soft_wrap=True)
+    if result.run_dir is not None:
+        stdout.print(f"run folder: {result.run_dir}", soft_wrap=True)
 
 
 from enum import Enum  # noqa: E402 - stdlib, cheap; kept beside the command that uses it

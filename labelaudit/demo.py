@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .data import DatasetSummary, Track, discover_dataset, inspect_dataset, no_track
 from .errors import UsageError
@@ -93,6 +93,20 @@ class DemoConfig:
     kinds: tuple[str, ...] | None = None  # None: noise.DEFAULT_KINDS (no elasticdeform needed)
     level: str = "slice"
     seed: int = 0
+    method: str = "pint"
+    folds: int = 3
+    epochs: int | None = None  # None: fit's defaults
+    iterations_per_epoch: int | None = None
+    device: str = "auto"
+    exporter: str = "dynamo"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "run"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.out / "audit"
 
     @property
     def clean_dir(self) -> Path:
@@ -101,6 +115,15 @@ class DemoConfig:
     @property
     def noisy_dir(self) -> Path:
         return self.out / "noisy"
+
+
+@dataclass(frozen=True)
+class DemoHooks:
+    """How the steps report progress: `track` wraps loops, `progress(description, done, total, status)`
+    follows training (fit's callback)."""
+
+    track: Track = no_track
+    progress: Callable[[str, int, int, str], None] | None = None
 
 
 @dataclass
@@ -122,6 +145,9 @@ class DemoResult:
     noisy: Path | None = None
     manifest: dict | None = None
     manifest_path: Path | None = None
+    run_dir: Path | None = None
+    audit: Any = None  # scoring.Audit
+    evaluation: Any = None  # evaluate.EvaluationResult
     steps: list[DemoStep] = field(default_factory=list)
 
     @property
@@ -142,7 +168,7 @@ class DemoResult:
         return summarize(self.manifest)
 
 
-def step_copy(config: DemoConfig, result: DemoResult, track: Track) -> Path:
+def step_copy(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Copy the embedded dataset to OUT/clean (replacing an earlier demo copy, nothing else)."""
     clean = config.clean_dir
     if clean.exists() and any(clean.iterdir()):
@@ -154,14 +180,14 @@ def step_copy(config: DemoConfig, result: DemoResult, track: Track) -> Path:
     return result.clean
 
 
-def step_inspect(config: DemoConfig, result: DemoResult, track: Track) -> Path:
+def step_inspect(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Check every case of the clean copy (strict: the demo data has no problems)."""
     assert result.clean is not None
-    result.summary = inspect_dataset(discover_dataset(result.clean), strict=True, track=track)
+    result.summary = inspect_dataset(discover_dataset(result.clean), strict=True, track=hooks.track)
     return result.clean
 
 
-def step_corrupt(config: DemoConfig, result: DemoResult, track: Track) -> Path:
+def step_corrupt(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Write the noisy copy OUT/noisy with corruption.json (replacing an earlier demo's)."""
     from .noise import DEFAULT_KINDS, MANIFEST_NAME, CorruptConfig, corrupt_dataset
 
@@ -169,22 +195,63 @@ def step_corrupt(config: DemoConfig, result: DemoResult, track: Track) -> Path:
     corrupt = CorruptConfig(clean=result.clean, out=config.noisy_dir, rate=config.rate,
                             kinds=config.kinds or DEFAULT_KINDS, level=config.level, seed=config.seed,
                             force=True)  # force replaces only an earlier corrupt output (it checks)
-    result.manifest = corrupt_dataset(corrupt, track=track)
+    result.manifest = corrupt_dataset(corrupt, track=hooks.track)
     result.noisy = config.noisy_dir
     result.manifest_path = config.noisy_dir / MANIFEST_NAME
     return result.manifest_path
 
 
-Step = Callable[[DemoConfig, DemoResult, Track], "Path | None"]
+def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
+    """Train the robust model on the noisy copy (cross-fitted folds) and export its ONNX graphs."""
+    from dataclasses import replace
+
+    from .fit import FitConfig, fit_dataset
+    from .methods import LoopParams
+
+    assert result.noisy is not None
+    loop = LoopParams()
+    loop = replace(loop, epochs=config.epochs or loop.epochs,
+                   iterations_per_epoch=config.iterations_per_epoch or loop.iterations_per_epoch)
+    fit_config = FitConfig(dataset=result.noisy, out=config.run_dir, method=config.method, folds=config.folds,
+                           seed=config.seed, device=config.device, force=True, exporter=config.exporter, loop=loop)
+    kwargs = {"progress": hooks.progress} if hooks.progress is not None else {}
+    result.run_dir = fit_dataset(fit_config, track=hooks.track, **kwargs)
+    return result.run_dir
+
+
+def step_score(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
+    """Score every annotation of the noisy copy out-of-fold and write the audit and its report."""
+    from .scoring import ScoreConfig, score_dataset
+
+    assert result.run_dir is not None and result.noisy is not None
+    result.audit = score_dataset(ScoreConfig(run_dir=result.run_dir, dataset=result.noisy, out_dir=config.audit_dir,
+                                             device=config.device), track=hooks.track)
+    return config.audit_dir / "report.html"
+
+
+def step_evaluate(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
+    """Measure the audit against what `corrupt` really changed (the demo knows the truth)."""
+    from .evaluate import EvaluateConfig, evaluate_audit, write_evaluation_json
+
+    assert result.manifest_path is not None and result.clean is not None
+    result.evaluation = evaluate_audit(EvaluateConfig(config.audit_dir, result.manifest_path, clean=result.clean),
+                                       track=hooks.track)
+    return write_evaluation_json(result.evaluation, config.audit_dir / "evaluation.json")
+
+
+Step = Callable[[DemoConfig, DemoResult, DemoHooks], "Path | None"]
 #: The demo, in order: (name shown to the user, step).
 STEPS: tuple[tuple[str, Step], ...] = (
     ("copy the demo dataset", step_copy),
     ("check the dataset", step_inspect),
     ("corrupt the labels", step_corrupt),
+    ("fit the robust model", step_fit),
+    ("score every annotation", step_score),
+    ("evaluate the audit against the known corruption", step_evaluate),
 )
 
 
-def run_demo(config: DemoConfig, track: Track = no_track,
+def run_demo(config: DemoConfig, hooks: DemoHooks = DemoHooks(),
              announce: Callable[[int, int, str], None] | None = None) -> DemoResult:
     """Run every step of the demo into `config.out`; `announce(i, n, name)` is called before step i."""
     result = DemoResult(config)
@@ -193,6 +260,6 @@ def run_demo(config: DemoConfig, track: Track = no_track,
         if announce is not None:
             announce(i, len(STEPS), name)
         start = time.perf_counter()
-        path = step(config, result, track)
+        path = step(config, result, hooks)
         result.steps.append(DemoStep(name, time.perf_counter() - start, path))
     return result

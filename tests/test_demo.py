@@ -13,6 +13,10 @@ from labelaudit.demo import (DEMO_CASES, DEMO_LABELS, DEMO_NAME, DEMO_SLICES, De
                              is_demo_copy, materialize_demo, run_demo)
 from labelaudit.errors import UsageError
 
+#: The smallest training that still runs every step of the demo (the figures are not the point here).
+TINY_FIT = {"folds": 2, "epochs": 1, "iterations_per_epoch": 2, "exporter": "torchscript", "device": "cpu"}
+TINY_FIT_ARGS = ("--folds", "1", "--epochs", "1", "--iterations-per-epoch", "2", "--device", "cpu")
+
 
 @pytest.fixture(scope="module")
 def demo_cases():
@@ -109,7 +113,7 @@ def test_materialize_demo_refuses_a_non_empty_folder(tmp_path):
 
 def test_run_demo_steps_and_result(tmp_path):
     announced = []
-    result = run_demo(DemoConfig(out=tmp_path / "demo", rate=0.2, seed=3),
+    result = run_demo(DemoConfig(out=tmp_path / "demo", rate=0.2, seed=3, **TINY_FIT),
                       announce=lambda i, n, name: announced.append((i, n, name)))
     assert [step.name for step in result.steps] == [name for _, _, name in announced]
     assert result.num_cases == DEMO_CASES and result.num_slices == sum(
@@ -120,7 +124,7 @@ def test_run_demo_steps_and_result(tmp_path):
 
 def test_cli_demo_writes_clean_and_noisy_copies(tmp_path, cli):
     out = tmp_path / "demo"
-    result = cli("demo", "--out", out)
+    result = cli("demo", "--out", out, *TINY_FIT_ARGS)
     assert result.exit_code == 0, result.output
     assert is_demo_copy(out / "clean")
     manifest = json.loads((out / "noisy" / "corruption.json").read_text())
@@ -131,8 +135,13 @@ def test_cli_demo_writes_clean_and_noisy_copies(tmp_path, cli):
     clean_label = (out / "clean" / "labelsTr" / f"{case_id}.nii.gz").read_bytes()
     assert clean_label == (demo_dataset_path() / "labelsTr" / f"{case_id}.nii.gz").read_bytes()
     assert (out / "noisy" / "labelsTr" / f"{case_id}.nii.gz").read_bytes() != clean_label
+    # the pipeline ran to the end: an audit of every case, its report and its evaluation
+    assert "report.html" in result.stdout
+    for name in ("cases.csv", "slices.csv", "summary.json", "report.html", "evaluation.json"):
+        assert (out / "audit" / name).is_file(), name
+    assert len((out / "audit" / "cases.csv").read_text().strip().splitlines()) == DEMO_CASES + 1
     # a rerun replaces the demo's own outputs
-    assert cli("demo", "--out", out).exit_code == 0
+    assert cli("demo", "--out", out, *TINY_FIT_ARGS).exit_code == 0
 
 
 def test_cli_demo_does_not_replace_foreign_folders(tmp_path, cli):
