@@ -4,6 +4,10 @@ The graph contract (scoring depends on it exactly): inputs `image` float32 [N, C
 of 16) and `noise` float32 [K, C_in, H, W]; outputs `prob_mean` float32 [N, C, H, W] (mean over k of
 softmax(net(image + noise[k]))) and `uncertainty` float32 [N, H, W] (entropy(prob_mean) / log C).
 N, K, H and W are dynamic.
+
+MCPM runs add `meta_weight.onnx` (methods.mcpm.MetaMaskNet): inputs `image` float32 [N, C_in, H, W], `label`
+int64 [N, H, W] (class indices), `prob` float32 [N, C, H, W] (the segmenter's prob_mean); output `weight`
+float32 [N, 1, H, W], the meta weight R in [0, 1]. The loss map -log(p_label + eps) is computed inside the graph.
 """
 
 from __future__ import annotations
@@ -143,6 +147,89 @@ def verify_segmenter(model, onnx_path: Path, in_channels: int, perturbations: Pe
     return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
 
 
+def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, exporter: str = "dynamo",
+                       opset: int = OPSET) -> dict:
+    """Export MCPM's meta mask network to `path` (the meta_weight.onnx contract above), verified with ONNX Runtime.
+
+    Returns {"opset", "exporter", "max_abs_diff", "checked_shape", "torch"}; ModelError beyond PARITY_TOLERANCE.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    model = theta.to("cpu").eval()
+    image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
+    label = torch.zeros(1, *_EXAMPLE_HW, dtype=torch.int64)
+    prob = torch.full((1, num_classes, *_EXAMPLE_HW), 1.0 / num_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    names = {"input_names": ["image", "label", "prob"], "output_names": ["weight"]}
+    try:
+        with _quiet():
+            if exporter == "dynamo":
+                from torch.export import Dim
+
+                n, h, w = Dim("N"), Dim("H"), Dim("W")
+                program = torch.onnx.export(
+                    model, (image, label, prob), None, dynamo=True, opset_version=opset, external_data=False,
+                    dynamic_shapes={"image": {0: n, 2: h, 3: w}, "classes": {0: n, 1: h, 2: w},
+                                    "prob": {0: n, 2: h, 3: w}}, verbose=False, **names)
+                program.save(tmp, external_data=False)
+            else:
+                torch.onnx.export(
+                    model, (image, label, prob), tmp, dynamo=False, opset_version=opset, **names,
+                    dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "label": {0: "N", 1: "H", 2: "W"},
+                                  "prob": {0: "N", 2: "H", 3: "W"}, "weight": {0: "N", 2: "H", 3: "W"}})
+        diff = verify_meta_weight(model, Path(tmp), in_channels, num_classes)
+        if diff > PARITY_TOLERANCE:
+            raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
+                             hint="try the other exporter, or report this as a bug")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
+            "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "torch": torch.__version__}
+
+
+def verify_meta_weight(model, onnx_path: Path, in_channels: int, num_classes: int) -> float:
+    """Max |ONNX Runtime - PyTorch| of `weight` on random images, labels and probabilities of shape (3, ., 48, 80)."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(_CHECK_N, in_channels, *_CHECK_HW)).astype(np.float32)
+    label = rng.integers(0, num_classes, size=(_CHECK_N, *_CHECK_HW)).astype(np.int64)
+    logits = rng.normal(scale=3.0, size=(_CHECK_N, num_classes, *_CHECK_HW))
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    prob = (prob / prob.sum(axis=1, keepdims=True)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    (got,) = session.run(["weight"], {"image": image, "label": label, "prob": prob})
+    with torch.no_grad():
+        want = model(torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(prob))
+    if got.shape != tuple(want.shape):
+        raise ModelError(f"{onnx_path}: weight has shape {got.shape}, PyTorch gives {tuple(want.shape)}")
+    return float(np.abs(got - want.numpy()).max())
+
+
+def load_meta_net(weights: Path, in_channels: int, num_classes: int, params):
+    """MCPM's meta mask network with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
+    from .methods.mcpm import build_meta_net
+
+    theta = build_meta_net(in_channels, num_classes, params)
+    state = load_weights(weights)
+    try:
+        theta.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{weights}: meta mask weights do not fit the network described in run.json ({first})",
+                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
+    return theta.eval()
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' warnings and log lines: library code never prints."""
@@ -200,9 +287,9 @@ def load_net(weights: Path, in_channels: int, num_classes: int, params):
 
 def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] = no_track,
                exporter: str | None = None) -> RunInfo:
-    """Re-create and re-verify every fold's segmenter.onnx from its weights; update run.json.
+    """Re-create and re-verify every fold's segmenter.onnx (and MCPM's meta_weight.onnx) from its weights.
 
-    `exporter`: dynamo or torchscript; default: the one run.json's configuration names.
+    Updates run.json. `exporter`: dynamo or torchscript; default: the one run.json's configuration names.
     """
     require_training_extra()
     run_dir = Path(run_dir)
@@ -217,5 +304,14 @@ def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] =
         net = build_fold_net(info, run_dir / model.weights)
         model.export = export_segmenter(net, info.label_map.num_classes, len(info.channel_names),
                                         run_dir / model.segmenter, info.perturbations, exporter)
+        if model.meta_weight:
+            from .methods import McpmParams, params_from_json
+
+            theta = load_meta_net(run_dir / Path(model.weights).parent / "meta_weight.safetensors",
+                                  len(info.channel_names), info.label_map.num_classes,
+                                  params_from_json(McpmParams, info.config.get("mcpm", {})))
+            model.export["meta_weight"] = export_meta_weight(theta, info.label_map.num_classes,
+                                                             len(info.channel_names), run_dir / model.meta_weight,
+                                                             exporter)
     save_run(run_dir, info)
     return info

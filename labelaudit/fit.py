@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import no_track
 from .errors import InputError, UsageError
-from .methods import METHODS, VARIANTS, LoopParams, NetParams, PintParams, params_from_json
+from .methods import METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json
 from .runfolder import FoldModel, Perturbations, RunInfo, record_latest, save_run
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class FitConfig:
     (about a minute per fold for the demo on 2 CPU cores); nnU-Net uses 5.
     exporter: the ONNX exporter, `dynamo` (torch.export based, the maintained path; ~8 s per fold on
     2 cores) or `torchscript` (the legacy tracer; ~0.3 s).
+    meta_set: MCPM's verified cases, a file of case ids or a dataset folder (labelaudit.meta_set); they are
+    never in a training fold, and scoring routes them to the ensemble of the fold models.
     """
 
     dataset: Path
@@ -62,6 +64,7 @@ class FitConfig:
     loop: LoopParams = LoopParams()
     net: NetParams = NetParams()
     pint: PintParams = PintParams()
+    mcpm: McpmParams = McpmParams()
     perturbations: Perturbations = Perturbations()  # the scoring-time noise bank of the exported graph
 
     def __post_init__(self) -> None:
@@ -73,13 +76,13 @@ class FitConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("dataset", "out", "meta_set"):
             data[key] = str(data[key]) if data[key] is not None else None
-        data["loop"], data["pint"] = asdict(self.loop), asdict(self.pint)
+        data["loop"], data["pint"], data["mcpm"] = asdict(self.loop), asdict(self.pint), self.mcpm.to_json()
         data["net"], data["perturbations"] = self.net.to_json(), asdict(self.perturbations)
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> FitConfig:
-        simple = {f.name for f in fields(cls)} - {"loop", "net", "pint", "perturbations"}
+        simple = {f.name for f in fields(cls)} - {"loop", "net", "pint", "mcpm", "perturbations"}
         kwargs = {k: v for k, v in data.items() if k in simple}
         for key in ("dataset", "out", "meta_set"):
             if kwargs.get(key) is not None:
@@ -87,6 +90,7 @@ class FitConfig:
         return cls(**kwargs, loop=params_from_json(LoopParams, data.get("loop", {})),
                    net=NetParams.from_json(data.get("net", {})),
                    pint=params_from_json(PintParams, data.get("pint", {})),
+                   mcpm=params_from_json(McpmParams, data.get("mcpm", {})),
                    perturbations=Perturbations(**data.get("perturbations", {})))
 
 
@@ -147,7 +151,11 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
         prepared[case.case_id] = prepare_case(case, prep, label_map)
     del cases
     case_ids = sorted(prepared)
-    groups = split_folds(case_ids, config.folds, config.seed)
+    meta, meta_cases = None, None
+    if config.method == "mcpm":
+        meta, meta_cases = _resolve_meta_set(config, case_ids, prepared, prep, label_map, channels, track)
+    train_pool = [c for c in case_ids if meta is None or c not in meta.excluded]
+    groups = split_folds(train_pool, config.folds, config.seed)
     if config.resume:
         stored = json.loads((run_dir / "run.json").read_text()).get("folds")
         if stored is not None and stored != groups:
@@ -169,6 +177,8 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"status": "training", "folds": groups},
     )
+    if meta is not None:
+        info.extra["meta_set"] = meta.to_json()
     save_run(run_dir, info)
 
     from .methods.loop import resolve_device
@@ -177,9 +187,11 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
     info.extra["device"] = str(device)
     models = []
     for fold, held_out in enumerate(groups):
-        train_ids = [c for c in case_ids if c not in held_out] if len(groups) > 1 else case_ids
+        train_ids = [c for c in train_pool if c not in held_out] if len(groups) > 1 else train_pool
         record = _fit_fold(config, run_dir, fold, len(groups), [prepared[c] for c in train_ids],
-                           label_map.num_classes, device, progress)
+                           label_map.num_classes, device, progress, meta_cases)
+        if "mcpm_cost" in record:
+            info.extra.setdefault("mcpm_cost", {})[f"fold_{fold}"] = record.pop("mcpm_cost")
         info.log[f"fold_{fold}"] = record.pop("log")
         models.append(FoldModel(fold=fold if len(groups) > 1 else -1, held_out=held_out if len(groups) > 1 else [],
                                 **record))
@@ -199,8 +211,9 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
 def _check_config(config: FitConfig) -> None:
     if config.method not in METHODS:
         raise UsageError(f"--method {config.method!r}: expected one of {', '.join(METHODS)}")
-    if config.method == "mcpm":
-        raise UsageError("--method mcpm is not implemented in this version", hint="use --method pint or plain")
+    if config.method == "mcpm" and config.meta_set is None:
+        raise UsageError("--method mcpm needs --meta-set: a file of verified case ids (one per line) or a "
+                         "dataset folder of verified cases", hint="or use --method pint, which needs no meta set")
     if config.meta_set is not None and config.method != "mcpm":
         raise UsageError("--meta-set is only used by --method mcpm")
     if config.exporter not in ("dynamo", "torchscript"):
@@ -245,33 +258,90 @@ def _claim_run_dir(run_dir: Path, config: FitConfig) -> FitConfig:
     return replace(config, resume=False) if not existing else config
 
 
+def _resolve_meta_set(config: FitConfig, case_ids: list[str], prepared: dict, prep, label_map, channels: int,
+                      track: Callable[[Iterable, str], Iterable]):
+    """MCPM's meta set (meta_set.MetaSet) and its prepared cases [(image (S, C_in, h, w), classes (S, h, w))]."""
+    from .meta_set import meta_set_from_dataset, meta_set_from_file
+
+    path = Path(config.meta_set)
+    if not path.is_dir():
+        meta = meta_set_from_file(path, case_ids)
+        return meta, [prepared[c] for c in meta.case_ids]
+    from .data import discover_dataset, iter_cases
+    from .preprocess import prepare_case
+
+    dataset = discover_dataset(path)
+    cases = {}
+    for case, case_info in iter_cases(dataset, strict=config.strict, track=track):
+        unknown = sorted(set(case_info.label_counts) - set(label_map.values))
+        if unknown:
+            raise InputError(f"--meta-set {path}: case {case.case_id} has label values {unknown}, which the dataset "
+                             f"being fit does not have (its classes are {list(label_map.values)})",
+                             hint="the meta set must be labelled with the same classes as the dataset")
+        found = case.image_slices().shape[1]
+        if found != channels:
+            raise InputError(f"--meta-set {path}: case {case.case_id} has {found} image channel(s), the dataset "
+                             f"being fit has {channels}")
+        cases[case.case_id] = prepare_case(case, prep, label_map)
+    if dataset.skipped:
+        log.warning("--meta-set %s: skipped case(s) with problems: %s", path, ", ".join(sorted(dataset.skipped)))
+    meta = meta_set_from_dataset(path, sorted(cases), case_ids)
+    return meta, [cases[c] for c in meta.case_ids]
+
+
 def _fit_fold(config: FitConfig, run_dir: Path, fold: int, folds: int, cases: list, num_classes: int,
-              device, progress: ProgressFn) -> dict:
-    """Train (or resume, or skip when finished) one fold; save its weights and export its graph."""
-    from .export import export_segmenter, load_net, save_weights
+              device, progress: ProgressFn, meta_cases: list | None = None) -> dict:
+    """Train (or resume, or skip when finished) one fold; save its weights and export its graph(s).
+
+    MCPM also saves the meta mask network (meta_weight.safetensors) and exports meta_weight.onnx; its parity
+    record is export["meta_weight"], and "mcpm_cost" is the measured cost of its epochs against plain ones.
+    """
+    from .export import export_meta_weight, export_segmenter, load_meta_net, load_net, save_weights
     from .methods.loop import SliceSampler, load_checkpoint, train
+    from .methods.mcpm import McpmMethod, epoch_cost
     from .methods.pint import PintMethod
     from .methods.plain import PlainMethod
 
     folder = run_dir / f"fold_{fold}"
     checkpoint, weights, onnx_path = folder / "checkpoint.pt", folder / "weights.safetensors", folder / "segmenter.onnx"
+    meta_weights, meta_onnx = folder / "meta_weight.safetensors", folder / "meta_weight.onnx"
+    mcpm = config.method == "mcpm"
     rel = {"segmenter": f"fold_{fold}/segmenter.onnx", "weights": f"fold_{fold}/weights.safetensors"}
+    if mcpm:
+        rel["meta_weight"] = f"fold_{fold}/meta_weight.onnx"
+    in_channels = cases[0][0].shape[1]
     finished = None
-    if config.resume and checkpoint.is_file() and weights.is_file():
+    if config.resume and checkpoint.is_file() and weights.is_file() and (not mcpm or meta_weights.is_file()):
         state = load_checkpoint(checkpoint)
         if int(state["epoch"]) >= config.loop.epochs:
             finished = list(state["log"])
+    theta = None
     if finished is None:
-        method = PintMethod(config.pint) if config.method == "pint" else PlainMethod()
+        seed = fold_seed(config.seed, fold)
+        if config.method == "pint":
+            method = PintMethod(config.pint)
+        elif mcpm:
+            method = McpmMethod(config.mcpm, meta_cases or [], seed, config.loop)
+        else:
+            method = PlainMethod()
         sampler = SliceSampler(cases, config.loop.patch_size, config.loop.foreground_fraction)
         description = f"fold {fold + 1}/{folds}" if folds > 1 else "training"
-        result = train(method, sampler, num_classes, config.loop, config.net, fold_seed(config.seed, fold),
+        result = train(method, sampler, num_classes, config.loop, config.net, seed,
                        device, checkpoint, resume=config.resume, progress=progress, description=description)
         role = "ema_teacher" if config.method == "pint" else "network"
         save_weights(result.net, weights, {"format": "labelaudit", "role": role, "net": json.dumps(config.net.to_json())})
+        if mcpm:
+            theta = method.deploy_meta_net()
+            save_weights(theta, meta_weights, {"format": "labelaudit", "role": "meta_mask",
+                                               "mcpm": json.dumps(config.mcpm.to_json())})
         net, finished = result.net, result.log
     else:
-        net = load_net(weights, cases[0][0].shape[1], num_classes, config.net)
-    export = export_segmenter(net, num_classes, cases[0][0].shape[1], onnx_path, config.perturbations, config.exporter)
-    return {**rel, "export": export, "log": finished}
-
+        net = load_net(weights, in_channels, num_classes, config.net)
+        if mcpm:
+            theta = load_meta_net(meta_weights, in_channels, num_classes, config.mcpm)
+    export = export_segmenter(net, num_classes, in_channels, onnx_path, config.perturbations, config.exporter)
+    record = {**rel, "export": export, "log": finished}
+    if mcpm:
+        export["meta_weight"] = export_meta_weight(theta, num_classes, in_channels, meta_onnx, config.exporter)
+        record["mcpm_cost"] = epoch_cost(finished, config.loop.iterations_per_epoch)
+    return record

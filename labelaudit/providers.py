@@ -28,6 +28,9 @@ CUDA = "CUDAExecutionProvider"
 #: Names of the segmenter graph's inputs and outputs (the ONNX graph contract of design.md).
 SEGMENTER_INPUTS = ("image", "noise")
 SEGMENTER_OUTPUTS = ("prob_mean", "uncertainty")
+#: MCPM's meta_weight.onnx: image float32 [N, C_in, H, W], label int64 [N, H, W], prob float32 [N, C, H, W] -> weight.
+META_WEIGHT_INPUTS = ("image", "label", "prob")
+META_WEIGHT_OUTPUTS = ("weight",)
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -209,3 +212,41 @@ class Segmenter:
             raise ModelError(f"{self.path}: outputs prob_mean {prob.shape} and uncertainty {unc.shape}, expected "
                              f"{(n, self.num_classes, h, w)} and {(n, h, w)} ({self.num_classes} classes in run.json)")
         return prob, unc
+
+
+class MetaWeighter:
+    """A loaded meta_weight.onnx (MCPM): (image, label, prob) -> the meta weight R (N, H, W) in [0, 1].
+
+    image float32 (N, C_in, H, W), label int64 class indices (N, H, W), prob float32 (N, C, H, W), all on the
+    padded network grid (H, W multiples of the run's divisor), as the segmenter saw them.
+    """
+
+    def __init__(self, path: Path | str, choice: DeviceChoice, in_channels: int, num_classes: int,
+                 run_dir: Path | None = None) -> None:
+        self.path = Path(path)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.session = open_session(self.path, choice, run_dir)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != set(META_WEIGHT_INPUTS) or outputs != list(META_WEIGHT_OUTPUTS):
+            raise ModelError(
+                f"{self.path}: graph inputs {sorted(inputs)} and outputs {outputs} do not follow the meta-weight "
+                f"contract (inputs {list(META_WEIGHT_INPUTS)}, outputs {list(META_WEIGHT_OUTPUTS)})",
+                hint=_export_hint(run_dir))
+        if inputs["label"].type != "tensor(int64)":
+            raise ModelError(f"{self.path}: input 'label' is {inputs['label'].type}, expected tensor(int64)")
+
+    def run(self, image: np.ndarray, label: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """R float32 (N, H, W) for image (N, C_in, H, W), label int64 (N, H, W), prob (N, C, H, W)."""
+        try:
+            feeds = {"image": image, "label": label.astype(np.int64, copy=False),
+                     "prob": prob.astype(np.float32, copy=False)}
+            (weight,) = self.session.run(list(META_WEIGHT_OUTPUTS), feeds)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{self.path}: inference failed on input {tuple(image.shape)} ({reason})") from exc
+        n, _, h, w = image.shape
+        if weight.shape != (n, 1, h, w):
+            raise ModelError(f"{self.path}: output weight {weight.shape}, expected {(n, 1, h, w)}")
+        return weight[:, 0]

@@ -9,7 +9,11 @@ The formulas (research/algorithms.md §6.2):
   `PixelScore` (the choice lives in `PIXEL_SCORE`; the benchmark decides):
     confident_disagreement  s_v = (1 - p̄_{v,y_v}) · (1 - ũ_v)
     disagreement            s_v = 1 - p̄_{v,y_v}
-  with p̄ the mean softmax over the K perturbed passes and ũ its normalised entropy;
+  with p̄ the mean softmax over the K perturbed passes and ũ its normalised entropy; for runs that carry
+  MCPM's meta_weight.onnx (the choice lives in `MCPM_PIXEL_SCORE`; §6.3):
+    meta_disagreement       s_v = (1 - R_v) · (1 - p̄_{v,y_v})
+    meta_weight             s_v = 1 - R_v
+  with R the meta weight Theta gives the pixel from the image, the given label and p̄;
 - slice score S_i = Σ_{v ∈ ROI} s_v / (|{y ≠ 0} ∪ {ŷ ≠ 0}| + ε), clipped to [0, 1], 0 when the ROI is empty,
   where ŷ = argmax p̄ and ROI = the union dilated by `ROI_MARGIN_MM` (the annotated structure and its
   neighbourhood; empty background would drown every error) — the expected fraction of the object region
@@ -38,7 +42,7 @@ from scipy import ndimage
 from .data import CaseInfo, Track, check_case, discover_dataset, fingerprint, no_track, raise_fatal
 from .errorkind import ErrorKind, classify_slices, dominant_kind
 from .errors import InputError, ModelError
-from .preprocess import LabelMap, pad_to_multiple, prepare_case, restore_in_plane
+from .preprocess import LabelMap, pad_to_multiple, prepare_case, resample_slices, restore_in_plane
 from .runfolder import FoldModel, RunInfo, load_run, perturbation_noise
 from .types import Case, CaseRef, Dataset, Problem
 
@@ -48,11 +52,20 @@ class PixelScore(str, Enum):
 
     CONFIDENT_DISAGREEMENT = "confident_disagreement"  # (1 - p̄_y)(1 - ũ)
     DISAGREEMENT = "disagreement"  # 1 - p̄_y
+    META_DISAGREEMENT = "meta_disagreement"  # (1 - R)(1 - p̄_y), MCPM runs only (algorithms.md §6.3)
+    META_WEIGHT = "meta_weight"  # 1 - R, MCPM runs only (for comparisons)
+
+    @property
+    def needs_meta_weight(self) -> bool:
+        return self in (PixelScore.META_DISAGREEMENT, PixelScore.META_WEIGHT)
 
 
 #: THE pixel formula used by `score`/`check` unless a config overrides it. Chosen by the benchmark
 #: (bench/RESULTS.md); confident disagreement is PINT's own signal (§6.2) and discounts ambiguous boundaries.
 PIXEL_SCORE = PixelScore.CONFIDENT_DISAGREEMENT
+#: THE pixel formula for runs that carry MCPM's meta_weight.onnx: low meta weight R (Theta's judgement that the
+#: pixel's label works against the verified meta set) where the prediction disagrees with the label (§6.3).
+MCPM_PIXEL_SCORE = PixelScore.META_DISAGREEMENT
 #: The ROI around the structure, in mm (converted to pixels per in-plane axis, clamped to ROI_RADIUS_PX).
 ROI_MARGIN_MM = 3.0
 ROI_RADIUS_PX = (1, 8)
@@ -100,13 +113,20 @@ def normalised_entropy(prob: np.ndarray) -> np.ndarray:
 
 
 def pixel_noise_score(p_given: np.ndarray, uncertainty: np.ndarray,
-                      formula: PixelScore = PIXEL_SCORE) -> np.ndarray:
+                      formula: PixelScore = PIXEL_SCORE, weight: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel probability that the given label is wrong: float32 of the inputs' shape, in [0, 1].
 
-    p_given: p̄ of the given class, any shape; uncertainty: ũ (normalised entropy), same shape.
+    p_given: p̄ of the given class, any shape; uncertainty: ũ (normalised entropy), same shape; weight: MCPM's
+    meta weight R, same shape, required by the meta_* formulas.
     """
+    formula = PixelScore(formula)
     wrong = 1.0 - np.clip(p_given, 0.0, 1.0)
-    if PixelScore(formula) is PixelScore.CONFIDENT_DISAGREEMENT:
+    if formula.needs_meta_weight:
+        if weight is None:
+            raise ValueError(f"pixel score {formula.value} needs the meta weight R (an MCPM run)")
+        low_weight = 1.0 - np.clip(weight, 0.0, 1.0)
+        wrong = low_weight * wrong if formula is PixelScore.META_DISAGREEMENT else low_weight
+    elif formula is PixelScore.CONFIDENT_DISAGREEMENT:
         wrong = wrong * (1.0 - np.clip(uncertainty, 0.0, 1.0))
     return np.clip(wrong, 0.0, 1.0).astype(np.float32)
 
@@ -246,7 +266,7 @@ class ScoreConfig:
     batch_size: int = 16
     perturbations: int | None = None
     threshold: float | None = None
-    pixel_score: PixelScore = PIXEL_SCORE
+    pixel_score: PixelScore | None = None  # None: the run's own, MCPM_PIXEL_SCORE or PIXEL_SCORE
     out_of_fold: bool = True
     strict: bool = False
     cases: tuple[str, ...] | None = None  # score only these case ids (check --cache: the new or changed ones)
@@ -378,8 +398,8 @@ class CaseScorer:
     """Runs the fold models on one case at a time and turns their output into noise maps and slice stats."""
 
     def __init__(self, info: RunInfo, run_dir: Path, device: str = "auto", batch_size: int = 16,
-                 perturbations: int | None = None, pixel_score: PixelScore = PIXEL_SCORE) -> None:
-        from .providers import Segmenter, choose_device
+                 perturbations: int | None = None, pixel_score: PixelScore | None = None) -> None:
+        from .providers import MetaWeighter, Segmenter, choose_device
 
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}: expected at least 1")
@@ -391,11 +411,23 @@ class CaseScorer:
         if self.perturbations.k < 1:
             raise InputError(f"perturbations K={self.perturbations.k}: expected at least 1")
         self.batch_size = batch_size
-        self.pixel_score = PixelScore(pixel_score)
         self.choice = choose_device(device)
         c_in = len(self.prep.channels)
         self.segmenters = [Segmenter(run_dir / m.segmenter, self.choice, c_in, self.label_map.num_classes, run_dir)
                            for m in info.models]
+        # MCPM runs: every fold model carries its meta_weight.onnx (R from its own segmenter's prediction)
+        with_meta = [m for m in info.models if m.meta_weight]
+        if with_meta and len(with_meta) != len(info.models):
+            raise ModelError(f"{run_dir / 'run.json'}: only some models have a meta_weight graph",
+                             hint=f"re-create them with: labelaudit export {run_dir}")
+        self.meta_weighters = [MetaWeighter(run_dir / m.meta_weight, self.choice, c_in, self.label_map.num_classes,
+                                            run_dir) for m in with_meta]
+        if pixel_score is None:
+            pixel_score = MCPM_PIXEL_SCORE if self.meta_weighters else PIXEL_SCORE
+        self.pixel_score = PixelScore(pixel_score)
+        if self.pixel_score.needs_meta_weight and not self.meta_weighters:
+            raise ModelError(f"{run_dir}: pixel score {self.pixel_score.value} needs an MCPM run (meta_weight.onnx); "
+                             f"this run's method is {info.method}", hint="use another pixel score, or an MCPM run")
         self.provider = self.segmenters[0].provider
         self.device = self.choice.label if self.provider == self.choice.provider else "cpu"
         self.reason = self.choice.reason if self.provider == self.choice.provider else (
@@ -412,21 +444,34 @@ class CaseScorer:
             self._noise = {key: perturbation_noise(self.perturbations, len(self.prep.channels), height, width)}
         return self._noise[key]
 
-    def predict(self, image: np.ndarray, chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """image float32 (b, C_in, Hp, Wp) -> prob_mean (b, C, Hp, Wp), uncertainty (b, Hp, Wp), ensembled."""
+    def predict(self, image: np.ndarray, chosen: list[int], label: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """image float32 (b, C_in, Hp, Wp) -> prob_mean (b, C, Hp, Wp), uncertainty (b, Hp, Wp), ensembled, and
+        for MCPM runs with `label` (int64 class indices (b, Hp, Wp)) the meta weight R (b, Hp, Wp), else None.
+
+        Each fold's R comes from its own Theta on its own segmenter's prob_mean; the ensemble's R is their mean.
+        """
         noise = self.noise_bank(*image.shape[-2:])
         start = time.perf_counter()
+        meta = bool(self.meta_weighters) and label is not None
+        weight = None
         if len(chosen) == 1:
             prob, unc = self.segmenters[chosen[0]].run(image, noise)
+            if meta:
+                weight = self.meta_weighters[chosen[0]].run(image, label, prob)
         else:
             prob = None
             for i in chosen:
                 p, _ = self.segmenters[i].run(image, noise)
                 prob = p if prob is None else prob + p
+                if meta:
+                    r = self.meta_weighters[i].run(image, label, p)
+                    weight = r if weight is None else weight + r
             prob = prob / len(chosen)
+            weight = weight / len(chosen) if weight is not None else None
             unc = normalised_entropy(prob)  # the ensemble's own uncertainty, not the mean of the models'
         self.seconds["inference"] += time.perf_counter() - start
-        return prob, unc
+        return prob, unc, weight
 
     def score_case(self, case: Case, chosen: list[int]) -> tuple[SliceStats, np.ndarray, np.ndarray]:
         """Score one case: (slice stats over its S slices, noise (S, H, W) float32, pred (S, H, W) class indices).
@@ -437,6 +482,7 @@ class CaseScorer:
         image, _ = prepare_case(case, self.prep)  # (S, C_in, h, w)
         num_slices, native = labels.shape[0], labels.shape[1:]
         h, w = image.shape[-2:]
+        factor = self.prep.resample_factor(case)
         pixels_per_slice = self.perturbations.k * _ceil_to(h, self.prep.divisor) * _ceil_to(w, self.prep.divisor)
         step = max(1, min(self.batch_size, MAX_PIXELS_PER_CALL // pixels_per_slice))
         radius = roi_radius(case.geometry.in_plane_spacing())
@@ -446,16 +492,22 @@ class CaseScorer:
         for start in range(0, num_slices, step):
             stop = min(num_slices, start + step)
             padded, _ = pad_to_multiple(np.ascontiguousarray(image[start:stop]), self.prep.divisor)
-            prob, unc = self.predict(padded, chosen)
+            given_net = None
+            if self.meta_weighters:  # Theta sees the label on the network's grid, as in training
+                given_net = resample_slices(self.label_map.encode(labels[start:stop]), factor, order=0)
+                given_net, _ = pad_to_multiple(given_net, self.prep.divisor)
+            prob, unc, weight = self.predict(padded, chosen, given_net)
             t0 = time.perf_counter()
             prob, unc = prob[..., :h, :w], unc[..., :h, :w]
+            weight = weight[..., :h, :w] if weight is not None else None
             if (h, w) != tuple(native):
                 b, c = prob.shape[:2]
                 prob = restore_in_plane(prob.reshape(b * c, h, w), native, order=1).reshape(b, c, *native)
                 unc = restore_in_plane(unc, native, order=1)
+                weight = restore_in_plane(weight, native, order=1) if weight is not None else None
             pred = prob.argmax(axis=1)
             given = self.label_map.encode(labels[start:stop])
-            noise = pixel_noise_score(given_class_probability(prob, given), unc, self.pixel_score)
+            noise = pixel_noise_score(given_class_probability(prob, given), unc, self.pixel_score, weight)
             noise_map[start:stop] = noise
             pred_map[start:stop] = pred
             parts.append(slice_stats(noise, given, pred, self.label_map.num_classes, radius))

@@ -275,8 +275,8 @@ def test_image_weights_flag_the_most_uncertain_images():
 
 # ----------------------------------------------------------------------------- errors
 
-def test_mcpm_and_bad_variant_are_usage_errors(dataset, tmp_path):
-    with pytest.raises(UsageError, match="mcpm is not implemented"):
+def test_mcpm_without_meta_set_and_bad_variant_are_usage_errors(dataset, tmp_path):
+    with pytest.raises(UsageError, match="--method mcpm needs --meta-set"):
         fit_dataset(tiny_config(dataset, tmp_path / "m", method="mcpm"))
     with pytest.raises(UsageError, match="--variant"):
         fit_dataset(tiny_config(dataset, tmp_path / "v", method="pint", variant="both"))

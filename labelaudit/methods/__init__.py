@@ -1,7 +1,7 @@
-"""Training methods (plain, PINT) and their hyperparameters.
+"""Training methods (plain, PINT, MCPM) and their hyperparameters.
 
 This module is stdlib only, so a FitConfig can be built (and `--help` shown) without PyTorch; the
-training code lives in `loop.py`, `plain.py` and `pint.py`, which import torch.
+training code lives in `loop.py`, `plain.py`, `pint.py` and `mcpm.py`, which import torch.
 Every default below says where it comes from: the paper, a public implementation, or a stated choice.
 """
 
@@ -109,6 +109,56 @@ class PintParams:
     roi_dilation: int = 5
     pseudo_weight: float = 1.0
     warmup_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class McpmParams:
+    """MCPM (Wang et al., MICCAI 2020) as in shared/docs/research/algorithms.md §3 and §8. The paper's values
+    could not be read; each default is the proposal of §3.4/§3.6 unless said otherwise.
+
+    virtual_lr: alpha, the step of the virtual SGD update W' = W - alpha * grad. W trains with AdamW at ~2e-3,
+    and a plain-SGD virtual step that small gives almost no meta signal (§3.4, §9 item 6), so alpha is its own
+    option in the range §3.4 proposes ([1e-2, 1e-1]); it follows the same poly decay as W's learning rate.
+    meta_lr, meta_weight_decay: beta, AdamW on the meta mask network (Adam because the meta gradients are tiny,
+    §9 item 2; decoupled decay, see McpmMethod.setup). MW-Net.py uses 1e-3 over some 20k iterations; our CPU budgets are a few hundred, and in a toy
+    (ellipses, 60 % of slices dilated/eroded 2-3 px, 150 iterations) Theta barely moved at 1e-3 (mean R 0.93
+    on corrupted against 0.95 on clean pixels), while 3e-3 separated them (0.009 against 0.72): 3e-3.
+    meta_batch_size: m, slices per meta batch (0: the training batch size n).
+    meta_every: k, one meta (bilevel) step every k iterations; 1 is MW-Net's, larger is cheaper (§8.3).
+    warmup_fraction: the first 10 % of iterations train W unweighted (R = 1, no meta steps), so that the
+    first loss maps Theta sees are meaningful (§3.6 proposes 1-2 epochs; a choice).
+    hidden, dilations: the meta mask network, 3x3 convolutions with these dilations (receptive field
+    1 + 2 * sum(dilations) = 15 px), ReLU, no normalisation, then a 1x1 convolution and a sigmoid (§3.2).
+    initial_weight: R at the start, through the final bias logit(0.9) (§9 item 1: start near the unweighted loss).
+    normalise: "sum", sum(R * CE) / sum(R) [the earlier MW-Net script, pixel L2RW], with the gradient through
+    the denominator, so Theta controls only how the weight is distributed, not its overall scale; or "mean",
+    sum(R * CE) / (n |Omega|) [MW-Net.py, §3.4's default]. Measured in the toy above at 300 iterations: with
+    "mean" the overall scale of R acts as a learning rate, and Theta drove R to 1 everywhere (beta 1e-2:
+    no separation left, test Dice 0.908 against plain's 0.918); with "sum", test Dice 0.963 (beta 3e-3) and
+    0.952 (1e-2), R 0.001-0.005 on corrupted pixels.
+    train_dice: add an R-weighted soft Dice to the R-weighted CE (as plain adds Dice to CE), in the virtual and
+    the real step alike, so that MCPM and plain differ only by the weights.
+    meta_dice: the meta loss is CE + soft Dice instead of CE alone (§9 item 7: Theta must not win by
+    suppressing the foreground).
+    loss_eps: the loss map is -log(p_y + eps), in training and in meta_weight.onnx alike.
+    """
+
+    virtual_lr: float = 0.05
+    meta_lr: float = 3e-3
+    meta_weight_decay: float = 1e-4
+    meta_batch_size: int = 0
+    meta_every: int = 1
+    warmup_fraction: float = 0.1
+    hidden: int = 16
+    dilations: tuple[int, ...] = (1, 2, 4)
+    initial_weight: float = 0.9
+    normalise: str = "sum"
+    train_dice: bool = True
+    meta_dice: bool = True
+    loss_eps: float = 1e-6
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "dilations": list(self.dilations)}
 
 
 def params_from_json(cls, data: dict):

@@ -296,6 +296,7 @@ def train(method: Method, sampler: SliceSampler, num_classes: int, params: LoopP
         student.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a method may report a key on some iterations only (MCPM's meta_loss)
         for it in range(params.iterations_per_epoch):
             step = epoch * params.iterations_per_epoch + it
             lr = params.learning_rate * (1 - step / total) ** params.poly_exponent
@@ -320,9 +321,10 @@ def train(method: Method, sampler: SliceSampler, num_classes: int, params: LoopP
             stats = {"loss": float(loss.detach()), **stats}
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
             done += 1
             progress(description, done, total, f"epoch {epoch + 1}/{params.epochs} loss {stats['loss']:.3f}")
-        row = {"epoch": epoch + 1, **{k: v / params.iterations_per_epoch for k, v in sums.items()},
+        row = {"epoch": epoch + 1, **{k: v / counts[k] for k, v in sums.items()},
                "seconds": round(time.perf_counter() - started, 3), "lr": lr}
         log.append(row)
         save_checkpoint(checkpoint, {
