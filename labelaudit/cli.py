@@ -12,6 +12,9 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import LabelauditError
+from .methods import PintParams  # stdlib-only dataclasses: the documented defaults, shown by --help
+
+_PINT = PintParams()
 
 app = typer.Typer(
     name="labelaudit",
@@ -275,16 +278,16 @@ def fit(
         "--target-spacing", help="Resample slices in-plane to this pixel size (mm); default: native pixels.",
         show_default=False)] = None,
     teacher_passes: Annotated[int, typer.Option("--teacher-passes", min=1, help="PINT: perturbed teacher passes "
-                                                                               "per step (K).")] = 4,
+                                                                               "per step (K).")] = _PINT.teacher_passes,
     ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="PINT: teacher EMA decay "
-                                                                                  "(gamma).")] = 0.99,
+                                                                                  "(gamma).")] = _PINT.ema_decay,
     warmup: Annotated[float, typer.Option("--warmup", min=0.0, max=1.0, help="PINT: fraction of steps trained "
-                                                                            "on the labels alone.")] = 0.1,
+                                                                            "on the labels alone.")] = _PINT.warmup_fraction,
     pseudo_weight: Annotated[float, typer.Option("--pseudo-weight", min=0.0, help="PINT: weight (lambda) of the "
-                                                                                 "MSE to the teacher.")] = 1.0,
+                                                                                 "MSE to the teacher.")] = _PINT.pseudo_weight,
     image_quantile: Annotated[float, typer.Option("--image-quantile", min=0.0, max=1.0, help="PINT: images whose "
                                                   "uncertainty exceeds this quantile of recent ones learn from "
-                                                  "the teacher only.")] = 0.5,
+                                                  "the teacher only.")] = _PINT.image_quantile,
     virtual_lr: Annotated[float, typer.Option("--virtual-lr", min=0.0, help="MCPM: step (alpha) of the virtual "
                                               "SGD update of the bilevel step.")] = 0.05,
     meta_lr: Annotated[float, typer.Option("--meta-lr", min=0.0, help="MCPM: Adam learning rate (beta) of the "

@@ -202,7 +202,9 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
     if config.calibrate:
         from .scoring import calibrate_run
 
-        info.threshold = calibrate_run(run_dir, device=config.device, track=track)
+        # the training device says where torch runs; ONNX Runtime may lack that provider (a CPU-only
+        # onnxruntime beside CUDA torch), so calibration takes whatever ONNX Runtime can actually run
+        info.threshold = calibrate_run(run_dir, device="cpu" if config.device == "cpu" else "auto", track=track)
         save_run(run_dir, info)
     record_latest(run_dir)
     return run_dir

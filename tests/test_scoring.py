@@ -23,8 +23,9 @@ from labelaudit.runfolder import FoldModel, Perturbations, RunInfo, save_run
 from labelaudit.scoring import (
     CASE_TOP_SLICES, PixelScore, ScoreConfig, calibrate_run, case_noise_score, class_counts, dice_disagreement,
     given_class_probability, normalised_entropy, pixel_noise_score, region_of_interest, robust_threshold,
-    roi_radius, route_case, score_dataset, slice_stats,
+    roi_radius, route_case, score_dataset, slice_stats, structure_prior,
 )
+from labelaudit.types import Geometry, Volume
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 # ----------------------------------------------------------------------------- tiny run folders
@@ -190,6 +191,30 @@ def test_slice_stats_by_hand():
     assert slice_stats(np.ones((1, 1, 8), np.float32), classes[:1], classes[:1], 2, (0, 3)).noise_score[0] == 1.0
 
 
+def test_slice_score_shrinks_small_structures_by_the_prior():
+    classes = np.array([[[0, 1, 1, 1, 1, 0, 0, 0]]], dtype=np.int64)
+    pred = np.array([[[0, 1, 1, 0, 0, 1, 0, 0]]], dtype=np.int64)
+    noise = np.array([[[0.0, 0.1, 0.1, 0.9, 0.9, 0.8, 0.0, 0.7]]], dtype=np.float32)
+    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1), eps=5.0)
+    np.testing.assert_allclose(stats.noise_score, [2.8 / (5 + 5.0)])  # |union| 5 + A0 5 px
+    np.testing.assert_allclose(stats.mislabelled, [2.8])
+    assert stats.union.tolist() == [5]
+
+
+def test_structure_prior_is_half_the_median_labelled_area(tmp_path):
+    # one case, 3 slices along numpy axis 0 (largest spacing): labelled areas 10, 20 and 0 px of 0.5 x 2 mm
+    geometry = Geometry((8, 6, 3), (2.0, 0.5, 4.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    label = np.zeros(geometry.shape, dtype=np.uint8)
+    label[0].flat[:10] = 1
+    label[1].flat[:20] = 1
+    root = tmp_path / "ds"
+    io.write_volume(Volume(label, geometry), root / "labels" / "a.nii.gz")
+    io.write_volume(Volume(label.astype(np.int16), geometry), root / "images" / "a.nii.gz")
+    dataset = discover_dataset(root)
+    assert structure_prior(dataset, LabelMap.from_declared(None, [0, 1])) == pytest.approx(0.5 * 15.0)
+    assert structure_prior(dataset, LabelMap.from_declared(None, [0, 1]), prior=1.0) == pytest.approx(15.0)
+
+
 def test_multiclass_disagreement_is_macro_over_present_classes():
     classes = np.array([[[1, 1, 2, 2]]])
     pred = np.array([[[1, 1, 1, 1]]])
@@ -345,6 +370,10 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch):
     assert threshold["scored"] == "out-of-fold" and threshold["n_slices"] > 0
     assert "q90" in threshold["slice_stats"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no audit folder written
+    # A0 is measured on the fit dataset's labels and used by later scoring of the run
+    assert threshold["structure_prior_mm2"] == pytest.approx(structure_prior(discover_dataset(data3d),
+                                                                             LabelMap.from_declared({"b": 0, "f": 1})))
+    assert threshold["structure_prior_mm2"] > 0
 
 
 # ----------------------------------------------------------------------------- CLI exit codes
