@@ -13,7 +13,6 @@ float32 [N, 1, H, W], the meta weight R in [0, 1]. The loss map -log(p_label + e
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 
 from .data import no_track
 from .errors import TRAINING_EXTRA, MissingDependencyError, ModelError
-from .runfolder import Perturbations, RunInfo, perturbation_noise, save_run
+from .runfolder import Perturbations, RunInfo, perturbation_noise, read_run_info, save_run
 
 OPSET = 18
 #: Export fails when ONNX Runtime and PyTorch differ by more than this (algorithms.md §7.2).
@@ -219,15 +218,18 @@ def load_meta_net(weights: Path, in_channels: int, num_classes: int, params):
     """MCPM's meta mask network with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
     from .methods.mcpm import build_meta_net
 
-    theta = build_meta_net(in_channels, num_classes, params)
-    state = load_weights(weights)
+    return _with_weights(build_meta_net(in_channels, num_classes, params), weights, "meta mask weights")
+
+
+def _with_weights(module, weights: Path, what: str):
+    """`module` with the safetensors `weights` loaded, in eval mode; ModelError when they do not fit."""
     try:
-        theta.load_state_dict(state)
+        module.load_state_dict(load_weights(weights))
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights}: meta mask weights do not fit the network described in run.json ({first})",
+        raise ModelError(f"{weights}: {what} do not fit the network described in run.json ({first})",
                          hint="re-fit the run with: labelaudit fit DATASET --force") from exc
-    return theta.eval()
+    return module.eval()
 
 
 @contextlib.contextmanager
@@ -250,18 +252,6 @@ def _quiet():
 
 # ----------------------------------------------------------------------------- a whole run
 
-def read_run_info(run_dir: Path) -> RunInfo:
-    """run.json without load_run's check that the ONNX files exist (export is what creates them)."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise ModelError(f"{path}: missing", hint="this folder was not written by `labelaudit fit`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    return RunInfo.from_json(data, path)
-
-
 def build_fold_net(info: RunInfo, weights: Path):
     """The deployment network of one fold, rebuilt from run.json's net parameters and its weights."""
     from .methods import NetParams
@@ -274,15 +264,7 @@ def load_net(weights: Path, in_channels: int, num_classes: int, params):
     """A U-Net of the given shape with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
     from .nets import build_unet
 
-    net = build_unet(in_channels, num_classes, params)
-    state = load_weights(weights)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights}: weights do not fit the network described in run.json ({first})",
-                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
-    return net.eval()
+    return _with_weights(build_unet(in_channels, num_classes, params), weights, "weights")
 
 
 def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] = no_track,

@@ -122,8 +122,8 @@ def save_run(run_dir: Path, info: RunInfo) -> Path:
     return path
 
 
-def load_run(run_dir: Path | str) -> RunInfo:
-    """Read and validate RUN_DIR/run.json; every ONNX file it names must exist (ModelError, exit 4)."""
+def read_run_info(run_dir: Path | str) -> RunInfo:
+    """RUN_DIR/run.json parsed, without checking that the files it names exist (export creates them)."""
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     if not run_dir.is_dir():
@@ -134,7 +134,14 @@ def load_run(run_dir: Path | str) -> RunInfo:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    info = RunInfo.from_json(data, path)
+    return RunInfo.from_json(data, path)
+
+
+def load_run(run_dir: Path | str) -> RunInfo:
+    """Read and validate RUN_DIR/run.json; every ONNX file it names must exist (ModelError, exit 4)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    info = read_run_info(run_dir)
     if not info.models:
         raise ModelError(f"{path}: lists no models", hint="re-run `labelaudit export` on the run folder")
     for model in info.models:
