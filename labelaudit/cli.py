@@ -107,6 +107,19 @@ def inspect(
         raise InputError(f"{dataset}: no readable case", hint="fix the problems listed above")
 
 
+def _pixel_score(name: str | None):
+    """The --pixel-score option as a scoring.PixelScore (None: the run's default); bad names are usage errors."""
+    if name is None:
+        return None
+    from .errors import UsageError
+    from .scoring import PixelScore
+
+    try:
+        return PixelScore(name)
+    except ValueError:
+        raise UsageError(f"--pixel-score {name!r}: expected one of {', '.join(p.value for p in PixelScore)}") from None
+
+
 # commands added by later modules go below this line
 
 
@@ -203,6 +216,10 @@ def score(
         "--report", help="HTML report file (default: AUDIT_DIR/report.html).", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per ONNX Runtime call.")] = 16,
+    pixel_score: Annotated[Optional[str], typer.Option(
+        "--pixel-score", show_default=False,
+        help="Per-pixel formula: confident_disagreement (default), disagreement, and for MCPM runs "
+             "meta_disagreement or meta_weight (see bench/RESULTS.md).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Make every case problem fatal (exit 3).")] = False,
 ) -> None:
     """Score every annotation of a dataset with a run's ONNX graphs (ONNX Runtime, no PyTorch)."""
@@ -213,7 +230,7 @@ def score(
 
     run_dir = model if model is not None else latest_run()
     config = ScoreConfig(run_dir=run_dir, dataset=dataset, out_dir=out, report=report, device=device,
-                         batch_size=batch_size, strict=strict)
+                         batch_size=batch_size, strict=strict, pixel_score=_pixel_score(pixel_score))
     audit = score_dataset(config, track=track)
     err.print(f"ONNX Runtime provider: {audit.provider} ({audit.device_reason})", highlight=False)
     render_audit(audit)

@@ -67,9 +67,12 @@ class PixelScore(str, Enum):
 #: THE pixel formula used by `score`/`check` unless a config overrides it. Chosen by the benchmark
 #: (bench/RESULTS.md); confident disagreement is PINT's own signal (§6.2) and discounts ambiguous boundaries.
 PIXEL_SCORE = PixelScore.CONFIDENT_DISAGREEMENT
-#: THE pixel formula for runs that carry MCPM's meta_weight.onnx: low meta weight R (Theta's judgement that the
-#: pixel's label works against the verified meta set) where the prediction disagrees with the label (§6.3).
-MCPM_PIXEL_SCORE = PixelScore.META_DISAGREEMENT
+#: THE pixel formula for runs that carry MCPM's meta_weight.onnx. §6.3 proposes (1 - R)(1 - p̄_y): low meta weight
+#: R where the prediction disagrees with the label. Measured on the corrupted demo (bench/RESULTS.md, r = 0.4),
+#: R made the ranking worse: slice AP 0.772 with R vs 0.854 without it in-sample, 0.620 vs 0.810 out-of-fold
+#: (R is low on much of the clean foreground too, as §9 item 7 warns). So MCPM runs are scored like the others,
+#: with the MCPM-trained network's confident disagreement; the R-based scores stay selectable (`--pixel-score`).
+MCPM_PIXEL_SCORE = PixelScore.CONFIDENT_DISAGREEMENT
 #: The ROI around the structure, in mm (converted to pixels per in-plane axis, clamped to ROI_RADIUS_PX).
 ROI_MARGIN_MM = 3.0
 ROI_RADIUS_PX = (1, 8)
@@ -440,6 +443,7 @@ class CaseScorer:
         if pixel_score is None:
             pixel_score = MCPM_PIXEL_SCORE if self.meta_weighters else PIXEL_SCORE
         self.pixel_score = PixelScore(pixel_score)
+        self.uses_meta_weight = bool(self.meta_weighters) and self.pixel_score.needs_meta_weight
         if self.pixel_score.needs_meta_weight and not self.meta_weighters:
             raise ModelError(f"{run_dir}: pixel score {self.pixel_score.value} needs an MCPM run (meta_weight.onnx); "
                              f"this run's method is {info.method}", hint="use another pixel score, or an MCPM run")
@@ -468,7 +472,7 @@ class CaseScorer:
         """
         noise = self.noise_bank(*image.shape[-2:])
         start = time.perf_counter()
-        meta = bool(self.meta_weighters) and label is not None
+        meta = self.uses_meta_weight and label is not None
         weight = None
         if len(chosen) == 1:
             prob, unc = self.segmenters[chosen[0]].run(image, noise)
@@ -515,7 +519,7 @@ class CaseScorer:
             stop = min(num_slices, start + step)
             padded, _ = pad_to_multiple(np.ascontiguousarray(image[start:stop]), self.prep.divisor)
             given_net = None
-            if self.meta_weighters:  # Theta sees the label on the network's grid, as in training
+            if self.uses_meta_weight:  # Theta sees the label on the network's grid, as in training
                 given_net = resample_slices(self.label_map.encode(labels[start:stop]), factor, order=0)
                 given_net, _ = pad_to_multiple(given_net, self.prep.divisor)
             prob, unc, weight = self.predict(padded, chosen, given_net)
