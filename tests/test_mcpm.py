@@ -268,11 +268,16 @@ def test_planted_slice_gets_low_meta_weight_and_ranks_first(planted):
     run, data, clean, noisy = planted
     info = load_run(run)
     assert info.method == "mcpm" and info.models[0].meta_weight == "fold_0/meta_weight.onnx"
-    audit = score_dataset(ScoreConfig(run_dir=run, write=False, device="cpu"))
+    audit = score_dataset(ScoreConfig(run_dir=run, write=False, device="cpu",
+                                      pixel_score=PixelScore.META_DISAGREEMENT))
     assert audit.pixel_score == PixelScore.META_DISAGREEMENT.value
     top = audit.slices[0]
     assert (top.case_id, top.slice_index) == (PLANTED_CASE, PLANTED_SLICE)
     assert audit.cases[0].case_id == PLANTED_CASE
+    # the default audit of an MCPM run (confident disagreement of the MCPM-trained network) finds it too
+    default = score_dataset(ScoreConfig(run_dir=run, write=False, device="cpu"))
+    assert default.pixel_score == PixelScore.CONFIDENT_DISAGREEMENT.value
+    assert (default.slices[0].case_id, default.slices[0].slice_index) == (PLANTED_CASE, PLANTED_SLICE)
     assert {c.case_id: c.routing for c in audit.cases}["case_000"] == "in-sample"  # the meta case: ensemble
 
     # R on the planted slice from the exported graphs: low on the corrupted band, high elsewhere
