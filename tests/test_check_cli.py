@@ -297,9 +297,6 @@ def demo_incoming(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (models/README.md): the shipped model's fit-time threshold (0.113, in-sample) flags the clean "
-    "held-out cases, and its clean slab-edge slices (up to 0.61) outscore planted errors (0.35-0.45)"))
 def test_shipped_model_passes_clean_demo_cases_and_flags_a_planted_error(demo_incoming):
     assert (SHIPPED / "run.json").is_file(), "models/demo-pint is missing: python tools/train_shipped_model.py"
     result = check(demo_incoming, SHIPPED, "--format", "json")
