@@ -15,15 +15,13 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import io
+from . import __version__, io
+from .atomic import write_text
 from .errors import UsageError
 from .types import CaseRef, Dataset, Geometry
 
@@ -70,25 +68,6 @@ def write_case_maps(out_dir: Path, ref: CaseRef, geometry: Geometry, noise: np.n
     return noise_rel, pred_rel
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -129,7 +108,7 @@ def summary_of(audit) -> dict:
 
 def write_summary(audit) -> Path:
     path = Path(audit.out_dir) / "summary.json"
-    _atomic_text(path, json.dumps(summary_of(audit), indent=2) + "\n")
+    write_text(path, json.dumps(summary_of(audit), indent=2) + "\n")
     return path
 
 
@@ -140,8 +119,8 @@ def write_audit(audit, report: Path | None = None) -> dict[str, str]:
     audit.files = {"cases": str(out_dir / "cases.csv"), "slices": str(out_dir / "slices.csv"),
                    "summary": str(out_dir / "summary.json"), "maps": str(out_dir / "maps"),
                    "report": str(report_path)}
-    _atomic_text(out_dir / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
-    _atomic_text(out_dir / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
+    write_text(out_dir / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
+    write_text(out_dir / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
     from .report import write_report
 
     write_report(audit, report_path)

@@ -15,16 +15,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .data import no_track
 from .errors import TRAINING_EXTRA, MissingDependencyError, ModelError
-from .runfolder import Perturbations, RunInfo, perturbation_noise, read_run_info, save_run
+from .runfolder import (
+    Perturbations,
+    RunInfo,
+    perturbation_noise,
+    read_run_info,
+    save_run,
+)
 
 OPSET = 18
 #: Export fails when ONNX Runtime and PyTorch differ by more than this (algorithms.md §7.2).
@@ -52,15 +58,8 @@ def save_weights(net, path: Path, metadata: dict[str, str] | None = None) -> Non
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata or {})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata or {})
 
 
 def load_weights(path: Path) -> dict:
@@ -97,10 +96,9 @@ def export_segmenter(net, num_classes: int, in_channels: int, path: Path, pertur
     image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
     noise = torch.zeros(2, in_channels, *_EXAMPLE_HW)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
     names = {"input_names": ["image", "noise"], "output_names": ["prob_mean", "uncertainty"]}
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp_path:
+        tmp = str(tmp_path)
         with _quiet():
             if exporter == "dynamo":
                 from torch.export import Dim
@@ -120,10 +118,6 @@ def export_segmenter(net, num_classes: int, in_channels: int, path: Path, pertur
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
             "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "noise_passes": perturbations.k,
             "torch": torch.__version__}
@@ -161,10 +155,9 @@ def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, ex
     label = torch.zeros(1, *_EXAMPLE_HW, dtype=torch.int64)
     prob = torch.full((1, num_classes, *_EXAMPLE_HW), 1.0 / num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
     names = {"input_names": ["image", "label", "prob"], "output_names": ["weight"]}
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp_path:
+        tmp = str(tmp_path)
         with _quiet():
             if exporter == "dynamo":
                 from torch.export import Dim
@@ -184,10 +177,6 @@ def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, ex
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
             "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "torch": torch.__version__}
 

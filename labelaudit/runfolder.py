@@ -12,11 +12,10 @@ stdlib + numpy only: no torch, no onnxruntime here.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_json
 from .errors import ModelError
 from .preprocess import LabelMap, Preprocessing
 
@@ -104,21 +103,9 @@ class RunInfo:
             raise ModelError(f"{where}: run.json has an invalid field ({exc})") from exc
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def save_run(run_dir: Path, info: RunInfo) -> Path:
     path = Path(run_dir) / "run.json"
-    write_json_atomic(path, info.to_json())
+    write_json(path, info.to_json())
     return path
 
 

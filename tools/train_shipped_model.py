@@ -104,7 +104,6 @@ def benchmark(model: Path, seeds: tuple[int, ...] = (0, 1, 2), rate: float = 0.3
                 labelaudit("evaluate", audit, "--truth", noisy / "corruption.json", "--clean", clean, cwd=tmp)
                 result = json.loads((audit / "evaluation.json").read_text())
                 ranking = result["ranking"]
-                summary = json.loads((audit / "summary.json").read_text())
                 rows.append({"data": name, "seed": seed, **{f"{level}_{m}": ranking[level][m] for level in
                                                             ("slice", "case") for m in ("ap", "auroc")},
                              "slice_positives": f"{ranking['slice']['positives']}/{ranking['slice']['total']}",

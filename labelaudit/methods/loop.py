@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_path
 from ..errors import ModelError, UsageError
 from ..nets import DIVISOR, build_unet
 from . import LoopParams, NetParams
@@ -200,15 +199,8 @@ class Method(Protocol):
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save through a temp file + os.replace: an interruption never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
