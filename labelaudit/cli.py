@@ -439,7 +439,10 @@ def demo(
         render_audit(result.audit)
     if result.evaluation is not None:
         truth = {r.level: r.scores for r in result.evaluation.ranking}
-        found = ", ".join(f"{level} AP {truth[level].ap:.2f} / AUROC {truth[level].auroc:.2f}"
+        def fmt(value: float) -> str:
+            return "n/a" if value != value else f"{value:.2f}"  # NaN: undefined (e.g. every case corrupted)
+
+        found = ", ".join(f"{level} AP {fmt(truth[level].ap)} / AUROC {fmt(truth[level].auroc)}"
                           for level in ("slice", "case", "pixel") if level in truth)
         stdout.print(f"how well the audit found the corrupted labels (vs. the known truth): {found}")
     for step in result.steps:
