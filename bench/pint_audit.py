@@ -218,12 +218,15 @@ def write_results(args, rows: list[dict], epochs: int | None) -> None:
         lines += ["", f"The noisy labels themselves have Dice {fmt(rows[0]['noisy_dice'])} against the clean ones."]
     lines += ["", "slice AP/AUROC rank slices by labelaudit's noise score; 1−Dice ranks them by the model's own "
               "disagreement with the label (the plain baseline).", ""]
-    section = "\n".join(lines)
-    results = args.results
+    write_section(args.results, f"## PINT vs plain audit ({'quick' if args.quick else 'full'} run)",
+                  "\n".join(lines))
+
+
+def write_section(results: Path, title: str, section: str) -> None:
+    """Put `section` (which starts with the heading `title`) into RESULTS.md, replacing an earlier run's."""
     text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-    marker = f"## PINT vs plain audit ({'quick' if args.quick else 'full'} run)"
-    if marker in text:
-        head, _, tail = text.partition(marker)
+    if title in text:  # re-running replaces this section only
+        head, _, tail = text.partition(title)
         rest = tail.split("\n## ", 1)
         text = head + section + ("\n## " + rest[1] if len(rest) > 1 else "")
     else:

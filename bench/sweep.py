@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from baselines import cleanlab_scores, disagreement_scores, rank  # noqa: E402
-from pint_audit import fmt, run, write_meta_set  # noqa: E402
+from pint_audit import fmt, run, write_meta_set, write_section  # noqa: E402
 
 from labelaudit.demo import materialize_demo  # noqa: E402
 from labelaudit.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
@@ -275,17 +275,7 @@ def write_results(args, rows: list[dict], upper: dict | None, total_s: float) ->
         lines += ["", f"Quick mode ({args.epochs} epochs) checks the pipeline and gives first figures; with so few "
                   "epochs the robust methods' warm-up barely ends, so read method differences with care."]
     lines.append("")
-    section = "\n".join(lines)
-    results = args.results
-    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-    if title in text:  # re-running replaces this section only
-        head, _, tail = text.partition(title)
-        rest = tail.split("\n## ", 1)
-        text = head + section + ("\n## " + rest[1] if len(rest) > 1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    results.write_text(text)
-    print(f"wrote {results}")
+    write_section(args.results, title, "\n".join(lines))
 
 
 if __name__ == "__main__":

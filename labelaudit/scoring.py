@@ -438,12 +438,13 @@ class CaseScorer:
         if with_meta and len(with_meta) != len(info.models):
             raise ModelError(f"{run_dir / 'run.json'}: only some models have a meta_weight graph",
                              hint=f"re-create them with: labelaudit export {run_dir}")
-        self.meta_weighters = [MetaWeighter(run_dir / m.meta_weight, self.choice, c_in, self.label_map.num_classes,
-                                            run_dir) for m in with_meta]
         if pixel_score is None:
-            pixel_score = MCPM_PIXEL_SCORE if self.meta_weighters else PIXEL_SCORE
+            pixel_score = MCPM_PIXEL_SCORE if with_meta else PIXEL_SCORE
         self.pixel_score = PixelScore(pixel_score)
-        self.uses_meta_weight = bool(self.meta_weighters) and self.pixel_score.needs_meta_weight
+        # Theta's graphs are opened only when the formula uses R (the MCPM default does not)
+        self.meta_weighters = [MetaWeighter(run_dir / m.meta_weight, self.choice, c_in, self.label_map.num_classes,
+                                            run_dir) for m in with_meta] if self.pixel_score.needs_meta_weight else []
+        self.uses_meta_weight = bool(self.meta_weighters)
         if self.pixel_score.needs_meta_weight and not self.meta_weighters:
             raise ModelError(f"{run_dir}: pixel score {self.pixel_score.value} needs an MCPM run (meta_weight.onnx); "
                              f"this run's method is {info.method}", hint="use another pixel score, or an MCPM run")
