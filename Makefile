@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned here (the CPU build on this project's machines); pyproject keeps a range.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-quick clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# the noise-rate sweep with its baselines (bench/sweep.py): about an hour on the demo, half that on the
+# synthetic second dataset, on 2 CPU cores; bench-quick is a few minutes. Both write bench/RESULTS.md.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/sweep.py --dataset synth --methods plain,pint,mcpm
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/sweep.py --quick
 
 clean:
 	rm -rf $(VENV) runs audits demo

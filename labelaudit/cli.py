@@ -315,7 +315,8 @@ def fit(
                                             "steps (k > 1 is cheaper).")] = 1,
     meta_warmup: Annotated[float, typer.Option("--meta-warmup", min=0.0, max=1.0, help="MCPM: fraction of steps "
                                                "trained unweighted before the first meta step.")] = 0.1,
-    exporter: Annotated[str, typer.Option("--exporter", help="ONNX exporter: dynamo or torchscript.")] = "dynamo",
+    exporter: Annotated[str, typer.Option("--exporter", help="ONNX exporter: torchscript (fast) or dynamo (torch.export); both "
+                                                "verified against PyTorch.")] = "torchscript",
 ) -> None:
     """Train a noise-robust segmentation model on a dataset and export its ONNX graphs."""
     from dataclasses import replace

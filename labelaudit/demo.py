@@ -98,7 +98,7 @@ class DemoConfig:
     epochs: int | None = None  # None: fit's defaults
     iterations_per_epoch: int | None = None
     device: str = "auto"
-    exporter: str = "dynamo"
+    exporter: str = "torchscript"
 
     @property
     def run_dir(self) -> Path:

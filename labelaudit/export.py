@@ -79,7 +79,7 @@ def load_weights(path: Path) -> dict:
 # ----------------------------------------------------------------------------- one graph
 
 def export_segmenter(net, num_classes: int, in_channels: int, path: Path, perturbations: Perturbations,
-                     exporter: str = "dynamo", opset: int = OPSET) -> dict:
+                     exporter: str = "torchscript", opset: int = OPSET) -> dict:
     """Export PerturbedSegmenter(net) to `path` and verify it with ONNX Runtime (CPU).
 
     The check runs on a shape different from the export example, with the run's noise bank
@@ -96,25 +96,11 @@ def export_segmenter(net, num_classes: int, in_channels: int, path: Path, pertur
     image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
     noise = torch.zeros(2, in_channels, *_EXAMPLE_HW)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = {"input_names": ["image", "noise"], "output_names": ["prob_mean", "uncertainty"]}
-    with atomic_path(path, suffix=".onnx") as tmp_path:
-        tmp = str(tmp_path)
-        with _quiet():
-            if exporter == "dynamo":
-                from torch.export import Dim
-
-                n, k, h, w = Dim("N"), Dim("K"), Dim("H"), Dim("W")
-                program = torch.onnx.export(
-                    model, (image, noise), None, dynamo=True, opset_version=opset, external_data=False,
-                    dynamic_shapes={"image": {0: n, 2: h, 3: w}, "noise": {0: k, 2: h, 3: w}}, verbose=False,
-                    **names)
-                program.save(tmp, external_data=False)
-            else:
-                torch.onnx.export(
-                    model, (image, noise), tmp, dynamo=False, opset_version=opset, **names,
-                    dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "noise": {0: "K", 2: "H", 3: "W"},
-                                  "prob_mean": {0: "N", 2: "H", 3: "W"}, "uncertainty": {0: "N", 1: "H", 2: "W"}})
-        diff = verify_segmenter(model, Path(tmp), in_channels, perturbations)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        exporter = _export_graph(
+            model, (image, noise), tmp, exporter, opset, inputs={"image": "N?HW", "noise": "K?HW"},
+            outputs={"prob_mean": "N?HW", "uncertainty": "NHW"})
+        diff = verify_segmenter(model, tmp, in_channels, perturbations)
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
@@ -140,7 +126,7 @@ def verify_segmenter(model, onnx_path: Path, in_channels: int, perturbations: Pe
     return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
 
 
-def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, exporter: str = "dynamo",
+def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, exporter: str = "torchscript",
                        opset: int = OPSET) -> dict:
     """Export MCPM's meta mask network to `path` (the meta_weight.onnx contract above), verified with ONNX Runtime.
 
@@ -155,25 +141,11 @@ def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, ex
     label = torch.zeros(1, *_EXAMPLE_HW, dtype=torch.int64)
     prob = torch.full((1, num_classes, *_EXAMPLE_HW), 1.0 / num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = {"input_names": ["image", "label", "prob"], "output_names": ["weight"]}
-    with atomic_path(path, suffix=".onnx") as tmp_path:
-        tmp = str(tmp_path)
-        with _quiet():
-            if exporter == "dynamo":
-                from torch.export import Dim
-
-                n, h, w = Dim("N"), Dim("H"), Dim("W")
-                program = torch.onnx.export(
-                    model, (image, label, prob), None, dynamo=True, opset_version=opset, external_data=False,
-                    dynamic_shapes={"image": {0: n, 2: h, 3: w}, "classes": {0: n, 1: h, 2: w},
-                                    "prob": {0: n, 2: h, 3: w}}, verbose=False, **names)
-                program.save(tmp, external_data=False)
-            else:
-                torch.onnx.export(
-                    model, (image, label, prob), tmp, dynamo=False, opset_version=opset, **names,
-                    dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "label": {0: "N", 1: "H", 2: "W"},
-                                  "prob": {0: "N", 2: "H", 3: "W"}, "weight": {0: "N", 2: "H", 3: "W"}})
-        diff = verify_meta_weight(model, Path(tmp), in_channels, num_classes)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        exporter = _export_graph(
+            model, (image, label, prob), tmp, exporter, opset, inputs={"image": "N?HW", "label": "NHW", "prob": "N?HW"},
+            outputs={"weight": "N?HW"})
+        diff = verify_meta_weight(model, tmp, in_channels, num_classes)
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
@@ -219,6 +191,39 @@ def _with_weights(module, weights: Path, what: str):
         raise ModelError(f"{weights}: {what} do not fit the network described in run.json ({first})",
                          hint="re-fit the run with: labelaudit fit DATASET --force") from exc
     return module.eval()
+
+
+def _export_graph(model, example: tuple, path: Path, exporter: str, opset: int, inputs: dict[str, str],
+                  outputs: dict[str, str]) -> str:
+    """Write `model` to `path` as ONNX with the named inputs/outputs; returns the exporter actually used.
+
+    `inputs`/`outputs` give each tensor's axes as letters, `?` for a fixed one (channels): "N?HW" is
+    [N, C, H, W] with N, H, W dynamic. Where the TorchScript exporter is missing or fails (it is deprecated
+    and may leave PyTorch), the dynamo exporter is used instead; the caller's parity check verifies either.
+    """
+    import torch
+
+    if exporter == "torchscript":
+        dynamic_axes = {name: {i: axis for i, axis in enumerate(axes) if axis != "?"}
+                        for name, axes in {**inputs, **outputs}.items()}
+        try:
+            with _quiet():
+                torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
+                                  input_names=list(inputs), output_names=list(outputs), dynamic_axes=dynamic_axes)
+            return "torchscript"
+        except Exception:  # noqa: BLE001 - any failure of the legacy path: the maintained exporter takes over
+            exporter = "dynamo"
+    from torch.export import Dim
+
+    dims = {axis: Dim(axis) for axes in inputs.values() for axis in set(axes) - {"?"}}
+    # positional, one spec per example input: the forward's argument names need not match the ONNX input names
+    dynamic_shapes = tuple({i: dims[axis] for i, axis in enumerate(axes) if axis != "?"} for axes in inputs.values())
+    with _quiet():
+        program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset, external_data=False,
+                                    dynamic_shapes=dynamic_shapes, input_names=list(inputs),
+                                    output_names=list(outputs), verbose=False)
+        program.save(str(path), external_data=False)
+    return exporter
 
 
 @contextlib.contextmanager

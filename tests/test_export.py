@@ -66,6 +66,19 @@ def test_graph_contract_and_parity(exporter, tmp_path):
     assert np.abs(prob - want_prob.numpy()).max() < 1e-4 and np.abs(unc - want_unc.numpy()).max() < 1e-4
 
 
+def test_dynamo_takes_over_where_the_torchscript_exporter_fails(tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def torchscript_removed(*args, dynamo, **kwargs):
+        if not dynamo:
+            raise AttributeError("the TorchScript exporter was removed")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", torchscript_removed)
+    record = export_segmenter(build_unet(1, 2, SMALL), 2, 1, tmp_path / "s.onnx", Perturbations(k=2), "torchscript")
+    assert record["exporter"] == "dynamo" and record["max_abs_diff"] < 1e-4
+
+
 def test_parity_failure_is_a_model_error_and_leaves_no_file(tmp_path, monkeypatch):
     import labelaudit.export as export
 
