@@ -10,6 +10,7 @@ the robust model's Dice against the clean labels. Variants run `--jobs` at a tim
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +31,20 @@ VARIANTS = {
     "ema .95 wu .3 q .8": ["--method", "pint", "--ema-decay", "0.95", "--warmup", "0.3", "--image-quantile", "0.8"],
     "pnt": ["--method", "pint", "--variant", "pnt"],
     "pnt ema .95 wu .3": ["--method", "pint", "--variant", "pnt", "--ema-decay", "0.95", "--warmup", "0.3"],
+    # the image level's FIFO memory (PintParams.memory_batches, default 50): does a shorter one make it act?
+    "int": ["--method", "pint", "--variant", "int"],
+    "int memory 10": ["--method", "pint", "--variant", "int", "--memory-batches", "10"],
+    "int memory 3": ["--method", "pint", "--variant", "int", "--memory-batches", "3"],
+    "pint memory 10": ["--method", "pint", "--memory-batches", "10"],
+    "pint memory 3": ["--method", "pint", "--memory-batches", "3"],
 }
+
+
+def images_set_aside(run_dir: Path) -> str:
+    """Mean share of slices with alpha_i = 0 (learning from the teacher only) over the epochs after warm-up."""
+    log = json.loads((run_dir / "run.json").read_text()).get("log", {})
+    shares = [row["images_alpha0"] for rows in log.values() for row in rows if row.get("images_alpha0")]
+    return f"images with alpha_i = 0 after warm-up: {sum(shares) / len(shares):.1%}" if shares else ""
 
 
 def main() -> None:
@@ -71,7 +85,7 @@ def main() -> None:
         evaluation = subprocess.run([*cli, "evaluate", str(audit), "--truth", str(noisy / "corruption.json"),
                                      "--clean", str(clean)], capture_output=True, text=True,
                                     env={**os.environ, "COLUMNS": "150"})
-        return name, f"fit {seconds:.0f} s\n{formulas.stdout}{formulas.stderr[-300:]}\n{evaluation.stdout[-2500:]}"
+        return name, f"fit {seconds:.0f} s; {images_set_aside(run_dir)}\n{formulas.stdout}{formulas.stderr[-300:]}\n{evaluation.stdout[-2500:]}"
 
     with ThreadPoolExecutor(args.jobs) as pool:
         chosen = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only.split(",")}

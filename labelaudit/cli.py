@@ -305,6 +305,8 @@ def fit(
     image_quantile: Annotated[float, typer.Option("--image-quantile", min=0.0, max=1.0, help="PINT: images whose "
                                                   "uncertainty exceeds this quantile of recent ones learn from "
                                                   "the teacher only.")] = _PINT.image_quantile,
+    memory_batches: Annotated[int, typer.Option("--memory-batches", min=1, help="PINT: recent batches whose "
+                                                "slice uncertainties set that quantile.")] = _PINT.memory_batches,
     virtual_lr: Annotated[float, typer.Option("--virtual-lr", min=0.0, help="MCPM: step (alpha) of the virtual "
                                               "SGD update of the bilevel step.")] = 0.05,
     meta_lr: Annotated[float, typer.Option("--meta-lr", min=0.0, help="MCPM: Adam learning rate (beta) of the "
@@ -333,7 +335,8 @@ def fit(
         loop=replace(LoopParams(), epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
                      learning_rate=learning_rate),
         pint=replace(PintParams(), variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
-                     warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile),
+                     warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile,
+                     memory_batches=memory_batches),
         mcpm=replace(McpmParams(), virtual_lr=virtual_lr, meta_lr=meta_lr, meta_batch_size=meta_batch_size,
                      meta_every=meta_every, warmup_fraction=meta_warmup),
     )

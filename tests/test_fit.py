@@ -311,3 +311,14 @@ def test_cli_fit_reports_run_device_and_losses_and_calibrates(dataset, tmp_path,
     info = load_run(tmp_path / "run")
     assert info.threshold  # calibrate_run (scoring) filled it
     assert (tmp_path / "runs" / ".latest").read_text().strip() == str((tmp_path / "run").resolve())
+
+
+def test_cli_pint_options_reach_run_json(dataset, tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    result = cli("fit", dataset, "--method", "pint", "--folds", "1", "--epochs", "1", "--iterations-per-epoch", "2",
+                 "--batch-size", "2", "--device", "cpu", "--out", tmp_path / "run", "--ema-decay", "0.9",
+                 "--image-quantile", "0.7", "--memory-batches", "5", "--warmup", "0.5")
+    assert result.exit_code == 0, result.stderr
+    pint = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["pint"]
+    assert (pint["ema_decay"], pint["image_quantile"], pint["memory_batches"], pint["warmup_fraction"]) == (
+        0.9, 0.7, 5, 0.5)
