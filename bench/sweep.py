@@ -12,7 +12,7 @@ softmin label quality on the out-of-fold probabilities). Writes a section to ben
 
     python bench/sweep.py --quick                  # r = 0.4 × {slice, case}, plain and pint, 3 epochs: minutes
     python bench/sweep.py                          # the full sweep on the demo (sized ~1 h on 2 CPU cores)
-    python bench/sweep.py --dataset synth --methods plain,pint,mcpm   # the second dataset (~35 min)
+    python bench/sweep.py --dataset synth          # the same on the synthetic second dataset
     python bench/sweep.py --rewrite [--dataset …]  # re-write the RESULTS.md section from the last run's rows
 """
 
