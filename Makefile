@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# the noise-rate sweep with its baselines (bench/sweep.py): about an hour on the demo, half that on the
+# the noise-rate sweep with its baselines (bench/sweep.py): 67 min on the demo and 40 min on the
 # synthetic second dataset, on 2 CPU cores; bench-quick is a few minutes. Both write bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/sweep.py

@@ -85,7 +85,8 @@ def main() -> None:
         evaluation = subprocess.run([*cli, "evaluate", str(audit), "--truth", str(noisy / "corruption.json"),
                                      "--clean", str(clean)], capture_output=True, text=True,
                                     env={**os.environ, "COLUMNS": "150"})
-        return name, f"fit {seconds:.0f} s; {images_set_aside(run_dir)}\n{formulas.stdout}{formulas.stderr[-300:]}\n{evaluation.stdout[-2500:]}"
+        return name, (f"fit {seconds:.0f} s; {images_set_aside(run_dir)}\n{formulas.stdout}{formulas.stderr[-300:]}\n"
+                      f"{evaluation.stdout[-2500:]}")
 
     with ThreadPoolExecutor(args.jobs) as pool:
         chosen = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only.split(",")}

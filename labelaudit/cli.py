@@ -271,8 +271,9 @@ def fit(
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run folder to write (default: runs/<dataset-name>-<method>).", show_default=False)] = None,
     method: Annotated[str, typer.Option("--method", help="pint, plain (the baseline) or mcpm.")] = "pint",
-    variant: Annotated[str, typer.Option("--variant", help="PINT variant: pint (pixel + image), pnt (pixel only), "
-                                                         "int (image only).")] = "pint",
+    variant: Annotated[str, typer.Option("--variant", help="PINT variant: int (image level only; the default, "
+                                                         "see bench/RESULTS.md), pint (pixel + image, the "
+                                                         "paper's), pnt (pixel only).")] = _PINT.variant,
     meta_set: Annotated[Optional[Path], typer.Option(
         "--meta-set", help="MCPM: a text file of verified case ids (one per line, # comments), left out of "
                            "training, or a dataset folder of verified cases.", show_default=False)] = None,

@@ -19,7 +19,9 @@ import numpy as np
 
 from .data import no_track
 from .errors import InputError, UsageError
-from .methods import METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json
+from .methods import (
+    DEFAULT_VARIANT, METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json,
+)
 from .runfolder import FoldModel, Perturbations, RunInfo, record_latest, save_run
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class FitConfig:
     dataset: Path
     out: Path | None = None
     method: str = "pint"
-    variant: str = "pint"
+    variant: str = DEFAULT_VARIANT
     folds: int = 3
     seed: int = 0
     device: str = "auto"

@@ -6,7 +6,8 @@
 Steps (each one a plain `labelaudit` command, so the model card can quote them):
 1. copy the embedded demo dataset (12 cases) and keep the first TRAIN_CASES as the training set; the
    others stay unseen, for the model card's held-out figures and for tests/test_check_cli.py;
-2. `labelaudit fit TRAIN --method pint --folds 3 --epochs 10 --iterations-per-epoch 25 --seed 0 --device cpu`;
+2. `labelaudit fit TRAIN --method pint --variant pint --folds 3 --epochs 10 --iterations-per-epoch 25 --seed 0
+   --device cpu`;
 3. keep run.json and the three ONNX graphs (not the weights nor the training checkpoints) and
    replace run.json's absolute dataset path by the dataset's name (check never reads it).
 
@@ -35,8 +36,8 @@ TRAIN_CASES = 9  # mni_001 … mni_009; mni_010 … mni_012 are held out
 # 3 folds: the threshold is calibrated on out-of-fold scores (a model scores its own training slices lower
 # than new ones, so an in-sample threshold flags clean new data), and `check` ensembles the three models.
 FOLDS = 3
-FIT_ARGS = ["--method", "pint", "--folds", str(FOLDS), "--epochs", "10", "--iterations-per-epoch", "25",
-            "--seed", "0", "--device", "cpu"]
+FIT_ARGS = ["--method", "pint", "--variant", "pint", "--folds", str(FOLDS), "--epochs", "10",
+            "--iterations-per-epoch", "25", "--seed", "0", "--device", "cpu"]
 # the ONNX graphs `check` runs; the weights (for `labelaudit export`) are left out to keep the model small:
 # re-create them with this script
 KEEP = ("run.json", *(f"fold_{i}/segmenter.onnx" for i in range(FOLDS)))
