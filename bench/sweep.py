@@ -10,7 +10,7 @@ bench/pint_audit.py builds it). Beside them: plain U-Net fit on the CLEAN labels
 per dataset) and, from each plain run, the two baselines of bench/baselines.py (plain 1 − Dice; cleanlab's
 softmin label quality on the out-of-fold probabilities). Writes a section to bench/RESULTS.md.
 
-    python bench/sweep.py --quick                  # r = 0.4 × {slice, case}, plain and pint, 3 epochs: minutes
+    python bench/sweep.py --quick                  # r = 0.4 × {slice, case}, plain, pint, int, 3 epochs: minutes
     python bench/sweep.py                          # the full sweep on the demo (sized ~1 h on 2 CPU cores)
     python bench/sweep.py --dataset synth          # the same on the synthetic second dataset
     python bench/sweep.py --rewrite [--dataset …]  # re-write the RESULTS.md section from the last run's rows
@@ -51,7 +51,7 @@ FIT_ARGS = {
     "int": ["--method", "pint", "--variant", "int"],
     "mcpm": ["--method", "mcpm"],
 }
-QUICK = {"rates": (0.4,), "levels": LEVELS, "methods": ("plain", "pint"), "epochs": 3}
+QUICK = {"rates": (0.4,), "levels": LEVELS, "methods": ("plain", "pint", "int"), "epochs": 3}
 FULL_EPOCHS = 6
 # synthetic second dataset: small, multi-class, anisotropic, rotated (unlike the demo's brain MRI)
 SYNTH = SynthConfig(cases=12, size=(64, 64, 16), spacing=(1.0, 1.0, 2.5), classes=2, seed=0)
@@ -90,7 +90,7 @@ def dice_of(ev: dict, source: str = "prediction") -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="r = 0.4 × both levels, plain and pint, 3 epochs")
+    parser.add_argument("--quick", action="store_true", help="r = 0.4 × both levels, plain, pint and int, 3 epochs")
     parser.add_argument("--dataset", choices=("demo", "synth"), default="demo")
     parser.add_argument("--rates", default=None, help="comma-separated, e.g. 0.2,0.4")
     parser.add_argument("--levels", default=None, help="comma-separated: slice,case")
@@ -298,7 +298,8 @@ def write_results(args, rows: list[dict], upper: dict | None, total_s: float, co
             lines.append("Robust methods whose Dice is below plain's on the same noisy labels: " + "; ".join(below) + ".")
     estimate = full_estimate(rows, upper) if args.quick else ""
     if estimate:
-        lines += ["", f"Cost of the full mode, estimated from this run: {estimate}."]
+        lines += ["", f"Cost of the full mode at this run's {args.epochs} epochs (the full mode trains "
+                  f"{FULL_EPOCHS}), estimated from this run: {estimate}."]
     if args.quick:
         lines += ["", f"Quick mode ({args.epochs} epochs) checks the pipeline and gives first figures; with so few "
                   "epochs the robust methods' warm-up barely ends, so read method differences with care."]
