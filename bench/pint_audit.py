@@ -175,17 +175,22 @@ def fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def write_results(args, rows: list[dict], epochs: int | None) -> None:
+def machine() -> str:
+    """This machine in a RESULTS.md line: cores, CPU model, Python."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return f"{os.cpu_count()} cores, {cpu}; python {platform.python_version()}"
+
+
+def write_results(args, rows: list[dict], epochs: int | None) -> None:
     lines = [
         f"## PINT vs plain audit ({'quick' if args.quick else 'full'} run)",
         "",
-        f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu}; python {platform.python_version()}",
+        f"- date: {dt.date.today().isoformat()}; machine: {machine()}",
         f"- data: embedded demo (MNI152-derived), corrupted at slice level, r = {args.rate}, mixed kinds, seed {args.seed}",
         f"- budget: same for both methods ({'epochs ' + str(epochs) if epochs else 'default epochs'});"
         f" out-of-fold = {args.folds} folds; training device {args.device}",

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from baselines import cleanlab_scores, disagreement_scores, rank  # noqa: E402
-from pint_audit import fmt, run, write_meta_set, write_section  # noqa: E402
+from pint_audit import fmt, machine, run, write_meta_set, write_section  # noqa: E402
 
 from labelaudit.demo import materialize_demo  # noqa: E402
 from labelaudit.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
@@ -190,16 +188,6 @@ def command_line() -> str:
 
 
 # ----------------------------------------------------------------------------- report
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, {cpu}; python {platform.python_version()}"
-
 
 def full_estimate(rows: list[dict], upper: dict | None) -> str:
     """Wall time of the full sweep at the same epochs, from this run's per-method fit + score times.
