@@ -43,7 +43,7 @@ VARIANTS = {
 def images_set_aside(run_dir: Path) -> str:
     """Mean share of slices with alpha_i = 0 (learning from the teacher only) over the epochs after warm-up."""
     log = json.loads((run_dir / "run.json").read_text()).get("log", {})
-    shares = [row["images_alpha0"] for rows in log.values() for row in rows if row.get("images_alpha0")]
+    shares = [row["images_alpha0"] for rows in log.values() for row in rows if row.get("warmup") == 0.0]
     return f"images with alpha_i = 0 after warm-up: {sum(shares) / len(shares):.1%}" if shares else ""
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import DatasetSummary, Track, discover_dataset, inspect_dataset, no_track
 from .errors import UsageError
+from .export import DEFAULT_EXPORTER
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only for annotations
@@ -98,7 +99,7 @@ class DemoConfig:
     epochs: int | None = None  # None: fit's defaults
     iterations_per_epoch: int | None = None
     device: str = "auto"
-    exporter: str = "torchscript"
+    exporter: str = DEFAULT_EXPORTER
 
     @property
     def run_dir(self) -> Path:

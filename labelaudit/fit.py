@@ -19,6 +19,7 @@ import numpy as np
 
 from .data import no_track
 from .errors import InputError, UsageError
+from .export import DEFAULT_EXPORTER, EXPORTERS
 from .methods import (
     DEFAULT_VARIANT, METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json,
 )
@@ -64,7 +65,7 @@ class FitConfig:
     target_spacing: float | None = None  # in-plane mm; None keeps the native pixels
     meta_set: Path | None = None
     calibrate: bool = True
-    exporter: str = "torchscript"
+    exporter: str = DEFAULT_EXPORTER
     loop: LoopParams = LoopParams()
     net: NetParams = NetParams()
     pint: PintParams = PintParams()
@@ -222,8 +223,8 @@ def _check_config(config: FitConfig) -> None:
                          "dataset folder of verified cases", hint="or use --method pint, which needs no meta set")
     if config.meta_set is not None and config.method != "mcpm":
         raise UsageError("--meta-set is only used by --method mcpm")
-    if config.exporter not in ("dynamo", "torchscript"):
-        raise UsageError(f"--exporter {config.exporter!r}: expected dynamo or torchscript")
+    if config.exporter not in EXPORTERS:
+        raise UsageError(f"--exporter {config.exporter!r}: expected one of {', '.join(EXPORTERS)}")
     if config.variant not in VARIANTS:
         raise UsageError(f"--variant {config.variant!r}: expected one of {', '.join(VARIANTS)}")
     if config.loop.epochs < 1 or config.loop.iterations_per_epoch < 1 or config.loop.batch_size < 1:
