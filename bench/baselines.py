@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labelaudit.data import discover_dataset, iter_cases  # noqa: E402
-from labelaudit.evaluate import Manifest, read_manifest  # noqa: E402
-from labelaudit.metrics import ranking_scores  # noqa: E402
+from labelaudit.evaluate.evaluate import Manifest, read_manifest  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
 from labelaudit.preprocess import pad_to_multiple, prepare_case, restore_in_plane  # noqa: E402
-from labelaudit.runfolder import load_run  # noqa: E402
-from labelaudit.scoring import CaseScorer, is_fit_dataset, route_case  # noqa: E402
+from labelaudit.formats.run import load_run  # noqa: E402
+from labelaudit.score.pipeline import CaseScorer, is_fit_dataset, route_case  # noqa: E402
 
 
 @dataclass(frozen=True)

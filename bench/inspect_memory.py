@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelaudit.io import write_volume
+from labelaudit.io.image import write_volume
 from labelaudit.types import Geometry, Volume
 
 TARGET_MB = 2048

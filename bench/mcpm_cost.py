@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from labelaudit.methods import LoopParams, McpmParams, NetParams  # noqa: E402
-from labelaudit.methods.loop import SliceSampler, resolve_device, train  # noqa: E402
-from labelaudit.methods.mcpm import McpmMethod  # noqa: E402
-from labelaudit.methods.plain import PlainMethod  # noqa: E402
+from labelaudit.config import LoopParams, McpmParams, NetParams  # noqa: E402
+from labelaudit.train.loop import SliceSampler, resolve_device, train  # noqa: E402
+from labelaudit.train.mcpm import McpmMethod  # noqa: E402
+from labelaudit.train.plain import PlainMethod  # noqa: E402
 
 
 def disks(n: int, size: int, grow: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,8 @@ sys.path.insert(0, str(HERE))
 
 from baselines import cleanlab_scores  # noqa: E402
 
-from labelaudit.evaluate import read_manifest  # noqa: E402
-from labelaudit.metrics import ranking_scores  # noqa: E402
+from labelaudit.evaluate.evaluate import read_manifest  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
 
 
 def per_fold(work: Path, cell: str) -> list[str]:

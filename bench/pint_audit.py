@@ -30,9 +30,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from labelaudit.demo import materialize_demo  # noqa: E402
-from labelaudit.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
-from labelaudit.metrics import ranking_scores  # noqa: E402
-from labelaudit.scoring import MCPM_PIXEL_SCORE, PIXEL_SCORE, PixelScore, ScoreConfig, score_dataset  # noqa: E402
+from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
+from labelaudit.score.pipeline import MCPM_PIXEL_SCORE, PIXEL_SCORE, PixelScore, ScoreConfig, score_dataset  # noqa: E402
 
 
 def run(args: list[str], log: Path) -> float:

@@ -27,11 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labelaudit.data import discover_dataset, iter_cases  # noqa: E402
-from labelaudit.evaluate import read_manifest  # noqa: E402
-from labelaudit.metrics import ranking_scores  # noqa: E402
+from labelaudit.evaluate.evaluate import read_manifest  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
 from labelaudit.preprocess import pad_to_multiple, prepare_case, restore_in_plane  # noqa: E402
-from labelaudit.runfolder import load_run  # noqa: E402
-from labelaudit.scoring import (CaseScorer, dice_disagreement, class_counts, given_class_probability,  # noqa: E402
+from labelaudit.formats.run import load_run  # noqa: E402
+from labelaudit.score.pipeline import (CaseScorer, dice_disagreement, class_counts, given_class_probability,  # noqa: E402
                                 is_fit_dataset, region_of_interest, roi_radius, route_case)
 
 PIXEL = {

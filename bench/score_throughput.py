@@ -2,8 +2,8 @@
 
     python bench/score_throughput.py [--slices 64] [--size 256] [--k 1 4] [--batch 16]
 
-The network is labelaudit.nets' U-Net inside the PerturbedSegmenter (the graph `score` runs), exported with
-torch.onnx.export (TorchScript exporter, dynamic axes) and run through labelaudit.providers.Segmenter, i.e.
+The network is labelaudit.train.nets' U-Net inside the PerturbedSegmenter (the graph `score` runs), exported with
+torch.onnx.export (TorchScript exporter, dynamic axes) and run through labelaudit.score.providers.Segmenter, i.e.
 with the session options scoring uses. Both runtimes get the same threads and the same noise bank; each
 figure is the best of `--repeats` timed passes over all slices after one warm-up batch.
 """
@@ -24,9 +24,9 @@ def build_segmenter(in_channels: int, num_classes: int):
     import torch
 
     try:
-        from labelaudit.nets import NetParams, PerturbedSegmenter, build_unet
+        from labelaudit.train.nets import NetParams, PerturbedSegmenter, build_unet
 
-        net, source = build_unet(in_channels, num_classes, NetParams()), f"labelaudit.nets {NetParams().features}"
+        net, source = build_unet(in_channels, num_classes, NetParams()), f"labelaudit.train.nets {NetParams().features}"
         return PerturbedSegmenter(net, num_classes).eval(), source
     except ImportError:  # before nets.py existed: the same BasicUNet, softmax mean and entropy inline
         from monai.networks.nets import BasicUNet
@@ -88,8 +88,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from labelaudit.providers import Segmenter, choose_device
-    from labelaudit.runfolder import Perturbations, perturbation_noise
+    from labelaudit.score.providers import Segmenter, choose_device
+    from labelaudit.formats.run import Perturbations, perturbation_noise
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -35,7 +35,7 @@ from baselines import cleanlab_scores, disagreement_scores, rank  # noqa: E402
 from pint_audit import fmt, machine, run, write_meta_set, write_section  # noqa: E402
 
 from labelaudit.demo import materialize_demo  # noqa: E402
-from labelaudit.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
+from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
 from labelaudit.synth import SynthConfig, write_synth_dataset  # noqa: E402
 
 RATES = (0.2, 0.4, 0.6, 0.8)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import DatasetSummary, Track, discover_dataset, inspect_dataset, no_track
 from .errors import UsageError
-from .export import DEFAULT_EXPORTER
+from .train.export import DEFAULT_EXPORTER
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only for annotations
@@ -164,7 +164,7 @@ class DemoResult:
         """kind -> {"slices", "cases", "changed_pixels"} (noise.summarize of the manifest)."""
         if not self.manifest:
             return {}
-        from .noise import summarize
+        from .noise.corrupt import summarize
 
         return summarize(self.manifest)
 
@@ -190,7 +190,7 @@ def step_inspect(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Pa
 
 def step_corrupt(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Write the noisy copy OUT/noisy with corruption.json (replacing an earlier demo's)."""
-    from .noise import DEFAULT_KINDS, MANIFEST_NAME, CorruptConfig, corrupt_dataset
+    from .noise.corrupt import DEFAULT_KINDS, MANIFEST_NAME, CorruptConfig, corrupt_dataset
 
     assert result.clean is not None
     corrupt = CorruptConfig(clean=result.clean, out=config.noisy_dir, rate=config.rate,
@@ -206,8 +206,8 @@ def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Train the robust model on the noisy copy (cross-fitted folds) and export its ONNX graphs."""
     from dataclasses import replace
 
-    from .fit import FitConfig, fit_dataset
-    from .methods import LoopParams
+    from .train.fit import FitConfig, fit_dataset
+    from .config import LoopParams
 
     assert result.noisy is not None
     loop = LoopParams()
@@ -222,7 +222,7 @@ def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
 
 def step_score(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Score every annotation of the noisy copy out-of-fold and write the audit and its report."""
-    from .scoring import ScoreConfig, score_dataset
+    from .score.pipeline import ScoreConfig, score_dataset
 
     assert result.run_dir is not None and result.noisy is not None
     result.audit = score_dataset(ScoreConfig(run_dir=result.run_dir, dataset=result.noisy, out_dir=config.audit_dir,
@@ -232,7 +232,7 @@ def step_score(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path
 
 def step_evaluate(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Measure the audit against what `corrupt` really changed (the demo knows the truth)."""
-    from .evaluate import EvaluateConfig, evaluate_audit, write_evaluation_json
+    from .evaluate.evaluate import EvaluateConfig, evaluate_audit, write_evaluation_json
 
     assert result.manifest_path is not None and result.clean is not None
     result.evaluation = evaluate_audit(EvaluateConfig(config.audit_dir, result.manifest_path, clean=result.clean),

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import InputError, ModelError
-from .io import resample_slices
+from .io.image import resample_slices
 from .types import Case
 
 #: Foreground percentiles for CT clipping, as nnU-Net's CTNormalization.

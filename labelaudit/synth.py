@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import write_volume
+from .io.image import write_volume
 from .types import Geometry, Volume
 
 

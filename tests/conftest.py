@@ -53,7 +53,7 @@ def write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.
 
     After SimpleITK's "Dicom Series From Array" example: position and orientation tags per slice.
     """
-    from labelaudit.io import to_sitk
+    from labelaudit.io.image import to_sitk
 
     folder.mkdir(parents=True, exist_ok=True)
     saved = {category: locale.setlocale(category) for category in (locale.LC_CTYPE, locale.LC_NUMERIC)}

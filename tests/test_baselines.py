@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from baselines import disagreement_scores, rank  # noqa: E402
 
-from labelaudit.evaluate import CaseTruth, Manifest  # noqa: E402
+from labelaudit.evaluate.evaluate import CaseTruth, Manifest  # noqa: E402
 
 
 def _probs(classes: np.ndarray, num_classes: int, confidence: float) -> np.ndarray:

@@ -136,13 +136,13 @@ def test_cache_rescores_only_new_or_changed_annotations(clean, model, tmp_path, 
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["counts"] == {"cases": 3, "flagged": 0, "scored": 3, "cached": 0}
 
-    import labelaudit.scoring
+    import labelaudit.score.pipeline
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("an unchanged dataset must not be scored again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(labelaudit.scoring, "score_dataset", no_scoring)
+        patch.setattr(labelaudit.score.pipeline, "score_dataset", no_scoring)
         again = check(clean, model, "--cache", cache, "--format", "json")
     assert again.exit_code == 0, again.output
     data = json.loads(again.stdout)
@@ -158,7 +158,7 @@ def test_cache_rescores_only_new_or_changed_annotations(clean, model, tmp_path, 
                                                                   "case_002": False}
     # a threshold change needs no rescoring: decisions are made afresh from the cached scores
     with monkeypatch.context() as patch:
-        patch.setattr(labelaudit.scoring, "score_dataset", no_scoring)
+        patch.setattr(labelaudit.score.pipeline, "score_dataset", no_scoring)
         assert check(clean, model, "--cache", cache, "--threshold", "0.99").exit_code == 0
 
 
@@ -239,12 +239,12 @@ def test_missing_onnxruntime_exits_5(clean, model, monkeypatch):
 
 
 def test_crash_while_scoring_exits_70_not_1(planted, model, monkeypatch):
-    import labelaudit.scoring
+    import labelaudit.score.pipeline
 
     def crash(self, case, chosen):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(labelaudit.scoring.CaseScorer, "score_case", crash)
+    monkeypatch.setattr(labelaudit.score.pipeline.CaseScorer, "score_case", crash)
     result = check(planted, model, "--format", "json")
     assert result.exit_code == 70, result.output
     assert "internal error" in result.output and "bug" in result.output
@@ -252,9 +252,9 @@ def test_crash_while_scoring_exits_70_not_1(planted, model, monkeypatch):
 
 
 def test_crash_in_the_gate_exits_70(clean, model, monkeypatch):
-    import labelaudit.gate
+    import labelaudit.gate.check
 
-    monkeypatch.setattr(labelaudit.gate, "decide", lambda entry, threshold: 1 / 0)
+    monkeypatch.setattr(labelaudit.gate.check, "decide", lambda entry, threshold: 1 / 0)
     assert check(clean, model).exit_code == 70
 
 

@@ -19,7 +19,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_the_cli_loads_no_heavy_module() -> None:
-    result = _run(f"import sys, labelaudit.cli; print([m for m in {HEAVY!r} if m in sys.modules])")
+    result = _run(f"import sys, labelaudit.cli.app; print([m for m in {HEAVY!r} if m in sys.modules])")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labelaudit import data, io
+from labelaudit import data
+
+from labelaudit import io
 from labelaudit.errors import DatasetError, InputError
 from labelaudit.synth import SynthConfig, rotated_direction, write_synth_dataset
 from labelaudit.types import Geometry, Problem, Volume

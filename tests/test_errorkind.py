@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelaudit.errorkind import (
+from labelaudit.diagnosis import (
     ErrorKind, ErrorKindParams, classify_slice, classify_slices, dominant_kind, kind_masses,
 )
 

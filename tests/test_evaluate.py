@@ -12,10 +12,12 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from labelaudit import io, metrics
+from labelaudit import io
+
+from labelaudit.evaluate import metrics
 from labelaudit.cli import app
 from labelaudit.errors import InputError
-from labelaudit.evaluate import EvaluateConfig, evaluate_audit
+from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Volume, from_slices, to_slices
 

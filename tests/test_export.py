@@ -12,10 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import ModelError  # noqa: E402
-from labelaudit.export import export_run, export_segmenter, load_weights, save_weights  # noqa: E402
-from labelaudit.methods import NetParams  # noqa: E402
-from labelaudit.nets import PerturbedSegmenter, build_unet  # noqa: E402
-from labelaudit.runfolder import Perturbations, load_run, perturbation_noise  # noqa: E402
+from labelaudit.train.export import export_run, export_segmenter, load_weights, save_weights  # noqa: E402
+from labelaudit.config import NetParams  # noqa: E402
+from labelaudit.train.nets import PerturbedSegmenter, build_unet  # noqa: E402
+from labelaudit.formats.run import Perturbations, load_run, perturbation_noise  # noqa: E402
 
 SMALL = NetParams(features=(4, 8, 8, 8, 8, 4), groups=4)
 
@@ -25,8 +25,8 @@ def fitted_run(tmp_path_factory) -> Path:
     """A finished 1-fold plain run (tiny), copied per test where a test changes it."""
     from dataclasses import replace
 
-    from labelaudit.fit import FitConfig, fit_dataset
-    from labelaudit.methods import LoopParams
+    from labelaudit.train.fit import FitConfig, fit_dataset
+    from labelaudit.config import LoopParams
     from labelaudit.synth import SynthConfig, write_synth_dataset
 
     work = tmp_path_factory.mktemp("exportrun")
@@ -80,7 +80,7 @@ def test_dynamo_takes_over_where_the_torchscript_exporter_fails(tmp_path, monkey
 
 
 def test_parity_failure_is_a_model_error_and_leaves_no_file(tmp_path, monkeypatch):
-    import labelaudit.export as export
+    import labelaudit.train.export as export
 
     monkeypatch.setattr(export, "verify_segmenter", lambda *a, **k: 0.5)
     with pytest.raises(ModelError, match="differs from PyTorch by 5.00e-01"):

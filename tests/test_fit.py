@@ -14,12 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import ModelError, UsageError  # noqa: E402
-from labelaudit.fit import FitConfig, fit_dataset, split_folds  # noqa: E402
-from labelaudit.methods import LoopParams, NetParams, PintParams  # noqa: E402
-from labelaudit.methods.loop import SliceSampler, augment_batch, load_checkpoint  # noqa: E402
-from labelaudit.methods.pint import (  # noqa: E402
+from labelaudit.train.fit import FitConfig, fit_dataset, split_folds  # noqa: E402
+from labelaudit.config import LoopParams, NetParams, PintParams  # noqa: E402
+from labelaudit.train.loop import SliceSampler, augment_batch, load_checkpoint  # noqa: E402
+from labelaudit.train.pint import (  # noqa: E402
     PintMethod, ema_decay, ema_update, pint_loss, pixel_threshold, roi_uncertainty)
-from labelaudit.runfolder import load_run  # noqa: E402
+from labelaudit.formats.run import load_run  # noqa: E402
 from labelaudit.synth import SynthConfig, write_synth_dataset  # noqa: E402
 
 #: 4 cases of 6 slices at 36x40 (not multiples of 16), 2 channels, 3 classes (background + 2).
@@ -79,9 +79,9 @@ def test_checkpoint_loads_with_weights_only(plain_run):
 def test_onnx_matches_pytorch_on_a_new_shape(plain_run):
     import onnxruntime as ort
 
-    from labelaudit.export import build_fold_net
-    from labelaudit.nets import PerturbedSegmenter
-    from labelaudit.runfolder import perturbation_noise
+    from labelaudit.train.export import build_fold_net
+    from labelaudit.train.nets import PerturbedSegmenter
+    from labelaudit.formats.run import perturbation_noise
 
     info = load_run(plain_run)
     net = build_fold_net(info, plain_run / info.models[1].weights)

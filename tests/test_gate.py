@@ -7,15 +7,15 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from labelaudit.cache import ScoreCache, case_key, model_hash
+from labelaudit.formats.cache import ScoreCache, case_key, model_hash
 from labelaudit.data import discover_dataset
 from labelaudit.errors import ModelError
-from labelaudit.gate import (
+from labelaudit.gate.check import (
     CheckResult, _verdict, check_json, check_model_matches, decide, describe_threshold, github_annotations,
     junit_xml, summary_table,
 )
 from labelaudit.preprocess import LabelMap
-from labelaudit.runfolder import load_run
+from labelaudit.formats.run import load_run
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from test_scoring import make_run
 

@@ -23,7 +23,7 @@ def test_inspect_ok_exits_0_and_prints_the_summary(cli, nnunet_dataset: Path) ->
 
 
 def test_voxel_counts_are_short_in_the_table() -> None:
-    from labelaudit.render import _count
+    from labelaudit.cli.render import _count
 
     assert [_count(n) for n in (0, 99_999, 100_000, 74_333_916, 4_309_284, 2_000_000_000)] == [
         "0", "99999", "100k", "74.3M", "4.31M", "2G"]

@@ -1,4 +1,4 @@
-"""labelaudit.io: every format round-trips voxels and geometry; unreadable files fail with the reason."""
+"""labelaudit.io.image: every format round-trips voxels and geometry; unreadable files fail with the reason."""
 
 from __future__ import annotations
 

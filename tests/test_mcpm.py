@@ -13,14 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import InputError, UsageError  # noqa: E402
-from labelaudit.fit import FitConfig, fit_dataset  # noqa: E402
-from labelaudit.meta_set import meta_set_from_dataset, meta_set_from_file, read_meta_ids  # noqa: E402
-from labelaudit.methods import LoopParams, McpmParams, NetParams  # noqa: E402
-from labelaudit.methods.loop import load_checkpoint, soft_dice_loss  # noqa: E402
-from labelaudit.methods.mcpm import (  # noqa: E402
+from labelaudit.train.fit import FitConfig, fit_dataset  # noqa: E402
+from labelaudit.train.meta_set import meta_set_from_dataset, meta_set_from_file, read_meta_ids  # noqa: E402
+from labelaudit.config import LoopParams, McpmParams, NetParams  # noqa: E402
+from labelaudit.train.loop import load_checkpoint, soft_dice_loss  # noqa: E402
+from labelaudit.train.mcpm import (  # noqa: E402
     McpmMethod, build_meta_net, epoch_cost, meta_step, training_objective, virtual_meta_loss)
-from labelaudit.nets import build_unet  # noqa: E402
-from labelaudit.runfolder import load_run  # noqa: E402
+from labelaudit.train.nets import build_unet  # noqa: E402
+from labelaudit.formats.run import load_run  # noqa: E402
 from labelaudit.synth import SynthConfig, write_synth_dataset  # noqa: E402
 
 TINY_NET = NetParams(features=(4, 8, 8, 8, 8, 4), groups=4)
@@ -201,7 +201,7 @@ def test_fit_refuses_bad_meta_sets_before_training(small_dataset, tmp_path, monk
 def test_meta_weight_graph_contract_and_parity(exporter, tmp_path):
     import onnxruntime as ort
 
-    from labelaudit.export import export_meta_weight
+    from labelaudit.train.export import export_meta_weight
 
     torch.manual_seed(0)
     theta = build_meta_net(2, 3, McpmParams()).eval()
@@ -263,7 +263,7 @@ def test_planted_slice_gets_low_meta_weight_and_ranks_first(planted):
 
     from labelaudit.data import discover_dataset, load_case
     from labelaudit.preprocess import pad_to_multiple, prepare_case
-    from labelaudit.scoring import PixelScore, ScoreConfig, score_dataset
+    from labelaudit.score.pipeline import PixelScore, ScoreConfig, score_dataset
 
     run, data, clean, noisy = planted
     info = load_run(run)

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from labelaudit import metrics
+from labelaudit.evaluate import metrics
 
 # ----------------------------------------------------------------------------- ranking
 

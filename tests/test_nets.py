@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from labelaudit.methods import NetParams  # noqa: E402
-from labelaudit.nets import PerturbedSegmenter, build_unet, perturbed_prediction  # noqa: E402
+from labelaudit.config import NetParams  # noqa: E402
+from labelaudit.train.nets import PerturbedSegmenter, build_unet, perturbed_prediction  # noqa: E402
 
 SMALL = NetParams(features=(4, 8, 8, 8, 8, 4), groups=4)
 

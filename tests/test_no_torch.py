@@ -46,7 +46,7 @@ def test_scoring_end_to_end_without_torch(tiny_run, tmp_path):
             pass
         else:
             raise SystemExit('torch should be unimportable here')
-        from labelaudit.scoring import ScoreConfig, score_dataset
+        from labelaudit.score.pipeline import ScoreConfig, score_dataset
         audit = score_dataset(ScoreConfig(run_dir=Path({str(run_dir)!r}), out_dir=Path('api'), device='cpu'))
         print('SLICES', len(audit.slices))
         from labelaudit.cli import app
@@ -70,7 +70,7 @@ def test_scoring_end_to_end_without_torch(tiny_run, tmp_path):
 def test_importing_the_cli_loads_neither_torch_nor_onnxruntime():
     code = textwrap.dedent("""
         import sys
-        import labelaudit.cli
+        import labelaudit.cli.app
         print('HEAVY', sorted(m for m in ('torch', 'onnxruntime', 'SimpleITK', 'monai') if m in sys.modules))
     """)
     result = _python(code)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from labelaudit import io
 from labelaudit.cli import app
 from labelaudit.errors import MissingDependencyError, UsageError
-from labelaudit.noise import (
+from labelaudit.noise.corrupt import (
     KINDS,
     Corruption,
     CorruptConfig,

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from labelaudit import io
-from labelaudit.errorkind import ErrorKind
+from labelaudit.diagnosis import ErrorKind
 from labelaudit.report import ReportConfig, ViewCollector, render_report
 from labelaudit.report.page import contour_path, histogram_svg
 from labelaudit.report.png import encode_png
 from labelaudit.report.views import CaseView, Orientation, crop_box, make_slice_view, orientation_of
-from labelaudit.scoring import Audit, CaseScore, ScoreConfig, SliceScore, score_dataset
+from labelaudit.score.pipeline import Audit, CaseScore, ScoreConfig, SliceScore, score_dataset
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Case, CaseRef, Geometry, Volume
 from test_scoring import make_run

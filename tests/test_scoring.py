@@ -19,8 +19,8 @@ from labelaudit import io
 from labelaudit.data import discover_dataset, fingerprint
 from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm, LabelMap, Preprocessing
-from labelaudit.runfolder import FoldModel, Perturbations, RunInfo, save_run
-from labelaudit.scoring import (
+from labelaudit.formats.run import FoldModel, Perturbations, RunInfo, save_run
+from labelaudit.score.pipeline import (
     CASE_TOP_SLICES, PixelScore, ScoreConfig, calibrate_run, case_noise_score, class_counts, dice_disagreement,
     given_class_probability, normalised_entropy, pixel_noise_score, region_of_interest, robust_threshold,
     roi_radius, route_case, score_dataset, slice_stats, structure_prior,
@@ -249,7 +249,7 @@ def test_route_case():
 # ----------------------------------------------------------------------------- providers
 
 def test_device_choice_on_this_machine():
-    from labelaudit.providers import CPU, choose_device, cuda_device_count, parse_device
+    from labelaudit.score.providers import CPU, choose_device, cuda_device_count, parse_device
 
     assert choose_device("cpu").provider == CPU
     with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
@@ -434,7 +434,7 @@ def test_audit_inside_the_label_folder_is_refused(data3d, tmp_path):
 
 
 def test_cli_score_defaults_to_latest_run_and_its_dataset(data3d, tmp_path, monkeypatch):
-    from labelaudit.runfolder import record_latest
+    from labelaudit.formats.run import record_latest
 
     monkeypatch.chdir(tmp_path)
     run_dir = make_run(tmp_path / "run", data3d)

@@ -78,7 +78,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labelaudit.io import read_volume, write_volume  # noqa: E402
+from labelaudit.io.image import read_volume, write_volume  # noqa: E402
 from labelaudit.types import Geometry, Volume  # noqa: E402
 
 DEMO_DIR = ROOT / "labelaudit" / "demo_data"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errorkind import KIND_HELP, ErrorKind
+from ..diagnosis import KIND_HELP, ErrorKind
 from .png import png_data_uri
 from .views import CaseView, ReportConfig, SliceView
 
@@ -379,6 +379,6 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
 
 def write_report(audit, path: Path, config: ReportConfig = ReportConfig()) -> Path:
     """Render the report and write it to `path` (through a temp file); returns the path."""
-    from ..atomic import write_text
+    from ..io.atomic import write_text
 
     return write_text(path, render_report(audit, config))

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .methods import NetParams
+from ..config import NetParams
 
 __all__ = ["NetParams", "build_unet", "perturbed_prediction", "PerturbedSegmenter", "DIVISOR"]
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import no_track
-from .errors import InputError, UsageError
+from ..data import no_track
+from ..errors import InputError, UsageError
 from .export import DEFAULT_EXPORTER, EXPORTERS
-from .methods import (
+from ..config import (
     DEFAULT_VARIANT, METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json,
 )
-from .runfolder import FoldModel, Perturbations, RunInfo, record_latest, save_run
+from ..formats.run import FoldModel, Perturbations, RunInfo, record_latest, save_run
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class FitConfig:
     15-25 s for `dynamo` (torch.export based, the maintained path), which was half of a 3-fold demo fit.
     Both are verified by the same ONNX Runtime parity check, and `dynamo` takes over by itself where the
     TorchScript exporter is missing or fails.
-    meta_set: MCPM's verified cases, a file of case ids or a dataset folder (labelaudit.meta_set); they are
+    meta_set: MCPM's verified cases, a file of case ids or a dataset folder (labelaudit.train.meta_set); they are
     never in a training fold, and scoring routes them to the ensemble of the fold models.
     """
 
@@ -127,9 +127,9 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
 
     require_training_extra()
     _check_config(config)
-    from . import __version__
-    from .data import discover_dataset, fingerprint, iter_cases
-    from .preprocess import LabelMap, fit_preprocessing, prepare_case
+    from .. import __version__
+    from ..data import discover_dataset, fingerprint, iter_cases
+    from ..preprocess import LabelMap, fit_preprocessing, prepare_case
 
     dataset = discover_dataset(config.dataset)
     run_dir = Path(config.out) if config.out else default_run_dir(dataset.name, config.method)
@@ -186,7 +186,7 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
         info.extra["meta_set"] = meta.to_json()
     save_run(run_dir, info)
 
-    from .methods.loop import resolve_device
+    from .loop import resolve_device
 
     device = resolve_device(config.device)
     info.extra["device"] = str(device)
@@ -205,7 +205,7 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
     info.extra.pop("status", None)
     save_run(run_dir, info)
     if config.calibrate:
-        from .scoring import calibrate_run
+        from ..score.pipeline import calibrate_run
 
         # the training device says where torch runs; ONNX Runtime may lack that provider (a CPU-only
         # onnxruntime beside CUDA torch), so calibration takes whatever ONNX Runtime can actually run
@@ -274,8 +274,8 @@ def _resolve_meta_set(config: FitConfig, case_ids: list[str], prepared: dict, pr
     if not path.is_dir():
         meta = meta_set_from_file(path, case_ids)
         return meta, [prepared[c] for c in meta.case_ids]
-    from .data import discover_dataset, iter_cases
-    from .preprocess import prepare_case
+    from ..data import discover_dataset, iter_cases
+    from ..preprocess import prepare_case
 
     dataset = discover_dataset(path)
     cases = {}
@@ -304,10 +304,10 @@ def _fit_fold(config: FitConfig, run_dir: Path, fold: int, folds: int, cases: li
     record is export["meta_weight"], and "mcpm_cost" is the measured cost of its epochs against plain ones.
     """
     from .export import export_meta_weight, export_segmenter, load_meta_net, load_net, save_weights
-    from .methods.loop import SliceSampler, load_checkpoint, train
-    from .methods.mcpm import McpmMethod, epoch_cost
-    from .methods.pint import PintMethod
-    from .methods.plain import PlainMethod
+    from .loop import SliceSampler, load_checkpoint, train
+    from .mcpm import McpmMethod, epoch_cost
+    from .pint import PintMethod
+    from .plain import PlainMethod
 
     folder = run_dir / f"fold_{fold}"
     checkpoint, weights, onnx_path = folder / "checkpoint.pt", folder / "weights.safetensors", folder / "segmenter.onnx"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingDependencyError, ModelError, UsageError
+from ..errors import MissingDependencyError, ModelError, UsageError
 
 #: ORT log severity: 0 verbose .. 4 fatal. 3 (errors only) keeps a CPU fallback quiet.
 ORT_LOG_SEVERITY = 3

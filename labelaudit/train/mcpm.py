@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import UsageError
-from . import LoopParams, McpmParams
+from ..config import LoopParams, McpmParams
 from .loop import SliceSampler, augment_batch
 
 NORMALISATIONS = ("mean", "sum")

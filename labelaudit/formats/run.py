@@ -15,25 +15,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_json
-from .errors import ModelError
-from .preprocess import LabelMap, Preprocessing
+from ..io.atomic import write_json
+from ..errors import ModelError
+from ..config import Perturbations
+from ..preprocess import LabelMap, Preprocessing
 
 RUN_FORMAT = 1
 LATEST_POINTER = Path("runs") / ".latest"
-
-
-@dataclass(frozen=True)
-class Perturbations:
-    """Test-time perturbations of the segmentation/uncertainty graph (PINT's K teacher passes).
-
-    Pass k adds clip(N(0, sigma^2), -clip, clip) noise drawn from `seed`; pass 0 is noise-free.
-    """
-
-    k: int = 8
-    sigma: float = 0.1
-    clip: float = 0.2
-    seed: int = 0
 
 
 @dataclass

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, io
-from .atomic import write_text
-from .errors import UsageError
-from .types import CaseRef, Dataset, Geometry
+from .. import __version__
+from .. import io
+from ..io.atomic import write_text
+from ..errors import UsageError
+from ..types import CaseRef, Dataset, Geometry
 
 CASE_COLUMNS = ("case_id", "noise_score", "flagged", "worst_slice", "disagreement", "n_slices", "n_flagged_slices",
                 "model", "routing", "noise_map", "pred_map", "error_kind")
@@ -58,7 +59,7 @@ def write_case_maps(out_dir: Path, ref: CaseRef, geometry: Geometry, noise: np.n
 
     noise: float32 (S, H, W) slice stack; pred: integer (S, H, W) label values (not class indices).
     """
-    from .types import from_slices
+    from ..types import from_slices
 
     ending = map_ending(ref)
     noise_rel = f"maps/{ref.case_id}_noise{ending}"
@@ -121,7 +122,7 @@ def write_audit(audit, report: Path | None = None) -> dict[str, str]:
                    "report": str(report_path)}
     write_text(out_dir / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
     write_text(out_dir / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
-    from .report import write_report
+    from ..report import write_report
 
     write_report(audit, report_path)
     write_summary(audit)
@@ -132,7 +133,7 @@ def render_audit(audit, top: int = 10) -> None:
     """Print on stdout: the provider, where the outputs are, and the top slices."""
     from rich.table import Table
 
-    from .console import out
+    from ..console import out
 
     out.print(f"provider: {audit.provider} ({audit.device_reason})")
     threshold = audit.threshold

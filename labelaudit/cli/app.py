@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import LabelauditError
-from .methods import PintParams  # stdlib-only dataclasses: the documented defaults, shown by --help
+from ..errors import LabelauditError
+from ..config import PintParams  # stdlib-only dataclasses: the documented defaults, shown by --help
 
 _PINT = PintParams()
 
@@ -31,7 +31,7 @@ _state = {"debug": False}
 def _print_version(value: bool) -> None:
     # an eager option callback runs while parsing, before Click asks for a command
     if value:
-        from . import __version__
+        from .. import __version__
 
         print(f"labelaudit {__version__}")
         raise typer.Exit(0)
@@ -57,7 +57,7 @@ def handle_errors(func: Callable) -> Callable:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except LabelauditError as exc:
-            from .console import err
+            from ..console import err
 
             err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
             if exc.hint:
@@ -69,7 +69,7 @@ def handle_errors(func: Callable) -> Callable:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
         except Exception:  # noqa: BLE001 - the last line of defence
-            from .console import err
+            from ..console import err
 
             err.print("[bold red]internal error:[/] this is a bug in labelaudit, please report it "
                       "with the output of the same command run with --debug")
@@ -94,15 +94,15 @@ def inspect(
     strict: Annotated[bool, typer.Option("--strict", help="Make every problem fatal (exit 3).")] = False,
 ) -> None:
     """Summarise a dataset and report every problem found in it."""
-    from .console import track
-    from .data import discover_dataset, inspect_dataset
+    from ..console import track
+    from ..data import discover_dataset, inspect_dataset
     from .render import render_inspect
 
     found = discover_dataset(dataset)
     summary = inspect_dataset(found, strict=strict, track=track)
     render_inspect(summary)
     if not summary.cases:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"{dataset}: no readable case", hint="fix the problems listed above")
 
@@ -111,8 +111,8 @@ def _pixel_score(name: str | None):
     """The --pixel-score option as a scoring.PixelScore (None: the run's default); bad names are usage errors."""
     if name is None:
         return None
-    from .errors import UsageError
-    from .scoring import PixelScore
+    from ..errors import UsageError
+    from ..score.pipeline import PixelScore
 
     try:
         return PixelScore(name)
@@ -140,8 +140,8 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sample.")] = 0,
 ) -> None:
     """Measure an audit against a corruption manifest (AP, AUROC, P@k; Dice, IoU, HD95, ASSD)."""
-    from .console import err, out, track
-    from .evaluate import EvaluateConfig, evaluate_audit, evaluation_tables, write_evaluation_json
+    from ..console import err, out, track
+    from ..evaluate.evaluate import EvaluateConfig, evaluate_audit, evaluation_tables, write_evaluation_json
 
     config = EvaluateConfig(audit_dir=audit_dir, truth=truth, clean=clean, pixel_sample=pixel_sample, seed=seed)
     result = evaluate_audit(config, track=track)
@@ -176,8 +176,8 @@ def corrupt(
     """Make a noisy copy of a clean dataset, with a manifest of exactly what was changed."""
     from rich.table import Table
 
-    from .console import out, track
-    from .noise import MANIFEST_NAME, CorruptConfig, corrupt_dataset, parse_kinds, summarize
+    from ..console import out, track
+    from ..noise.corrupt import MANIFEST_NAME, CorruptConfig, corrupt_dataset, parse_kinds, summarize
 
     config = CorruptConfig(clean=clean, out=out_dir, rate=rate, kinds=parse_kinds(kinds), level=level, seed=seed,
                            force=force, strict=strict)
@@ -223,10 +223,10 @@ def score(
     strict: Annotated[bool, typer.Option("--strict", help="Make every case problem fatal (exit 3).")] = False,
 ) -> None:
     """Score every annotation of a dataset with a run's ONNX graphs (ONNX Runtime, no PyTorch)."""
-    from .audit import render_audit
-    from .console import err, track
-    from .runfolder import latest_run
-    from .scoring import ScoreConfig, score_dataset
+    from ..formats.audit import render_audit
+    from ..console import err, track
+    from ..formats.run import latest_run
+    from ..score.pipeline import ScoreConfig, score_dataset
 
     run_dir = model if model is not None else latest_run()
     config = ScoreConfig(run_dir=run_dir, dataset=dataset, out_dir=out, report=report, device=device,
@@ -242,7 +242,7 @@ def _training_progress():
     A bar is stopped as soon as its fold is done, so that the `track` bars of later steps (export,
     calibration) never run while it is live (Rich allows one live display at a time).
     """
-    from .console import progress
+    from ..console import progress
 
     state: dict = {"bar": None, "description": None}
 
@@ -324,10 +324,10 @@ def fit(
     """Train a noise-robust segmentation model on a dataset and export its ONNX graphs."""
     from dataclasses import replace
 
-    from .console import err, track
-    from .console import out as stdout
-    from .fit import FitConfig, fit_dataset
-    from .methods import LoopParams, McpmParams, PintParams
+    from ..console import err, track
+    from ..console import out as stdout
+    from ..train.fit import FitConfig, fit_dataset
+    from ..config import LoopParams, McpmParams, PintParams
 
     config = FitConfig(
         dataset=dataset, out=out, method=method, variant=variant, folds=folds, seed=seed, device=device,
@@ -346,7 +346,7 @@ def fit(
         run_dir = fit_dataset(config, track=track, progress=update)
     finally:
         stop()
-    from .runfolder import load_run
+    from ..formats.run import load_run
 
     info = load_run(run_dir)
     for case_id, problems in info.dataset.get("skipped", {}).items():
@@ -380,9 +380,9 @@ def export(
         "--exporter", help="dynamo or torchscript (default: the run's own).", show_default=False)] = None,
 ) -> None:
     """Re-write and verify a run's ONNX graphs from its weights."""
-    from .console import out as stdout
-    from .console import track
-    from .export import export_run
+    from ..console import out as stdout
+    from ..console import track
+    from ..train.export import export_run
 
     info = export_run(run_dir, track=track, exporter=exporter)
     for model in info.models:
@@ -411,9 +411,9 @@ def demo(
     """Run the whole pipeline on the embedded demo data (brain MRI from the MNI152 template): corrupt, fit, score."""
     from rich.table import Table
 
-    from .console import err, track
-    from .console import out as stdout
-    from .demo import DemoConfig, DemoHooks, run_demo
+    from ..console import err, track
+    from ..console import out as stdout
+    from ..demo import DemoConfig, DemoHooks, run_demo
     from .render import render_inspect
 
     def announce(index: int, total: int, name: str) -> None:
@@ -439,7 +439,7 @@ def demo(
                      f"{result.manifest['corrupted_count']} of {result.manifest['population_size']} slices with "
                      f"foreground ({result.manifest['achieved_rate']:.1%})")
     if result.audit is not None:
-        from .audit import render_audit
+        from ..formats.audit import render_audit
 
         render_audit(result.audit)
     if result.evaluation is not None:
@@ -499,17 +499,17 @@ def check(
     """Gate incoming annotations: exit 0 when none is flagged, 1 when some are (CI; no PyTorch needed)."""
     import json as _json
 
-    from .console import err, track
-    from .console import out as stdout
-    from .gate import CheckConfig, check_json, github_annotations, junit_xml, run_check, summary_table
-    from .runfolder import latest_run
+    from ..console import err, track
+    from ..console import out as stdout
+    from ..gate.check import CheckConfig, check_json, github_annotations, junit_xml, run_check, summary_table
+    from ..formats.run import latest_run
 
     config = CheckConfig(incoming=incoming, run_dir=model if model is not None else latest_run(),
                          threshold=threshold, max_flagged=max_flagged, cache_dir=cache, device=device,
                          batch_size=batch_size)
     result = run_check(config, track=track)
     if junit is not None:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         try:
             junit.parent.mkdir(parents=True, exist_ok=True)

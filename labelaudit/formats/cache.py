@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import write_json
+from ..io.atomic import write_json
 
 CACHE_FORMAT = 1
 _CHUNK = 1 << 20

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .console import err, out
-from .data import DatasetSummary
+from ..console import err, out
+from ..data import DatasetSummary
 
 
 def _fmt_tuple(values, digits: int = 3) -> str:

@@ -182,3 +182,16 @@ def params_from_json(cls, data: dict):
         if key in known:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Perturbations:
+    """Test-time perturbations of the segmentation/uncertainty graph (PINT's K teacher passes).
+
+    Pass k adds clip(N(0, sigma^2), -clip, clip) noise drawn from `seed`; pass 0 is noise-free.
+    """
+
+    k: int = 8
+    sigma: float = 0.1
+    clip: float = 0.2
+    seed: int = 0

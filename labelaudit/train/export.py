@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .data import no_track
-from .errors import TRAINING_EXTRA, MissingDependencyError, ModelError
-from .runfolder import (
+from ..io.atomic import atomic_path
+from ..data import no_track
+from ..errors import TRAINING_EXTRA, MissingDependencyError, ModelError
+from ..formats.run import (
     Perturbations,
     RunInfo,
     perturbation_noise,
@@ -179,7 +179,7 @@ def verify_meta_weight(model, onnx_path: Path, in_channels: int, num_classes: in
 
 def load_meta_net(weights: Path, in_channels: int, num_classes: int, params):
     """MCPM's meta mask network with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
-    from .methods.mcpm import build_meta_net
+    from .mcpm import build_meta_net
 
     return _with_weights(build_meta_net(in_channels, num_classes, params), weights, "meta mask weights")
 
@@ -250,7 +250,7 @@ def _quiet():
 
 def build_fold_net(info: RunInfo, weights: Path):
     """The deployment network of one fold, rebuilt from run.json's net parameters and its weights."""
-    from .methods import NetParams
+    from ..config import NetParams
 
     params = NetParams.from_json(info.config.get("net", {}))
     return load_net(weights, len(info.channel_names), info.label_map.num_classes, params)
@@ -283,7 +283,7 @@ def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] =
         model.export = export_segmenter(net, info.label_map.num_classes, len(info.channel_names),
                                         run_dir / model.segmenter, info.perturbations, exporter)
         if model.meta_weight:
-            from .methods import McpmParams, params_from_json
+            from ..config import McpmParams, params_from_json
 
             theta = load_meta_net(run_dir / Path(model.weights).parent / "meta_weight.safetensors",
                                   len(info.channel_names), info.label_map.num_classes,

@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .data import CaseInfo, Track, check_case, discover_dataset, fingerprint, no_track, raise_fatal
-from .errorkind import ErrorKind, classify_slices, dominant_kind
-from .errors import InputError, ModelError
-from .preprocess import LabelMap, pad_to_multiple, prepare_case, resample_slices, restore_in_plane
-from .runfolder import FoldModel, RunInfo, load_run, perturbation_noise
-from .types import Case, CaseRef, Dataset, Problem
+from ..data import CaseInfo, Track, check_case, discover_dataset, fingerprint, no_track, raise_fatal
+from ..diagnosis import ErrorKind, classify_slices, dominant_kind
+from ..errors import InputError, ModelError
+from ..preprocess import LabelMap, pad_to_multiple, prepare_case, resample_slices, restore_in_plane
+from ..formats.run import FoldModel, RunInfo, load_run, perturbation_noise
+from ..types import Case, CaseRef, Dataset, Problem
 
 
 class PixelScore(str, Enum):
@@ -566,7 +566,7 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
     Streams one case at a time (the next one is read in the background); each case's maps are written as soon
     as it is done. Case-level problems skip the case (recorded in the audit), or are fatal with `strict`.
     """
-    from . import audit as audit_io
+    from ..formats import audit as audit_io
 
     started = time.perf_counter()
     run_dir = Path(config.run_dir)
@@ -598,7 +598,7 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
     declared = dataset.labels.values() if dataset.labels else None
     views = None
     if out_dir is not None:
-        from .report import ViewCollector
+        from ..report import ViewCollector
 
         views = ViewCollector()  # thumbnails for the report, gathered while each case is in memory
     seconds = {"read": 0.0, "write": 0.0}
@@ -762,8 +762,8 @@ def structure_prior(dataset: Dataset, label_map: LabelMap, prior: float = STRUCT
 
     Reads labels only (no model); None when no slice has structure.
     """
-    from .errors import ImageReadError
-    from .io import read_volume
+    from ..errors import ImageReadError
+    from ..io.image import read_volume
 
     areas = []
     for ref in dataset.cases:

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from ..errors import ModelError, UsageError
-from ..nets import DIVISOR, build_unet
-from . import LoopParams, NetParams
+from .nets import DIVISOR, build_unet
+from ..config import LoopParams, NetParams
 
 CHECKPOINT_FORMAT = 1
 #: Largest default patch side: bigger slices are randomly cropped (foreground-centred for forced samples).

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ImageReadError, InputError
-from .types import Geometry, Volume
+from ..errors import ImageReadError, InputError
+from ..types import Geometry, Volume
 
 #: File endings read as images, longest first so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .data import Track, no_track
-from .errors import InputError, MissingDependencyError, ModelError, UsageError
+from ..data import Track, no_track
+from ..errors import InputError, MissingDependencyError, ModelError, UsageError
 
 #: Flagged slices named per case in every output (the worst first).
 WORST_SLICES = 3
@@ -124,7 +124,7 @@ def check_model_matches(info, dataset, run_dir: Path) -> None:
     CT vs MR) and the label names. A paired-layout folder declares neither; its label values are checked per
     case while scoring.
     """
-    from .scoring import check_run_matches
+    from ..score.pipeline import check_run_matches
 
     check_run_matches(info, dataset, run_dir)
     fit_on = info.dataset.get("name", "?")
@@ -207,11 +207,11 @@ def run_check(config: CheckConfig, track: Track = no_track) -> CheckResult:
     Any problem with a case (unreadable file, missing label, label values outside the model's) is an
     InputError (exit 3) naming every such case: a gate must not pass an annotation it could not check.
     """
-    from . import __version__
-    from .cache import ScoreCache, case_key, model_hash
-    from .data import discover_dataset, raise_fatal
-    from .runfolder import load_run
-    from .scoring import PIXEL_SCORE, ScoreConfig, resolve_threshold, score_dataset
+    from .. import __version__
+    from ..formats.cache import ScoreCache, case_key, model_hash
+    from ..data import discover_dataset, raise_fatal
+    from ..formats.run import load_run
+    from ..score.pipeline import PIXEL_SCORE, ScoreConfig, resolve_threshold, score_dataset
 
     started = time.perf_counter()
     if config.threshold is not None and not 0.0 <= config.threshold <= 1.0:
@@ -298,7 +298,7 @@ def kind_label(kind: str | None) -> str:
     if not kind or kind == "none":
         return ""
     try:
-        from .errorkind import ErrorKind
+        from ..diagnosis import ErrorKind
 
         return ErrorKind(kind).label
     except (ImportError, ValueError):

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import io
-from .data import Track, discover_dataset, iter_cases, no_track
-from .errors import InputError, MissingDependencyError, UsageError
-from .types import from_slices, to_slices
+from .. import io
+from ..data import Track, discover_dataset, iter_cases, no_track
+from ..errors import InputError, MissingDependencyError, UsageError
+from ..types import from_slices, to_slices
 
 #: Every kind `corrupt --kinds` accepts.
 KINDS = ("dilation", "erosion", "elastic", "shift", "missing", "spurious", "mcpm")

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..nets import perturbed_prediction
-from . import VARIANTS, PintParams
+from .nets import perturbed_prediction
+from ..config import VARIANTS, PintParams
 from .loop import soft_dice_loss
 
 

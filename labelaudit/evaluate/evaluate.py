@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import io
-from .data import Track, discover_dataset, no_track
-from .errors import InputError
+from .. import io
+from ..data import Track, discover_dataset, no_track
+from ..errors import InputError
 from .metrics import RankingScores, SegmentationScores, ranking_scores, segmentation_scores
-from .types import Volume, to_slices
+from ..types import Volume, to_slices
 
 MANIFEST_FORMAT = 1
 LEVELS = ("case", "slice", "pixel", "pixel_roi")
@@ -236,7 +236,7 @@ class EvaluationResult:
 
     def to_json(self) -> dict:
         """A JSON-ready dict; NaN (undefined) values become null."""
-        from . import __version__
+        from .. import __version__
 
         return _nan_to_none({
             "format": 1,
@@ -287,7 +287,7 @@ def _nan_to_none(value):
 
 def write_evaluation_json(result: EvaluationResult, path: Path | str) -> Path:
     """Write `result.to_json()` atomically (a temp file renamed into place)."""
-    from .atomic import write_json
+    from ..io.atomic import write_json
 
     return write_json(path, result.to_json())
 

@@ -1,0 +1,1 @@
+"""Synthetic label noise: the operators and the dataset writer of `labelaudit corrupt`."""

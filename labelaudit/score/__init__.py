@@ -1,0 +1,1 @@
+"""Scoring on ONNX Runtime (never torch): the formulas, inference, calibration and the dataset pipeline."""

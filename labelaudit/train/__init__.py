@@ -1,0 +1,1 @@
+"""Training (the only package that imports torch): nets, the shared loop, plain / PINT / MCPM, fit, export."""
