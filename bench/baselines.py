@@ -15,20 +15,14 @@ cleanlab is an optional benchmark dependency (the `dev` extra), imported only he
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from labelaudit.data import discover_dataset, iter_cases  # noqa: E402
-from labelaudit.evaluate.evaluate import Manifest, read_manifest  # noqa: E402
-from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
-from labelaudit.preprocess import pad_to_multiple, prepare_case, restore_in_plane  # noqa: E402
-from labelaudit.formats.run import load_run  # noqa: E402
-from labelaudit.score.pipeline import CaseScorer, is_fit_dataset, route_case  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores
+from labelaudit.formats.manifest import Manifest, read_manifest
+from labelaudit.score.inference import dataset_probabilities
 
 
 @dataclass(frozen=True)
@@ -79,24 +73,10 @@ def cleanlab_noise_scores(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
 def out_of_fold_probabilities(run_dir: Path, dataset_dir: Path):
     """Yield (case_id, labels int64 (S, H, W), prob float32 (S, K, H, W)) at native resolution, each case
     through the fold model(s) that held it out (a `--folds 1` run: the one model, in-sample)."""
-    info = load_run(run_dir)
-    dataset = discover_dataset(dataset_dir)
-    scorer = CaseScorer(info, Path(run_dir), device="cpu")
-    fit = is_fit_dataset(info, dataset)
-    for case, _ in iter_cases(dataset):
-        if case is None:
-            continue
-        chosen, _ = route_case(case.case_id, info.models, fit)
-        image, _ = prepare_case(case, info.preprocessing)
-        classes = info.label_map.encode(case.label_slices())
-        padded, (h, w) = pad_to_multiple(image, info.preprocessing.divisor)
-        prob, _, _ = scorer.predict(padded, chosen)
-        prob = prob[..., :h, :w]
-        native = classes.shape[1:]
-        prob = np.stack([restore_in_plane(prob[:, c], native, 1) for c in range(prob.shape[1])], axis=1)
+    for case in dataset_probabilities(run_dir, dataset_dir, device="cpu", out_of_fold=True):
         # bilinear restoring keeps each class in [0, 1] but not the sum at 1 exactly; cleanlab expects a distribution
-        prob = prob / np.maximum(prob.sum(axis=1, keepdims=True), 1e-12)
-        yield case.case_id, classes.astype(np.int64), prob.astype(np.float32)
+        prob = case.prob / np.maximum(case.prob.sum(axis=1, keepdims=True), 1e-12)
+        yield case.case_id, case.classes.astype(np.int64), prob.astype(np.float32)
 
 
 def cleanlab_scores(run_dir: Path, dataset_dir: Path) -> dict[tuple[str, int], float]:

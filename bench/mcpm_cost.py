@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from labelaudit.config import LoopParams, McpmParams, NetParams  # noqa: E402
-from labelaudit.train.loop import SliceSampler, resolve_device, train  # noqa: E402
-from labelaudit.train.mcpm import McpmMethod  # noqa: E402
-from labelaudit.train.plain import PlainMethod  # noqa: E402
+from labelaudit.config import LoopParams, McpmParams, NetParams
+from labelaudit.train.loop import SliceSampler, resolve_device, train
+from labelaudit.train.mcpm import McpmMethod
+from labelaudit.train.plain import PlainMethod
 
 
 def disks(n: int, size: int, grow: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -13,14 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from baselines import cleanlab_scores  # bench/ is sys.path[0] when run as `python bench/per_fold.py`
 
-from baselines import cleanlab_scores  # noqa: E402
-
-from labelaudit.evaluate.evaluate import read_manifest  # noqa: E402
-from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
+from labelaudit.evaluate.metrics import ranking_scores
+from labelaudit.formats.manifest import read_manifest
 
 
 def per_fold(work: Path, cell: str) -> list[str]:

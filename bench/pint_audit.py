@@ -25,14 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from labelaudit.config import EvaluateConfig, PixelScore, ScoreConfig
+from labelaudit.demo import materialize_demo
+from labelaudit.evaluate.evaluate import evaluate_audit
+from labelaudit.evaluate.metrics import ranking_scores
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.score.formulas import MCPM_PIXEL_SCORE, PIXEL_SCORE
+from labelaudit.score.pipeline import score_dataset
 
-from labelaudit.demo import materialize_demo  # noqa: E402
-from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
-from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
-from labelaudit.score.pipeline import MCPM_PIXEL_SCORE, PIXEL_SCORE, PixelScore, ScoreConfig, score_dataset  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def run(args: list[str], log: Path) -> float:

@@ -19,20 +19,17 @@ The candidates:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from labelaudit.data import discover_dataset, iter_cases  # noqa: E402
-from labelaudit.evaluate.evaluate import read_manifest  # noqa: E402
-from labelaudit.evaluate.metrics import ranking_scores  # noqa: E402
-from labelaudit.preprocess import pad_to_multiple, prepare_case, restore_in_plane  # noqa: E402
-from labelaudit.formats.run import load_run  # noqa: E402
-from labelaudit.score.pipeline import (CaseScorer, dice_disagreement, class_counts, given_class_probability,  # noqa: E402
-                                is_fit_dataset, region_of_interest, roi_radius, route_case)
+from labelaudit import io
+from labelaudit.data import discover_dataset
+from labelaudit.evaluate.metrics import ranking_scores
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.score.formulas import (class_counts, dice_disagreement, given_class_probability, region_of_interest,
+                                       roi_radius)
+from labelaudit.score.inference import dataset_probabilities
 
 PIXEL = {
     "conf": lambda py, u, wrong: (1 - py) * (1 - u),
@@ -42,28 +39,18 @@ PIXEL = {
 
 
 def collect(run_dir: Path, dataset_dir: Path):
-    """Per slice: (case, index, p̄_y, ũ, wrong, label classes, pred, radius) at native resolution."""
-    info = load_run(run_dir)
-    dataset = discover_dataset(dataset_dir)
-    scorer = CaseScorer(info, run_dir, device="cpu")
-    fit = is_fit_dataset(info, dataset)
+    """Per slice: (case, index, p̄_y, ũ, wrong, label classes, pred, radius, classes) at native resolution."""
+    labels = {ref.case_id: ref.label_path for ref in discover_dataset(dataset_dir).cases}
     out = []
-    for case, _ in iter_cases(dataset):
-        chosen, _ = route_case(case.case_id, info.models, fit)
-        image, _ = prepare_case(case, info.preprocessing)
-        classes = info.label_map.encode(case.label_slices())
-        padded, (h, w) = pad_to_multiple(image, info.preprocessing.divisor)
-        prob, unc, _ = scorer.predict(padded, chosen)
-        prob, unc = prob[..., :h, :w], unc[..., :h, :w]
-        native = classes.shape[1:]
-        prob = np.stack([restore_in_plane(prob[:, c], native, 1) for c in range(prob.shape[1])], axis=1)
-        unc = restore_in_plane(unc, native, 1)
+    for case in dataset_probabilities(run_dir, dataset_dir, device="cpu", out_of_fold=True):
+        classes, prob, unc = case.classes, case.prob, case.uncertainty
         pred = prob.argmax(axis=1)
         py = given_class_probability(prob, classes)
-        radius = roi_radius(case.geometry.in_plane_spacing())
+        radius = roi_radius(io.read_geometry(labels[case.case_id]).in_plane_spacing())
+        num_classes = prob.shape[1]
         for i in range(len(classes)):
             out.append((case.case_id, i, py[i], unc[i], (pred[i] != classes[i]).astype(np.float32), classes[i],
-                        pred[i], radius, info.label_map.num_classes))
+                        pred[i], radius, num_classes))
     return out
 
 

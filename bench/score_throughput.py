@@ -24,7 +24,8 @@ def build_segmenter(in_channels: int, num_classes: int):
     import torch
 
     try:
-        from labelaudit.train.nets import NetParams, PerturbedSegmenter, build_unet
+        from labelaudit.config import NetParams
+        from labelaudit.train.nets import PerturbedSegmenter, build_unet
 
         net, source = build_unet(in_channels, num_classes, NetParams()), f"labelaudit.train.nets {NetParams().features}"
         return PerturbedSegmenter(net, num_classes).eval(), source
@@ -88,8 +89,9 @@ def main() -> None:
     import onnxruntime
     import torch
 
+    from labelaudit.config import Perturbations
+    from labelaudit.formats.run import perturbation_noise
     from labelaudit.score.providers import Segmenter, choose_device
-    from labelaudit.formats.run import Perturbations, perturbation_noise
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

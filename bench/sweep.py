@@ -26,17 +26,17 @@ import sys
 import time
 from pathlib import Path
 
+# sibling scripts: bench/ is sys.path[0] when run as `python bench/sweep.py`
+from baselines import cleanlab_scores, disagreement_scores, rank
+from pint_audit import fmt, machine, run, write_meta_set, write_section
+
+from labelaudit.config import EvaluateConfig
+from labelaudit.demo import materialize_demo
+from labelaudit.evaluate.evaluate import evaluate_audit
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.synth import SynthConfig, write_synth_dataset
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from baselines import cleanlab_scores, disagreement_scores, rank  # noqa: E402
-from pint_audit import fmt, machine, run, write_meta_set, write_section  # noqa: E402
-
-from labelaudit.demo import materialize_demo  # noqa: E402
-from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit, read_manifest  # noqa: E402
-from labelaudit.synth import SynthConfig, write_synth_dataset  # noqa: E402
 
 RATES = (0.2, 0.4, 0.6, 0.8)
 LEVELS = ("slice", "case")

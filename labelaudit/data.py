@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
 from . import io
 from .errors import DatasetError, ImageReadError, InputError
+from .formats.dataset_json import parse_labels, read_dataset_json
+from .integrity import as_integer_label, check_image, check_label, header_only, value_range, vector_problem
 from .types import Case, CaseRef, Dataset, Geometry, Problem, Volume
+
+__all__ = ["no_track", "discover_dataset", "read_dataset_json", "parse_labels", "safe_name", "CaseInfo",
+           "check_case", "iter_cases", "raise_fatal", "load_case", "fingerprint", "DatasetSummary",
+           "inspect_dataset"]
 
 T = TypeVar("T")
 Track = Callable[[Iterable[T], str], Iterable[T]]
 
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-NNUNET_REQUIRED = ("labels", "file_ending")
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$", re.DOTALL)
+#: Unicode categories refused in file names: control (newline, escape), format (bidi overrides, zero-width),
+#: line/paragraph separators, and surrogates (bytes that are not UTF-8). Each would reach CI output raw.
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def no_track(items: Iterable[T], description: str = "") -> Iterable[T]:
@@ -57,52 +64,18 @@ def discover_dataset(root: Path | str) -> Dataset:
     return dataset
 
 
-def read_dataset_json(path: Path, layout: str = "nnunet") -> dict:
-    """Parse dataset.json; a syntax error or a missing field is a DatasetError naming it.
-
-    nnU-Net v2 needs `labels`, `channel_names` and `file_ending`; MSD's `modality` stands in for
-    `channel_names` and its `training` list for `file_ending` (always .nii.gz). A paired layout
-    only reads `labels` from it.
-    """
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                           hint="fix the syntax, e.g. with `python -m json.tool dataset.json`") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: expected a JSON object, found {type(meta).__name__}")
-    hint = "nnU-Net v2 dataset.json needs channel_names, labels, numTraining, file_ending"
-    if "labels" not in meta:
-        raise DatasetError(f"{path}: required field 'labels' is missing", hint=hint)
-    if not isinstance(meta["labels"], dict):
-        raise DatasetError(f"{path}: field 'labels' must map names to integers, found {type(meta['labels']).__name__}",
-                           hint=hint)
-    if layout == "nnunet":
-        if "channel_names" not in meta and "modality" not in meta:
-            raise DatasetError(f"{path}: required field 'channel_names' is missing", hint=hint)
-        if "file_ending" not in meta and "training" not in meta:  # MSD has no file_ending: .nii.gz
-            raise DatasetError(f"{path}: required field 'file_ending' is missing", hint=hint)
-    return meta
+def safe_name(name: str) -> str:
+    """`name` as one folder name: anything but A-Z a-z 0-9 . _ - becomes "_", no dot at either end (so never
+    "." or ".."); "" when nothing is left. The same characters as fit's default run folder."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".")
 
 
-def parse_labels(raw: dict, path: Path) -> dict[str, int]:
-    """nnU-Net v2 maps name -> value; MSD maps "value" -> name. Return name -> int value."""
-    labels: dict[str, int] = {}
-    for key, value in raw.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            labels[str(key)] = value
-        elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):  # nnU-Net regions
-            labels[str(key)] = max(value)
-        elif str(key).lstrip("-").isdigit():
-            labels[str(value)] = int(key)
-        else:
-            raise DatasetError(f"{path}: label '{key}' has value {value!r}, expected an integer")
-    if 0 not in labels.values():
-        raise DatasetError(f"{path}: 'labels' declares no background (value 0), found values "
-                           f"{sorted(set(labels.values()))}")
-    return labels
+def _dataset_name(root: Path, declared: str | None = None) -> str:
+    """The dataset's name, safe for `audits/<name>`: dataset.json's `name`, else the folder's, else "dataset"."""
+    for candidate in (declared or "", root.name, root.resolve().name):
+        if safe := safe_name(candidate):
+            return safe
+    return "dataset"
 
 
 def _discover_nnunet(root: Path) -> Dataset:
@@ -110,11 +83,9 @@ def _discover_nnunet(root: Path) -> Dataset:
     if not meta_path.exists():
         raise DatasetError(f"{meta_path}: missing", hint="nnU-Net layout needs dataset.json next to imagesTr/")
     meta = read_dataset_json(meta_path)
-    labels = parse_labels(meta["labels"], meta_path)
-    ending = str(meta.get("file_ending", ".nii.gz"))
-    channel_names = meta.get("channel_names") or meta.get("modality")
-    dataset = Dataset(root=root, name=meta.get("name") or root.name, layout="nnunet", file_ending=ending,
-                      labels=labels, channel_names={str(k): str(v) for k, v in (channel_names or {}).items()})
+    ending = meta.file_ending or ".nii.gz"
+    dataset = Dataset(root=root, name=_dataset_name(root, meta.name), layout="nnunet", file_ending=ending,
+                      labels=meta.labels, channel_names=meta.channel_names)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
@@ -123,24 +94,38 @@ def _discover_nnunet(root: Path) -> Dataset:
     if any(p.fatal for p in dataset.problems):
         return dataset
     _collect_cases(dataset, images_dir, labels_dir, ending)
-    expected_channels = len(dataset.channel_names or {}) or None
-    if expected_channels:
-        for ref in list(dataset.cases):
-            if len(ref.image_paths) != expected_channels:
-                _skip(dataset, ref.case_id, Problem(
-                    f"expected {expected_channels} channel files (_0000…, as channel_names declares), "
-                    f"found {len(ref.image_paths)}",
-                    case_id=ref.case_id, path=ref.image_paths[0] if ref.image_paths else images_dir))
+    expected = len(dataset.channel_names or {})
+    for ref in list(dataset.cases):
+        if not expected or len(ref.image_paths) == expected:
+            continue
+        volumes = _volumes_in_file(ref.image_paths[0]) if len(ref.image_paths) == 1 and expected > 1 else None
+        if volumes == expected:  # MSD: one 4D file per case; the file stands once for each channel it holds
+            dataset.cases[dataset.cases.index(ref)] = CaseRef(ref.case_id, ref.image_paths * expected, ref.label_path)
+            continue
+        message = (f"a 4D image with {volumes} volumes, but channel_names declares {expected} channels" if volumes
+                   else f"expected {expected} channel files (_0000…, as channel_names declares), "
+                        f"found {len(ref.image_paths)}")
+        _skip(dataset, ref.case_id, Problem(message, case_id=ref.case_id,
+                                            path=ref.image_paths[0] if ref.image_paths else images_dir))
     return dataset
+
+
+def _volumes_in_file(path: Path) -> int | None:
+    """How many 3D volumes a 4D image file holds along its 4th axis (header only); None if it is not 4D."""
+    try:
+        geometry = io.read_geometry(path)
+    except ImageReadError:
+        return None  # reading the case reports it
+    return geometry.size[3] if geometry.ndim == 4 else None
 
 
 def _discover_paired(root: Path) -> Dataset:
     labels_dir = root / "labels"
-    dataset = Dataset(root=root, name=root.name, layout="paired", file_ending="", labels=None, channel_names=None)
+    dataset = Dataset(root=root, name=_dataset_name(root), layout="paired", file_ending="", labels=None,
+                      channel_names=None)
     meta_path = root / "dataset.json"
     if meta_path.exists():
-        meta = read_dataset_json(meta_path, layout="paired")
-        dataset.labels = parse_labels(meta["labels"], meta_path)
+        dataset.labels = read_dataset_json(meta_path, layout="paired").labels
     if not labels_dir.is_dir():
         dataset.problems.append(Problem("folder missing, expected labels/ next to images/", path=labels_dir,
                                         fatal=True))
@@ -151,11 +136,17 @@ def _discover_paired(root: Path) -> Dataset:
     return dataset
 
 
-def _entries(folder: Path, ending: str | None) -> dict[str, list[Path]]:
-    """Map case-file stem -> paths, for image files (and DICOM series folders) in `folder`."""
+def _entries(folder: Path, ending: str | None, refused: list[Path]) -> dict[str, list[Path]]:
+    """Map case-file stem -> paths, for image files (and DICOM series folders) in `folder`.
+
+    Names with unprintable characters go to `refused` instead.
+    """
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
+            continue
+        if any(unicodedata.category(ch) in _UNPRINTABLE for ch in path.name):
+            refused.append(path)
             continue
         if path.is_dir():
             if io.is_dicom_dir(path):
@@ -171,8 +162,16 @@ def _entries(folder: Path, ending: str | None) -> dict[str, list[Path]]:
 
 
 def _collect_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: str | None) -> None:
-    image_entries = _entries(images_dir, ending)
-    label_entries = _entries(labels_dir, ending)
+    refused: list[Path] = []
+    image_entries = _entries(images_dir, ending, refused)
+    label_entries = _entries(labels_dir, ending, refused)
+    for path in refused:  # named with repr(): a newline or an escape sequence must not reach a terminal or CI log
+        stem = io.split_ending(path)[0] if path.is_file() else path.name
+        match = _CHANNEL_SUFFIX.match(stem) if path.parent == images_dir else None
+        case_id = repr(match["case"] if match else stem)
+        _skip(dataset, case_id, Problem(
+            f"file name {path.name!r} holds a control or invisible character, expected a printable name: "
+            "rename the file", case_id=case_id, path=path.parent))
     label_ending = ending or ".*"
     channels: dict[str, dict[int, Path]] = {}
     for stem, paths in image_entries.items():
@@ -252,15 +251,24 @@ def check_case(ref: CaseRef, declared: Iterable[int] | None = None,
     channels: list[Volume] = []
     grid: Geometry | None = None
     low, high = math.inf, -math.inf
-    for path in ref.image_paths:
+    for path, uses in itertools.groupby(ref.image_paths):  # an MSD 4D file stands once for each channel
         try:
             volumes = io.read_volumes(path)
         except ImageReadError as exc:
             problems.append(Problem(f"cannot read image: {exc.reason}", ref.case_id, path))
             continue
-        while volumes:  # components of a vector (e.g. RGB) image are channels; popped so each can be freed
+        if len(volumes) > 1:
+            problems.append(Problem(vector_problem(len(volumes)), ref.case_id, path))
+            continue
+        channels_here = len(list(uses))
+        if channels_here > 1:
+            volumes = _split_4d(volumes[0], channels_here)
+            if isinstance(volumes, str):
+                problems.append(Problem(volumes, ref.case_id, path))
+                continue
+        while volumes:  # popped so that each can be freed
             volume = volumes.pop(0)
-            found = _check_image(ref.case_id, path, volume)
+            found = check_image(ref.case_id, path, volume)
             if not found and grid is None:
                 grid = volume.geometry
             elif not found:
@@ -270,10 +278,10 @@ def check_case(ref: CaseRef, declared: Iterable[int] | None = None,
                         f"channel grid does not match channel 0 {ref.image_paths[0].name} "
                         f"(channel 0 vs this: {'; '.join(diff)})", ref.case_id, path))
             if not found:
-                lo, hi = _value_range(volume.array)
+                lo, hi = value_range(volume.array)
                 low, high = min(low, lo), max(high, hi)
             problems += found
-            channels.append(volume if keep else _header_only(volume))
+            channels.append(volume if keep else header_only(volume))
             del volume
 
     label: Volume | None = None
@@ -284,12 +292,12 @@ def check_case(ref: CaseRef, declared: Iterable[int] | None = None,
         except ImageReadError as exc:
             problems.append(Problem(f"cannot read label: {exc.reason}", ref.case_id, ref.label_path))
         else:
-            found, counts = _check_label(ref.case_id, ref.label_path, label, grid, declared)
+            found, counts = check_label(ref.case_id, ref.label_path, label, grid, declared)
             problems += found
             if found or not keep:
-                label = _header_only(label)
+                label = header_only(label)
             else:
-                label = Volume(_as_integer_label(label.array, max(counts)), label.geometry)
+                label = Volume(as_integer_label(label.array, max(counts)), label.geometry)
     if problems or not channels:
         return None, None, problems
 
@@ -300,121 +308,14 @@ def check_case(ref: CaseRef, declared: Iterable[int] | None = None,
     return case, info, []
 
 
-def _header_only(volume: Volume) -> Volume:
-    """The same grid with a zero-strided stand-in array, so that checked voxels can be freed."""
-    return Volume(np.broadcast_to(np.zeros((), volume.array.dtype), volume.array.shape), volume.geometry)
-
-
-def _value_range(array: np.ndarray) -> tuple[float, float]:
-    """(min, max) without a float copy: numpy reduces integer arrays in their own dtype."""
-    if array.size == 0:
-        return math.inf, -math.inf
-    return float(np.min(array)), float(np.max(array))
-
-
-def _as_integer_label(array: np.ndarray, largest: int) -> np.ndarray:
-    """Labels as a signed integer dtype that torch and numpy index with (int16 unless values need more)."""
-    dtype = np.int16 if largest < 2**15 else np.int32
-    if array.dtype == dtype:
-        return array
-    return array.astype(dtype)
-
-
-_CHUNK = 1 << 22  # voxels per chunk: temporary masks and casts stay ~4-32 MB on a large CT
-
-
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    flat = array.reshape(-1)
-    for start in range(0, flat.size, _CHUNK):
-        yield flat[start:start + _CHUNK]
-
-
-def _count_nonfinite(array: np.ndarray) -> int:
-    return int(sum(int((~np.isfinite(chunk)).sum()) for chunk in _chunks(array)))
-
-
-def _value_counts(array: np.ndarray) -> dict[int, int]:
-    """Voxel count of every value of an integer-valued label, chunked (np.unique would sort a full copy)."""
-    if array.size == 0:
-        return {}
-    low, high = int(np.min(array)), int(np.max(array))
-    if high - low < 1 << 16:
-        total = np.zeros(high - low + 1, dtype=np.int64)
-        for chunk in _chunks(array):
-            total += np.bincount((chunk.astype(np.int64) - low), minlength=total.size)
-        return {low + i: int(n) for i, n in enumerate(total) if n}
-    counts: dict[int, int] = {}
-    for chunk in _chunks(array):
-        values, n = np.unique(chunk, return_counts=True)
-        for v, c in zip(values.tolist(), n.tolist()):
-            counts[int(v)] = counts.get(int(v), 0) + c
-    return dict(sorted(counts.items()))
-
-
-def _check_image(case_id: str, path: Path, volume: Volume) -> list[Problem]:
-    geometry = volume.geometry
-    if geometry.ndim > 3:
-        return [Problem(f"image is {geometry.ndim}D (size {_fmt(geometry.size)}), expected 2D or 3D",
-                        case_id, path)]
-    if volume.array.size == 0:
-        return [Problem(f"image has no voxels (size {_fmt(geometry.size)})", case_id, path)]
-    if np.issubdtype(volume.array.dtype, np.floating):
-        bad = _count_nonfinite(volume.array)
-        if bad:
-            return [Problem(f"image holds {bad} NaN/Inf voxels, expected finite values", case_id, path)]
-    return []
-
-
-def _check_label(case_id: str, path: Path, label: Volume, grid: Geometry | None,
-                 declared: Iterable[int] | None) -> tuple[list[Problem], dict[int, int]]:
-    """Problems of one label file and, when it has none, its voxel count per value."""
-    geometry = label.geometry
-    if geometry.ndim > 3:
-        return [Problem(f"label is {geometry.ndim}D (size {_fmt(geometry.size)}), expected 2D or 3D",
-                        case_id, path)], {}
-    problems = []
-    if grid is not None:
-        diff = grid.differences(label.geometry)
-        if diff:
-            problems.append(Problem(f"label grid does not match the image (image vs label: {'; '.join(diff)})",
-                                    case_id, path))
-    array = label.array
-    if array.size == 0:
-        return problems + [Problem("label has no voxels", case_id, path)], {}
-    if np.issubdtype(array.dtype, np.floating):
-        bad = _count_nonfinite(array)
-        if bad:
-            return problems + [Problem(f"label holds {bad} NaN/Inf voxels, expected integer class values",
-                                       case_id, path)], {}
-        fractional, example = 0, 0.0
-        for chunk in _chunks(array):
-            mask = chunk != np.round(chunk)
-            n = int(mask.sum())
-            if n and not fractional:
-                example = float(chunk[mask][0])
-            fractional += n
-        if fractional:
-            return problems + [Problem(
-                f"label holds non-integer values (e.g. {example:g} in {fractional} voxels), "
-                "expected integer class values", case_id, path)], {}
-    elif not np.issubdtype(array.dtype, np.integer):
-        return problems + [Problem(f"label has voxel type {array.dtype}, expected integers", case_id, path)], {}
-    counts = _value_counts(array)
-    if declared is not None:
-        allowed = sorted(set(int(v) for v in declared))
-        extra = [v for v in counts if v not in allowed]
-        if extra:
-            problems.append(Problem(
-                f"label values {extra} are not declared in dataset.json (found in "
-                f"{sum(counts[v] for v in extra)} voxels; declared: {allowed})", case_id, path))
-    elif min(counts) < 0:
-        problems.append(Problem(f"label holds negative values {[v for v in counts if v < 0]}, "
-                                "expected class values >= 0", case_id, path))
-    return problems, counts
-
-
-def _fmt(values: tuple) -> str:
-    return "×".join(str(v) for v in values)
+def _split_4d(volume: Volume, count: int) -> list[Volume] | str:
+    """The `count` 3D volumes along the 4th axis of an MSD image, or why it is not one."""
+    g = volume.geometry
+    if g.ndim != 4 or g.size[3] != count:
+        return f"expected a 4D image with {count} volumes (one per channel), found size {'×'.join(map(str, g.size))}"
+    grid = Geometry(g.size[:3], g.spacing[:3], g.origin[:3], tuple(g.direction[r * 4 + c] for r in range(3)
+                                                                   for c in range(3)))
+    return [Volume(volume.array[t], grid) for t in range(count)]
 
 
 def iter_cases(dataset: Dataset, strict: bool = False, track: Track = no_track,
@@ -456,7 +357,10 @@ def load_case(ref: CaseRef, dataset: Dataset) -> Case:
 
 
 def fingerprint(dataset: Dataset) -> str:
-    """A cheap content fingerprint: case ids, file names, sizes and mtimes (not voxel hashes)."""
+    """A cheap fingerprint of the cases' files: case ids, file names and sizes.
+
+    No mtimes (a copy or a fresh checkout of the same data matches) and no voxel hashes (cheap on large data).
+    """
     digest = hashlib.sha256()
     for ref in dataset.cases:
         digest.update(ref.case_id.encode())

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from .data import DatasetSummary, Track, discover_dataset, inspect_dataset, no_track
 from .errors import UsageError
-from .train.export import DEFAULT_EXPORTER
+from .config import DEFAULT_EXPORTER, Exporter
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only for annotations
+
+    from .formats.manifest import CorruptionManifest
 
 #: The demo dataset's folder name inside the package (and its dataset.json "name").
 DEMO_NAME = "mni_brain"
@@ -91,7 +93,7 @@ class DemoConfig:
 
     out: Path = Path("demo")
     rate: float = 0.3  # fraction of slices with foreground whose label is corrupted
-    kinds: tuple[str, ...] | None = None  # None: noise.DEFAULT_KINDS (no elasticdeform needed)
+    kinds: tuple[str, ...] | None = None  # None: config.DEFAULT_KINDS (no elasticdeform needed)
     level: str = "slice"
     seed: int = 0
     method: str = "pint"
@@ -99,7 +101,7 @@ class DemoConfig:
     epochs: int | None = None  # None: fit's defaults
     iterations_per_epoch: int | None = None
     device: str = "auto"
-    exporter: str = DEFAULT_EXPORTER
+    exporter: Exporter = DEFAULT_EXPORTER
 
     @property
     def run_dir(self) -> Path:
@@ -144,7 +146,7 @@ class DemoResult:
     clean: Path | None = None
     summary: DatasetSummary | None = None
     noisy: Path | None = None
-    manifest: dict | None = None
+    manifest: CorruptionManifest | None = None
     manifest_path: Path | None = None
     run_dir: Path | None = None
     audit: Any = None  # scoring.Audit
@@ -162,7 +164,7 @@ class DemoResult:
     @property
     def corrupted_by_kind(self) -> dict[str, dict]:
         """kind -> {"slices", "cases", "changed_pixels"} (noise.summarize of the manifest)."""
-        if not self.manifest:
+        if self.manifest is None:
             return {}
         from .noise.corrupt import summarize
 
@@ -190,7 +192,9 @@ def step_inspect(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Pa
 
 def step_corrupt(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Write the noisy copy OUT/noisy with corruption.json (replacing an earlier demo's)."""
-    from .noise.corrupt import DEFAULT_KINDS, MANIFEST_NAME, CorruptConfig, corrupt_dataset
+    from .config import DEFAULT_KINDS, CorruptConfig
+    from .formats.manifest import MANIFEST_NAME
+    from .noise.corrupt import corrupt_dataset
 
     assert result.clean is not None
     corrupt = CorruptConfig(clean=result.clean, out=config.noisy_dir, rate=config.rate,
@@ -206,8 +210,8 @@ def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Train the robust model on the noisy copy (cross-fitted folds) and export its ONNX graphs."""
     from dataclasses import replace
 
-    from .train.fit import FitConfig, fit_dataset
-    from .config import LoopParams
+    from .config import FitConfig, LoopParams
+    from .train.fit import fit_dataset
 
     assert result.noisy is not None
     loop = LoopParams()
@@ -222,7 +226,8 @@ def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
 
 def step_score(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Score every annotation of the noisy copy out-of-fold and write the audit and its report."""
-    from .score.pipeline import ScoreConfig, score_dataset
+    from .config import ScoreConfig
+    from .score.pipeline import score_dataset
 
     assert result.run_dir is not None and result.noisy is not None
     result.audit = score_dataset(ScoreConfig(run_dir=result.run_dir, dataset=result.noisy, out_dir=config.audit_dir,
@@ -232,7 +237,8 @@ def step_score(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path
 
 def step_evaluate(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Measure the audit against what `corrupt` really changed (the demo knows the truth)."""
-    from .evaluate.evaluate import EvaluateConfig, evaluate_audit, write_evaluation_json
+    from .config import EvaluateConfig
+    from .evaluate.evaluate import evaluate_audit, write_evaluation_json
 
     assert result.manifest_path is not None and result.clean is not None
     result.evaluation = evaluate_audit(EvaluateConfig(config.audit_dir, result.manifest_path, clean=result.clean),

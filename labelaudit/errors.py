@@ -44,6 +44,12 @@ class DatasetError(InputError):
     """The dataset folder as a whole is unusable (layout, dataset.json, no cases)."""
 
 
+class OutputError(LabelauditError):
+    """An output file could not be written completely: disk full, read-only folder, name too long (exit 3)."""
+
+    exit_code = 3
+
+
 class ModelError(LabelauditError):
     """A missing or invalid run folder, ONNX graph or run.json that does not match the data (exit 4)."""
 

@@ -7,7 +7,7 @@ Array legend: S slices, C channels, H x W in-plane pixels (after the slicing axi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from .types import Case
 
 #: Foreground percentiles for CT clipping, as nnU-Net's CTNormalization.
 CT_PERCENTILES = (0.5, 99.5)
+#: ChannelNorm kinds: `ct` (clip to foreground percentiles, global z-score) or `zscore` (per case).
+CHANNEL_NORMS = ("ct", "zscore")
 _SAMPLES_PER_CASE = 20_000
 
 
@@ -193,13 +195,3 @@ def restore_in_plane(stack: np.ndarray, size: tuple[int, int], order: int) -> np
     if (h, w) == tuple(size):
         return stack
     return resample_slices(stack, (size[0] / h, size[1] / w), order=order)
-
-
-@dataclass
-class PreparedCase:
-    """A case ready for the networks, with what is needed to map results back."""
-
-    case_id: str
-    image: np.ndarray  # (S, C, h, w) float32
-    classes: np.ndarray | None  # (S, h, w) int64
-    native_size: tuple[int, int] = field(default=(0, 0))  # (H, W) before resampling

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,158 @@ class Dataset:
     @property
     def num_channels(self) -> int:
         return len(self.cases[0].image_paths) if self.cases else 1
+
+
+# ----------------------------------------------------------------------------- audit results
+
+
+class Routing(str, Enum):
+    """Which models scored a case (score/routing.py)."""
+
+    OUT_OF_FOLD = "out-of-fold"  # the fold model(s) that held the case out
+    IN_SAMPLE = "in-sample"  # a case of the fit dataset that no model held out: the ensemble
+    NEW_DATA = "new-data"  # any case of other data: the ensemble
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How fit derived its thresholds from the training data's scores: run.json's "threshold" (score/calibrate.py)."""
+
+    slice: float
+    case: float
+    rule: str = ""
+    case_rule: str = ""
+    meaning: str = ""
+    k: float = 3.0
+    mad_scale: float = 1.4826
+    floor: float = 0.0
+    pixel_score: str | None = None  # the PixelScore value the calibration scored with
+    perturbations: int | None = None
+    scored: str = ""  # out-of-fold or in-sample
+    n_slices: int = 0
+    n_cases: int = 0
+    slice_stats: dict[str, float | None] = field(default_factory=dict)  # median, mad, q50 … q99
+    case_stats: dict[str, float | None] = field(default_factory=dict)
+    flagged_slices: int = 0
+    flagged_cases: int = 0
+    structure_prior_mm2: float | None = None  # A₀ of the slice score
+    structure_prior_rule: str | None = None
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__
+                if not (name.startswith("structure_prior") and getattr(self, name) is None)}
+
+
+class ThresholdSource(str, Enum):
+    OVERRIDE = "override"
+    RUN = "run.json"
+    DEFAULT = "default (the run has no calibrated threshold)"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The slice and case noise scores at which annotations are flagged, and where they come from.
+
+    Built once (score/calibrate.resolve_threshold), already validated: both in [0, 1].
+    """
+
+    slice: float
+    case: float
+    source: ThresholdSource
+    calibration: Calibration | None = None
+
+    def to_json(self) -> dict:
+        base = self.calibration.to_json() if self.calibration is not None else {}
+        return {**base, "slice": self.slice, "case": self.case, "source": self.source.value}
+
+
+@dataclass
+class SliceScore:
+    case_id: str
+    slice_index: int  # along `axis`
+    noise_score: float
+    flagged: bool
+    disagreement: float
+    doubt_fraction: float
+    label_pixels: int
+    pred_pixels: int
+    error_kind: str = "none"  # diagnosis.ErrorKind value: label vs robust prediction on this slice
+    axis: int = 0  # the numpy axis of the case's array that slice_index counts along (interface.md)
+
+
+@dataclass
+class CaseScore:
+    case_id: str
+    noise_score: float
+    flagged: bool
+    worst_slice: int
+    disagreement: float  # volume-level 1 - Dice(label, prediction)
+    n_slices: int
+    n_flagged_slices: int
+    model: str  # "fold_2" or "ensemble(fold_0+fold_1+fold_2)"
+    routing: str  # a Routing value
+    noise_map: str | None = None  # path relative to the audit folder
+    pred_map: str | None = None
+    error_kind: str = "none"  # the dominant kind over the slices that make the case score
+    axis: int = 0
+
+
+@dataclass(frozen=True)
+class AuditDataset:
+    """The dataset an audit scored."""
+
+    name: str
+    path: str
+    layout: str
+    fit_dataset: bool
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "path": self.path, "layout": self.layout, "fit_dataset": self.fit_dataset}
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """The run folder an audit scored with."""
+
+    path: str
+    method: str
+    created: str
+    models: tuple[str, ...]
+    trained_on: str  # the fit dataset's name
+    trained_cases: int
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "method": self.method, "created": self.created, "models": list(self.models),
+                "trained_on": {"name": self.trained_on, "cases": self.trained_cases}}
+
+
+@dataclass
+class Audit:
+    """What score_dataset returns; `cases` and `slices` are sorted by noise score, highest first."""
+
+    dataset: AuditDataset
+    run: AuditRun
+    provider: str
+    device: str
+    device_reason: str
+    pixel_score: str
+    threshold: Threshold
+    cases: list[CaseScore] = field(default_factory=list)
+    slices: list[SliceScore] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. an overridden formula)
+    timings: dict[str, float] = field(default_factory=dict)
+    perturbations: int = 1
+    out_dir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    views: dict = field(default_factory=dict)  # case id -> report.CaseView (files, thumbnails), when writing
+
+    @property
+    def flagged_cases(self) -> list[CaseScore]:
+        return [c for c in self.cases if c.flagged]
+
+    @property
+    def flagged_slices(self) -> list[SliceScore]:
+        return [s for s in self.slices if s.flagged]

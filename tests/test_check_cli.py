@@ -24,7 +24,6 @@ from labelaudit import io
 from labelaudit.data import discover_dataset
 from labelaudit.preprocess import LabelMap
 from labelaudit.synth import SynthConfig, write_synth_dataset
-from test_scoring import make_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "demo-pint"
@@ -47,7 +46,7 @@ def erase_slice(label_path: Path, index: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
+def model(tmp_path_factory, make_run) -> Path:
     base = tmp_path_factory.mktemp("model")
     fit_on = write_synth_dataset(base / "Dataset011_Fit", SynthConfig(cases=1, size=(32, 32, 4), seed=9))
     run_dir = make_run(base / "run", fit_on, threshold=THRESHOLD)

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labelaudit import data
-
-from labelaudit import io
+from labelaudit import data, integrity, io
 from labelaudit.errors import DatasetError, InputError
 from labelaudit.synth import SynthConfig, rotated_direction, write_synth_dataset
 from labelaudit.types import Geometry, Problem, Volume
@@ -427,10 +425,10 @@ def test_track_sees_every_case(nnunet_dataset: Path) -> None:
 @pytest.mark.parametrize("dtype,low,high", [(np.uint8, 0, 5), (np.int16, -3, 4), (np.int32, -70000, 70000),
                                             (np.float32, -2, 3)])
 def test_value_counts_match_unique(dtype, low: int, high: int, monkeypatch) -> None:
-    monkeypatch.setattr(data, "_CHUNK", 1000)  # several chunks
+    monkeypatch.setattr(integrity, "_CHUNK", 1000)  # several chunks
     array = np.random.default_rng(3).integers(low, high, size=(7, 30, 40)).astype(dtype)
     values, counts = np.unique(array, return_counts=True)
-    assert data._value_counts(array) == {int(v): int(n) for v, n in zip(values, counts)}
+    assert integrity.value_counts(array) == {int(v): int(n) for v, n in zip(values, counts)}
 
 
 def test_fingerprint_changes_with_the_files(nnunet_dataset: Path) -> None:

@@ -118,8 +118,8 @@ def test_run_demo_steps_and_result(tmp_path):
     assert [step.name for step in result.steps] == [name for _, _, name in announced]
     assert result.num_cases == DEMO_CASES and result.num_slices == sum(
         info.num_slices for info in result.summary.cases)
-    assert result.manifest["rate"] == 0.2
-    assert sum(row["slices"] for row in result.corrupted_by_kind.values()) == result.manifest["corrupted_count"] > 0
+    assert result.manifest.rate == 0.2
+    assert sum(row["slices"] for row in result.corrupted_by_kind.values()) == result.manifest.corrupted_count > 0
 
 
 def test_cli_demo_writes_clean_and_noisy_copies(tmp_path, cli):

@@ -17,7 +17,9 @@ from labelaudit import io
 from labelaudit.evaluate import metrics
 from labelaudit.cli import app
 from labelaudit.errors import InputError
-from labelaudit.evaluate.evaluate import EvaluateConfig, evaluate_audit
+from labelaudit.config import EvaluateConfig, Level, NoiseKind
+from labelaudit.evaluate.evaluate import evaluate_audit
+from labelaudit.formats.manifest import read_corruption_manifest, read_manifest
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Volume, from_slices, to_slices
 
@@ -242,3 +244,73 @@ def test_nan_json_is_null(audit, tmp_path):
     case = json.loads(out.read_text())["ranking"]["case"]
     assert case["ap"] is None and case["auroc"] is None and case["positives"] == 0
     assert not math.isnan(json.loads(out.read_text())["ranking"]["slice"]["auroc"])
+
+
+def _set(path: str, value):
+    """A change to the manifest's JSON at `path` (dotted keys and [i] indices); value _DROP removes the key."""
+    def change(data: dict) -> None:
+        keys = [int(k) if k.isdigit() else k for k in path.replace("[", ".").replace("]", "").split(".")]
+        for key in keys[:-1]:
+            data = data[key]
+        if value is _DROP:
+            del data[keys[-1]]
+        else:
+            data[keys[-1]] = value
+    return change
+
+
+_DROP = object()
+BAD_MANIFESTS = [
+    (_set("cases.case_000.corrupted", "yes"), r"field 'cases\.case_000\.corrupted': expected true or false, found 'yes'"),
+    (_set("cases.case_000.slices[2].slice_index", "2"), r"'cases\.case_000\.slices\[2\]\.slice_index': expected an integer"),
+    (_set("cases.case_000.slices[1].corrupted", _DROP), r"lacks the field 'cases\.case_000\.slices\[1\]\.corrupted'"),
+    (_set("cases.case_000.slices", {}), r"field 'cases\.case_000\.slices': expected a list"),
+    (_set("cases.case_001", []), r"field 'cases\.case_001': expected an object"),
+    (_set("cases.case_002.label_file", _DROP), r"lacks the field 'cases\.case_002\.label_file'"),
+    (_set("cases.case_002.label_file", 7), r"field 'cases\.case_002\.label_file': expected a string, found 7"),
+    (_set("cases.case_002.changed_pixels", 1.5), r"field 'cases\.case_002\.changed_pixels': expected an integer"),
+    (_set("cases.case_002.slices[1].kind", "blur"), r"field 'cases\.case_002\.slices\[1\]\.kind': expected one of"),
+    (_set("cases.case_002.slices[1].class", "1"), r"field 'cases\.case_002\.slices\[1\]\.class': expected an integer"),
+    (_set("cases.case_002.slices[3].slice_index", 1), r"case case_002: slice 1 is listed twice"),
+    (_set("rate", "0.5"), r"field 'rate': expected a finite number, found '0\.5'"),
+    (_set("level", "volume"), r"field 'level': expected one of 'slice', 'case', found 'volume'"),
+    (_set("kinds", ["dilation", 3]), r"field 'kinds\[1\]': expected a string, found 3"),
+    (_set("kinds", ["dilation", "blur"]), r"field 'kinds\[1\]': expected one of 'dilation'.*found 'blur'"),
+    (_set("noise_params", {"dilation_radius": [1]}), r"field 'noise_params\.dilation_radius': expected a list of 2"),
+    (_set("skipped", {"case_009": "unreadable"}), r"field 'skipped\.case_009': expected a list"),
+    (_set("cases", {}), r"the manifest lists no case"),
+    (_set("cases", []), r"expected a corruption manifest"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_MANIFESTS, ids=[m for _, m in BAD_MANIFESTS])
+def test_a_manifest_field_of_the_wrong_type_is_an_input_error_naming_it(audit, tmp_path, change, message):
+    data = json.loads(audit["truth"].read_text())
+    change(data)
+    bad = tmp_path / "corruption.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message) as info:
+        read_corruption_manifest(bad)
+    assert str(bad) in info.value.message and info.value.exit_code == 3
+
+
+def test_cli_names_the_bad_manifest_field_and_exits_3(audit, tmp_path):
+    data = json.loads(audit["truth"].read_text())
+    data["cases"]["case_000"]["slices"][0]["corrupted"] = "no"
+    bad = audit["noisy"] / "bad-type.json"
+    bad.write_text(json.dumps(data))
+    result, text = _invoke(audit["audit"], "--truth", bad)
+    assert result.exit_code == 3, text
+    assert "cases.case_000.slices[0].corrupted" in text and "bad-type.json" in text
+
+
+def test_a_hand_made_manifest_reads_with_defaults(audit):
+    manifest = read_corruption_manifest(audit["truth"])
+    assert manifest.level is Level.SLICE and manifest.kinds == (NoiseKind.DILATION, NoiseKind.EROSION)
+    assert manifest.population_size is None and manifest.noise_params is None and manifest.skipped == {}
+    record = manifest.cases["case_002"].slices[1]
+    assert record.corrupted and record.corruption.kind is NoiseKind.EROSION and record.eligible is None
+    assert manifest.cases["case_001"].slices[0].corruption is None
+    truth = read_manifest(audit["truth"])
+    assert truth.cases["case_002"].slices == {0: False, 1: True, 2: False, 3: True, 4: False}
+    assert truth.source == audit["clean"] and truth.record == manifest

@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import ModelError  # noqa: E402
-from labelaudit.train.export import export_run, export_segmenter, load_weights, save_weights  # noqa: E402
 from labelaudit.config import NetParams  # noqa: E402
+from labelaudit.train.export import export_run, export_segmenter  # noqa: E402
+from labelaudit.train.weights import load_weights, save_weights  # noqa: E402
 from labelaudit.train.nets import PerturbedSegmenter, build_unet  # noqa: E402
 from labelaudit.formats.run import Perturbations, load_run, perturbation_noise  # noqa: E402
 
@@ -25,8 +26,8 @@ def fitted_run(tmp_path_factory) -> Path:
     """A finished 1-fold plain run (tiny), copied per test where a test changes it."""
     from dataclasses import replace
 
-    from labelaudit.train.fit import FitConfig, fit_dataset
-    from labelaudit.config import LoopParams
+    from labelaudit.config import FitConfig, LoopParams
+    from labelaudit.train.fit import fit_dataset
     from labelaudit.synth import SynthConfig, write_synth_dataset
 
     work = tmp_path_factory.mktemp("exportrun")

@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import ModelError, UsageError  # noqa: E402
-from labelaudit.train.fit import FitConfig, fit_dataset, split_folds  # noqa: E402
-from labelaudit.config import LoopParams, NetParams, PintParams  # noqa: E402
+from labelaudit.config import FitConfig, LoopParams, NetParams, PintParams  # noqa: E402
+from labelaudit.train.fit import fit_dataset, split_folds  # noqa: E402
 from labelaudit.train.loop import SliceSampler, augment_batch, load_checkpoint  # noqa: E402
 from labelaudit.train.pint import (  # noqa: E402
     PintMethod, ema_decay, ema_update, pint_loss, pixel_threshold, roi_uncertainty)
@@ -52,15 +52,15 @@ def plain_run(dataset, tmp_path_factory) -> Path:
 def test_plain_fit_writes_a_complete_run_folder(plain_run, dataset):
     info = load_run(plain_run)
     assert info.method == "plain" and len(info.models) == 2
-    assert info.dataset["path"] == str(dataset.resolve())
-    assert info.dataset["cases"] == ["case_000", "case_001", "case_002", "case_003"]
-    assert info.dataset["fingerprint"] and info.dataset["layout"] == "nnunet"
+    assert info.dataset.path == str(dataset.resolve())
+    assert list(info.dataset.cases) == ["case_000", "case_001", "case_002", "case_003"]
+    assert info.dataset.fingerprint and info.dataset.layout == "nnunet"
     assert info.label_map.values == (0, 1, 2) and info.channel_names == ["CT", "CT"]
     assert set(info.versions) >= {"labelaudit", "torch", "onnx", "onnxruntime"}
     assert info.config["loop"]["epochs"] == 2 and info.config["net"]["features"] == [4, 8, 8, 8, 8, 4]
-    assert "status" not in info.extra and info.extra["device"] == "cpu"
+    assert info.status is None and info.device == "cpu"
     held = [set(m.held_out) for m in info.models]
-    assert not held[0] & held[1] and held[0] | held[1] == set(info.dataset["cases"])
+    assert not held[0] & held[1] and held[0] | held[1] == set(info.dataset.cases)
     for fold, model in enumerate(info.models):
         assert model.fold == fold
         rows = info.log[f"fold_{fold}"]
@@ -79,7 +79,7 @@ def test_checkpoint_loads_with_weights_only(plain_run):
 def test_onnx_matches_pytorch_on_a_new_shape(plain_run):
     import onnxruntime as ort
 
-    from labelaudit.train.export import build_fold_net
+    from labelaudit.train.weights import build_fold_net
     from labelaudit.train.nets import PerturbedSegmenter
     from labelaudit.formats.run import perturbation_noise
 
@@ -98,7 +98,7 @@ def test_onnx_matches_pytorch_on_a_new_shape(plain_run):
 
 def test_pint_single_model_trains_on_every_case(dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = fit_dataset(tiny_config(dataset, tmp_path / "pint", method="pint", variant="pnt", folds=1,
+    run = fit_dataset(tiny_config(dataset, tmp_path / "pint", method="pint", pint=PintParams(variant="pnt"), folds=1,
                                   loop=replace(TINY_LOOP, epochs=1, iterations_per_epoch=4)))
     info = load_run(run)
     assert [(m.fold, m.held_out) for m in info.models] == [(-1, [])]
@@ -279,7 +279,7 @@ def test_mcpm_without_meta_set_and_bad_variant_are_usage_errors(dataset, tmp_pat
     with pytest.raises(UsageError, match="--method mcpm needs --meta-set"):
         fit_dataset(tiny_config(dataset, tmp_path / "m", method="mcpm"))
     with pytest.raises(UsageError, match="--variant"):
-        fit_dataset(tiny_config(dataset, tmp_path / "v", method="pint", variant="both"))
+        fit_dataset(tiny_config(dataset, tmp_path / "v", method="pint", pint=PintParams(variant="both")))
 
 
 def test_fit_without_torch_exits_5(dataset, tmp_path):

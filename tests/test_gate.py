@@ -10,31 +10,39 @@ import pytest
 from labelaudit.formats.cache import ScoreCache, case_key, model_hash
 from labelaudit.data import discover_dataset
 from labelaudit.errors import ModelError
-from labelaudit.gate.check import (
-    CheckResult, _verdict, check_json, check_model_matches, decide, describe_threshold, github_annotations,
-    junit_xml, summary_table,
-)
+from labelaudit.cli.render import summary_table
+from labelaudit.formats.cache import CacheEntry
+from labelaudit.gate.check import CheckedModel, CheckResult, _verdict
+from labelaudit.gate.ci import check_json, describe_threshold, github_annotations, junit_xml
+from labelaudit.gate.decide import decide
+from labelaudit.score.routing import check_run_matches
+from labelaudit.types import AuditDataset, Calibration, Threshold, ThresholdSource
 from labelaudit.preprocess import LabelMap
 from labelaudit.formats.run import load_run
 from labelaudit.synth import SynthConfig, write_synth_dataset
-from test_scoring import make_run
 
-THRESHOLD = {"slice": 0.4, "case": 0.3, "source": "run.json", "rule": "median+k*mad", "k": 3.0, "floor": 0.05,
-             "n_slices": 40, "scored": "out-of-fold", "slice_stats": {"median": 0.1, "mad": 0.02}}
+THRESHOLD = Threshold(0.4, 0.3, ThresholdSource.RUN, Calibration(
+    slice=0.4, case=0.3, rule="median+k*mad", k=3.0, floor=0.05, n_slices=40, scored="out-of-fold",
+    slice_stats={"median": 0.1, "mad": 0.02}))
 
 
-def entry(case_id: str, slices: list[float], kinds: list | None = None, case_kind: str | None = None) -> dict:
+def entry(case_id: str, slices: list[float], kinds: list | None = None, case_kind: str | None = None,
+          noise_score: float | None = None) -> CacheEntry:
     top = sorted(slices)[-3:]
-    return {"case_id": case_id, "noise_score": sum(top) / len(top), "slices": slices,
-            "slice_kinds": kinds or [None] * len(slices), "error_kind": case_kind, "disagreement": 0.1}
+    return CacheEntry(case_id, sum(top) / len(top) if noise_score is None else noise_score, tuple(slices),
+                      tuple(kinds or [None] * len(slices)), case_kind, 0.1, "fold_0")
 
 
-def result_of(entries: list[dict], max_flagged: int = 0, threshold: dict = THRESHOLD) -> CheckResult:
-    cases = [_verdict(e, threshold, f"incoming/labelsTr/{e['case_id']}.nii.gz", False) for e in entries]
+def flags(entry: CacheEntry, threshold: Threshold) -> tuple[bool, list[bool]]:
+    decision = decide(entry.noise_score, entry.slices, threshold)
+    return decision.flagged, decision.slice_flags.tolist()
+
+
+def result_of(entries: list[CacheEntry], max_flagged: int = 0, threshold: Threshold = THRESHOLD) -> CheckResult:
+    cases = [_verdict(e, threshold, f"incoming/labelsTr/{e.case_id}.nii.gz", False) for e in entries]
     cases.sort(key=lambda c: -c.noise_score)
-    return CheckResult(dataset={"name": "Dataset009_New batch", "path": "incoming", "layout": "nnunet"},
-                       model={"path": "models/demo-pint", "method": "pint", "created": "", "trained_on": "demo",
-                              "models": 1},
+    return CheckResult(dataset=AuditDataset("Dataset009_New batch", "incoming", "nnunet", False),
+                       model=CheckedModel("models/demo-pint", "pint", "", "demo", 1),
                        provider="CPUExecutionProvider", threshold=threshold, max_flagged=max_flagged, cases=cases,
                        scored=len(cases), seconds=1.5, started="2025-01-01T00:00:00+00:00")
 
@@ -48,12 +56,12 @@ BAD = entry("case_bad", [0.05, 0.9, 0.45, 0.02], kinds=[None, "missing_structure
 
 def test_decide_by_hand():
     # case score (0.12+0.1+0.05)/3 = 0.09 < 0.3 and no slice >= 0.4: passes
-    assert decide(CLEAN, THRESHOLD) == (False, [False, False, False, False])
-    assert decide(BAD, THRESHOLD) == (True, [False, True, True, False])
+    assert flags(CLEAN, THRESHOLD) == (False, [False, False, False, False])
+    assert flags(BAD, THRESHOLD) == (True, [False, True, True, False])
     # the case score alone flags a case whose slices all stay under the slice threshold
-    assert decide({"noise_score": 0.35, "slices": [0.35, 0.35]}, THRESHOLD)[0] is True
+    assert flags(entry("c", [0.35, 0.35], noise_score=0.35), THRESHOLD)[0] is True
     # the threshold is inclusive: a score that reaches it is flagged
-    assert decide({"noise_score": 0.0, "slices": [0.4]}, THRESHOLD) == (True, [True])
+    assert flags(entry("c", [0.4], noise_score=0.0), THRESHOLD) == (True, [True])
 
 
 def test_verdict_names_the_worst_flagged_slices_worst_first():
@@ -75,7 +83,7 @@ def test_tolerance_and_exit_codes():
 def test_threshold_is_described_with_its_origin():
     text = describe_threshold(THRESHOLD)
     assert "slice 0.400" in text and "median 0.100" in text and "MAD 0.020" in text and "40 out-of-fold" in text
-    assert describe_threshold({"slice": 0.2, "case": 0.2, "source": "override"}) == \
+    assert describe_threshold(Threshold(0.2, 0.2, ThresholdSource.OVERRIDE)) == \
         "slice and case 0.200 (--threshold)"
 
 
@@ -144,7 +152,7 @@ def test_summary_table_says_pass_or_fail():
 # ----------------------------------------------------------------------------- model against data
 
 @pytest.fixture
-def matching(tmp_path):
+def matching(tmp_path, make_run):
     root = write_synth_dataset(tmp_path / "Dataset010_Gate", SynthConfig(cases=1, size=(16, 16, 2), seed=2))
     run_dir = make_run(tmp_path / "run", root)
     data = json.loads((run_dir / "run.json").read_text())
@@ -155,7 +163,7 @@ def matching(tmp_path):
 
 def test_matching_model_passes(matching):
     root, run_dir = matching
-    check_model_matches(load_run(run_dir), discover_dataset(root), run_dir)
+    check_run_matches(load_run(run_dir), discover_dataset(root), run_dir)
 
 
 def test_other_modality_is_a_model_error(matching):
@@ -164,7 +172,7 @@ def test_other_modality_is_a_model_error(matching):
     meta["channel_names"] = {"0": "T2"}
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"channel 0 of the model is 'CT'.*declares 'T2'"):
-        check_model_matches(load_run(run_dir), discover_dataset(root), run_dir)
+        check_run_matches(load_run(run_dir), discover_dataset(root), run_dir)
 
 
 def test_renamed_labels_are_a_model_error(matching):
@@ -173,7 +181,7 @@ def test_renamed_labels_are_a_model_error(matching):
     meta["labels"] = {"background": 0, "tumour": 1}
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"label set \(0=background, 1=.*\).*\(0=background, 1=tumour\)"):
-        check_model_matches(load_run(run_dir), discover_dataset(root), run_dir)
+        check_run_matches(load_run(run_dir), discover_dataset(root), run_dir)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -200,7 +208,13 @@ def test_cache_keys_follow_content(tmp_path):
 
     cache = ScoreCache(tmp_path / "cache")
     assert cache.get(key) is None
-    cache.put(key, {"noise_score": 0.5})
-    assert cache.get(key) == {"noise_score": 0.5, "key": key}
-    (tmp_path / "cache" / key[:2] / f"{key}.json").write_text("{not json")
+    cache.put(key, entry("c", [0.5]))
+    assert cache.get(key) == entry("c", [0.5])
+    path = tmp_path / "cache" / key[:2] / f"{key}.json"
+    edited = json.loads(path.read_text())
+    edited["entry"]["noise_score"] = 0.0  # a hand-edited entry no longer matches its digest: ignored
+    path.write_text(json.dumps(edited))
+    assert cache.get(key) is None
+    path.write_text("{not json")
     assert cache.get(key) is None  # a damaged entry is a miss, not a crash
+    assert CacheEntry.from_json({"case_id": "c", "noise_score": "high", "slices": [], "slice_kinds": []}) is None

@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from labelaudit.errors import InputError, UsageError  # noqa: E402
-from labelaudit.train.fit import FitConfig, fit_dataset  # noqa: E402
+from labelaudit.config import FitConfig, LoopParams, McpmParams, NetParams  # noqa: E402
+from labelaudit.train.fit import fit_dataset  # noqa: E402
 from labelaudit.train.meta_set import meta_set_from_dataset, meta_set_from_file, read_meta_ids  # noqa: E402
-from labelaudit.config import LoopParams, McpmParams, NetParams  # noqa: E402
 from labelaudit.train.loop import load_checkpoint, soft_dice_loss  # noqa: E402
 from labelaudit.train.mcpm import (  # noqa: E402
     McpmMethod, build_meta_net, epoch_cost, meta_step, training_objective, virtual_meta_loss)
@@ -263,7 +263,8 @@ def test_planted_slice_gets_low_meta_weight_and_ranks_first(planted):
 
     from labelaudit.data import discover_dataset, load_case
     from labelaudit.preprocess import pad_to_multiple, prepare_case
-    from labelaudit.score.pipeline import PixelScore, ScoreConfig, score_dataset
+    from labelaudit.config import PixelScore, ScoreConfig
+    from labelaudit.score.pipeline import score_dataset
 
     run, data, clean, noisy = planted
     info = load_run(run)

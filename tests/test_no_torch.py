@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from labelaudit.synth import SynthConfig, write_synth_dataset
-from test_scoring import make_run
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
 REPORT_TORCH = textwrap.dedent("""
@@ -29,7 +28,7 @@ def _python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_run(tmp_path_factory, make_run) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("notorch")
     root = write_synth_dataset(base / "Dataset006_NoTorch", SynthConfig(cases=2, size=(24, 20, 3), seed=5))
     run_dir = make_run(base / "run", root, folds=[["case_000"], ["case_001"]])  # ONNX built here, beforehand
@@ -46,7 +45,8 @@ def test_scoring_end_to_end_without_torch(tiny_run, tmp_path):
             pass
         else:
             raise SystemExit('torch should be unimportable here')
-        from labelaudit.score.pipeline import ScoreConfig, score_dataset
+        from labelaudit.config import ScoreConfig
+        from labelaudit.score.pipeline import score_dataset
         audit = score_dataset(ScoreConfig(run_dir=Path({str(run_dir)!r}), out_dir=Path('api'), device='cpu'))
         print('SLICES', len(audit.slices))
         from labelaudit.cli import app

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,22 +21,21 @@ from typer.testing import CliRunner
 
 from labelaudit import io
 from labelaudit.cli import app
+from labelaudit.config import CorruptConfig, NoiseKind, NoiseParams
 from labelaudit.errors import MissingDependencyError, UsageError
-from labelaudit.noise.corrupt import (
-    KINDS,
+from labelaudit.formats.manifest import (
     Corruption,
-    CorruptConfig,
-    NoiseParams,
-    apply_corruption,
-    corrupt_dataset,
-    corrupt_slice,
-    sample_corruption,
-    sample_systematic,
+    CorruptionManifest,
+    read_corruption_manifest,
+    read_manifest,
+    write_corruption_manifest,
 )
+from labelaudit.noise.corrupt import corrupt_dataset, remove_stale_partials
+from labelaudit.noise.ops import apply_corruption, corrupt_slice, sample_corruption, sample_systematic
 from labelaudit.synth import SynthConfig, synth_label, write_synth_dataset
 from labelaudit.types import to_slices
 
-ALL_KINDS = tuple(KINDS)  # elasticdeform is installed in the test environment
+ALL_KINDS = tuple(k.value for k in NoiseKind)  # elasticdeform is installed in the test environment
 MULTI = SynthConfig(cases=4, size=(32, 28, 6), spacing=(0.8, 0.9, 3.0), classes=2, seed=5)
 # the largest spacing on ITK x: slices are taken along numpy axis 2, not 0
 SIDEWAYS = SynthConfig(cases=2, size=(5, 28, 24), spacing=(2.5, 0.7, 0.7), classes=1, seed=6)
@@ -70,7 +70,7 @@ def _label_stacks(root: Path, manifest: dict | None = None) -> dict[str, np.ndar
     return stacks
 
 
-def _run(clean: Path, out: Path, **kwargs) -> dict:
+def _run(clean: Path, out: Path, **kwargs) -> CorruptionManifest:
     return corrupt_dataset(CorruptConfig(clean=clean, out=out, **kwargs))
 
 
@@ -202,8 +202,8 @@ def test_rate_zero_copies_labels_byte_for_byte(data, tmp_path):
     manifest = _run(data["multi"], tmp_path / "out", rate=0.0)
     assert _tree_digest(tmp_path / "out") == {**_tree_digest(data["multi"]),
                                               "corruption.json": _tree_digest(tmp_path / "out")["corruption.json"]}
-    assert manifest["corrupted_count"] == 0
-    assert not any(c["corrupted"] or any(s["corrupted"] for s in c["slices"]) for c in manifest["cases"].values())
+    assert manifest.corrupted_count == 0
+    assert not any(c.corrupted or any(s.corrupted for s in c.slices) for c in manifest.cases.values())
 
 
 @settings(max_examples=8, deadline=None)
@@ -215,35 +215,36 @@ def test_slice_rate_is_exact_and_the_manifest_matches_the_files(data, rate, seed
         manifest = _run(clean, out, rate=rate, kinds=ALL_KINDS, seed=seed)
         before, after = _label_stacks(clean), _label_stacks(out)
         population = sum(int((s != 0).any()) for stack in before.values() for s in stack)
-        assert manifest["population_size"] == population
+        assert manifest.population_size == population
         expected = math.floor(rate * population + 0.5)
         differing = 0
-        for case_id, entry in manifest["cases"].items():
-            assert len(entry["slices"]) == before[case_id].shape[0]  # every slice listed
-            assert [s["slice_index"] for s in entry["slices"]] == list(range(before[case_id].shape[0]))
-            for item, old, new in zip(entry["slices"], before[case_id], after[case_id]):
-                assert item["changed_pixels"] == int((old != new).sum())
-                assert item["corrupted"] == bool(item["changed_pixels"])
-                differing += item["corrupted"]
-                if item["corrupted"]:  # the recorded corruption replays exactly
-                    replay = Corruption(item["kind"], item["class"], item["params"])
+        for case_id, entry in manifest.cases.items():
+            assert len(entry.slices) == before[case_id].shape[0]  # every slice listed
+            assert [s.slice_index for s in entry.slices] == list(range(before[case_id].shape[0]))
+            for item, old, new in zip(entry.slices, before[case_id], after[case_id]):
+                assert item.changed_pixels == int((old != new).sum())
+                assert item.corrupted == bool(item.changed_pixels)
+                differing += item.corrupted
+                if item.corrupted:  # the recorded corruption replays exactly
+                    replay = Corruption(item.corruption.kind, item.corruption.label_class, item.corruption.params)
                     np.testing.assert_array_equal(apply_corruption(old, replay), new)
-            assert entry["changed_pixels"] == sum(s["changed_pixels"] for s in entry["slices"])
+            assert entry.changed_pixels == sum(s.changed_pixels for s in entry.slices)
             assert set(np.unique(after[case_id])) <= {0, 1, 2}
-        assert differing == expected == manifest["corrupted_count"]
+        assert differing == expected == manifest.corrupted_count
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 1.0])
 def test_case_rate_is_exact_with_one_systematic_error_per_case(data, tmp_path, rate):
     manifest = _run(data["multi"], tmp_path / "out", rate=rate, level="case", seed=3, kinds=ALL_KINDS)
     before, after = _label_stacks(data["multi"]), _label_stacks(tmp_path / "out")
-    corrupted = [cid for cid, entry in manifest["cases"].items() if entry["corrupted"]]
-    assert len(corrupted) == math.floor(rate * MULTI.cases + 0.5) == manifest["corrupted_count"]
-    for case_id, entry in manifest["cases"].items():
-        diff = (before[case_id] != after[case_id]).reshape(len(entry["slices"]), -1).sum(axis=1)
-        assert [s["changed_pixels"] for s in entry["slices"]] == diff.tolist()
-        if entry["corrupted"]:
-            records = {(s["kind"], s["class"], json.dumps(s["params"])) for s in entry["slices"] if s["corrupted"]}
+    corrupted = [cid for cid, entry in manifest.cases.items() if entry.corrupted]
+    assert len(corrupted) == math.floor(rate * MULTI.cases + 0.5) == manifest.corrupted_count
+    for case_id, entry in manifest.cases.items():
+        diff = (before[case_id] != after[case_id]).reshape(len(entry.slices), -1).sum(axis=1)
+        assert [s.changed_pixels for s in entry.slices] == diff.tolist()
+        if entry.corrupted:
+            records = {(s.corruption.kind, s.corruption.label_class, json.dumps(s.corruption.params))
+                       for s in entry.slices if s.corrupted}
             assert len(records) == 1  # one annotator's systematic error
             assert diff.sum() > 0
         else:
@@ -271,24 +272,24 @@ def test_sideways_slicing_axis_is_used(data, tmp_path):
     manifest = _run(clean, tmp_path / "out", rate=1.0, kinds=("dilation",), seed=0)
     geometry = io.read_geometry(next((clean / "labelsTr").iterdir()))
     assert geometry.slicing_axis() == 2
-    for case_id, entry in manifest["cases"].items():
-        assert len(entry["slices"]) == SIDEWAYS.size[0]  # slices along ITK x
+    for case_id, entry in manifest.cases.items():
+        assert len(entry.slices) == SIDEWAYS.size[0]  # slices along ITK x
         original = io.read_volume(clean / "labelsTr" / f"{case_id}.nii.gz").array
-        written = io.read_volume(tmp_path / "out" / entry["label_file"]).array
-        for item in entry["slices"]:  # every change lies in its own slice along numpy axis 2
-            i = item["slice_index"]
-            assert (original[:, :, i] != written[:, :, i]).sum() == item["changed_pixels"]
+        written = io.read_volume(tmp_path / "out" / entry.label_file).array
+        for item in entry.slices:  # every change lies in its own slice along numpy axis 2
+            i = item.slice_index
+            assert (original[:, :, i] != written[:, :, i]).sum() == item.changed_pixels
 
 
 def test_png_paired_layout(data, tmp_path):
     clean, out = data["png"], tmp_path / "out"
     manifest = _run(clean, out, rate=0.5, kinds=("dilation", "erosion", "missing", "spurious"), seed=2)
-    assert manifest["population_size"] == PNG2D.cases and manifest["corrupted_count"] == 3
-    for case_id, entry in manifest["cases"].items():
-        assert len(entry["slices"]) == 1 and entry["label_file"] == f"labels/{case_id}.png"
-        original, written = io.read_volume(clean / entry["label_file"]), io.read_volume(out / entry["label_file"])
+    assert manifest.population_size == PNG2D.cases and manifest.corrupted_count == 3
+    for case_id, entry in manifest.cases.items():
+        assert len(entry.slices) == 1 and entry.label_file == f"labels/{case_id}.png"
+        original, written = io.read_volume(clean / entry.label_file), io.read_volume(out / entry.label_file)
         assert written.geometry.size == original.geometry.size and written.array.dtype == np.uint8
-        assert ((original.array != written.array).sum() > 0) == entry["corrupted"]
+        assert ((original.array != written.array).sum() > 0) == entry.corrupted
     image = next((clean / "images").iterdir())
     copy = out / "images" / image.name
     assert copy.read_bytes() == image.read_bytes()
@@ -313,8 +314,52 @@ def test_out_folder_rules(data, tmp_path):
     assert (other / "keep.txt").read_text() == "mine"
     first = _run(clean, tmp_path / "out", rate=0.5, seed=1)
     second = _run(clean, tmp_path / "out", rate=0.0, force=True)
-    assert first["corrupted_count"] > 0 and second["corrupted_count"] == 0
+    assert first.corrupted_count > 0 and second.corrupted_count == 0
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial folder left behind
+
+
+def _leave_partial(out: Path, wait: bool) -> subprocess.Popen:
+    """A process that makes the partial folder a `corrupt` run of its own would, then exits (killed) or waits."""
+    code = (f"import os, sys; p = os.path.join({str(out.parent)!r}, '.' + {out.name!r} + '.partial-' + str(os.getpid()));"
+            "os.mkdir(p); open(os.path.join(p, 'half.nii.gz'), 'w').close(); print(p, flush=True);"
+            + ("sys.stdin.read()" if wait else "os._exit(9)"))
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_rerun_removes_the_partial_folders_of_killed_runs_only(data, tmp_path):
+    out = tmp_path / "out"
+    killed = _leave_partial(out, wait=False)
+    dead = Path(killed.stdout.readline().strip())
+    killed.wait()
+    running = _leave_partial(out, wait=True)
+    try:
+        alive = Path(running.stdout.readline().strip())
+        other = tmp_path / ".other.partial-1"  # another OUT's partial folder is not ours to remove
+        other.mkdir()
+        assert dead.is_dir() and alive.is_dir()
+        _run(data["multi"], out, rate=0.5, seed=1)
+        assert not dead.exists()  # its process is gone: removed
+        assert alive.is_dir() and other.is_dir()  # a run still writing, another OUT: kept
+        assert (out / "corruption.json").is_file()
+    finally:
+        running.stdin.close()
+        running.wait(timeout=30)
+    assert remove_stale_partials(out) == [alive]
+
+
+def test_the_written_manifest_reads_back_as_the_returned_one(data, tmp_path):
+    for level, out in (("slice", tmp_path / "s"), ("case", tmp_path / "c")):
+        manifest = _run(data["multi"], out, rate=0.5, seed=2, level=level, kinds=ALL_KINDS)
+        path = out / "corruption.json"
+        again = read_corruption_manifest(path)
+        assert again == manifest and again.path == path
+        assert write_corruption_manifest(again, tmp_path / "copy.json").read_bytes() == path.read_bytes()
+        truth = read_manifest(path)
+        assert {c for c, t in truth.cases.items() if t.corrupted} == {c for c, e in manifest.cases.items()
+                                                                       if e.corrupted}
+        assert all(truth.cases[c].label_path == out / e.label_file for c, e in manifest.cases.items())
+        if level == "case":
+            assert all((e.corruption is not None) == e.corrupted for e in manifest.cases.values())
 
 
 def test_cli_summary_and_exit_codes(data, tmp_path):
@@ -343,8 +388,8 @@ def test_problem_cases_are_skipped_listed_and_copied(data, tmp_path):
     orphan = clean / "labelsTr" / "case_099.nii.gz"  # a label without image
     shutil.copy(clean / "labelsTr" / "case_000.nii.gz", orphan)
     manifest = _run(clean, tmp_path / "out", rate=1.0, seed=0)
-    assert "case_099" in manifest["skipped"] and "label without image" in manifest["skipped"]["case_099"][0]
-    assert "case_099" not in manifest["cases"] and len(manifest["cases"]) == MULTI.cases
+    assert "case_099" in manifest.skipped and "label without image" in manifest.skipped["case_099"][0]
+    assert "case_099" not in manifest.cases and len(manifest.cases) == MULTI.cases
     assert (tmp_path / "out" / "labelsTr" / "case_099.nii.gz").read_bytes() == orphan.read_bytes()
     result = CliRunner().invoke(app, ["corrupt", str(clean), str(tmp_path / "strict"), "--strict"])
     assert result.exit_code == 3 and "label without image" in result.output

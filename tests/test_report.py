@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import csv
 import re
 import struct
@@ -16,19 +18,17 @@ from labelaudit.diagnosis import ErrorKind
 from labelaudit.report import ReportConfig, ViewCollector, render_report
 from labelaudit.report.page import contour_path, histogram_svg
 from labelaudit.report.png import encode_png
-from labelaudit.report.views import CaseView, Orientation, crop_box, make_slice_view, orientation_of
-from labelaudit.score.pipeline import Audit, CaseScore, ScoreConfig, SliceScore, score_dataset
+from labelaudit.report.views import Orientation, crop_box, make_slice_view, orientation_of
+from labelaudit.config import ScoreConfig
+from labelaudit.score.pipeline import score_dataset
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Case, CaseRef, Geometry, Volume
-from test_scoring import make_run
-
-EVIL = "<script>alert(1)</script>"
 
 
 # ----------------------------------------------------------------------------- a real audit, end to end
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+def planted(tmp_path_factory, make_run):
     """3 cases, case_001 with the structure erased from slice 3: scored, written, report rendered."""
     base = tmp_path_factory.mktemp("report")
     root = write_synth_dataset(base / "Dataset007_Report", SynthConfig(cases=3, size=(40, 36, 6), seed=3))
@@ -68,7 +68,7 @@ def test_report_header_facts_counts_and_histogram(planted):
     audit, out, page = planted
     assert "<title>labelaudit: Dataset007_Report</title>" in page
     assert "<b>pint</b>" in page and "trained" in page
-    assert f"slice <b>{audit.threshold['slice']:.3f}</b>" in page
+    assert f"slice <b>{audit.threshold.slice:.3f}</b>" in page
     for number, name in ((3, "cases"), (18, "slices"), (len(audit.flagged_cases), "flagged cases"),
                          (len(audit.flagged_slices), "flagged slices")):
         assert f"<b>{number}</b><span>{name}</span>" in page
@@ -83,7 +83,7 @@ def test_report_names_the_files_and_slices_to_open(planted):
     assert "imagesTr/case_001_0000.nii.gz" in section and "labelsTr/case_001.nii.gz" in section
     assert "maps/case_001_noise.nii.gz" in section and "maps/case_001_pred.nii.gz" in section
     assert re.search(r"axial slices, voxel index k \(0-based, of 6\): 3, ", section)
-    assert f"itksnap -g {audit.dataset['path']}/imagesTr/case_001_0000.nii.gz" in section
+    assert f"itksnap -g {audit.dataset.path}/imagesTr/case_001_0000.nii.gz" in section
     assert f"-o {out.resolve()}/maps/case_001_noise.nii.gz" in section or f"-o {out}/maps/case_001_noise.nii.gz" in section
 
 
@@ -111,49 +111,14 @@ def test_csv_columns_carry_the_error_kind(planted):
 
 # ----------------------------------------------------------------------------- hand-made audits
 
-def tiny_view(case_id: str, slice_index: int = 0, images=("img.nii.gz",), label: str = "lab.nii.gz") -> CaseView:
-    """A CaseView with one 24x24 thumbnail: a disk label, a shifted prediction, noise where they differ."""
-    y, x = np.mgrid[:24, :24]
-    lab = ((y - 12) ** 2 + (x - 11) ** 2 <= 25).astype(np.uint8)
-    pred = ((y - 12) ** 2 + (x - 14) ** 2 <= 25).astype(np.uint8)
-    image = (100 + 50 * lab + np.sin(x) * 5).astype(np.float32)
-    view = CaseView(case_id, tuple(images), label, Orientation("axial", 2, 4, spacing=(0.9, 0.8)))
-    view.slices[slice_index] = make_slice_view(slice_index, image, lab, pred, (lab != pred).astype(np.float32),
-                                               view.orientation)
-    return view
-
-
-def make_audit(case_ids: list[str], name: str = "Dataset009_Hand", with_views: bool = True) -> Audit:
-    """An Audit built by hand: case i has score 0.9 - 0.2 i, slices 0..3, slice 1 the worst; thumbnails for all."""
-    kinds = [ErrorKind.OVER, ErrorKind.MISSING, ErrorKind.SHIFTED, ErrorKind.WRONG_CLASS]
-    audit = Audit(dataset={"name": name, "path": "/data/" + name, "layout": "nnunet", "fit_dataset": True},
-                  run={"path": "/runs/r", "method": "pint", "created": "2025-01-02T03:04:05+00:00",
-                       "models": ["fold_0", "fold_1"], "trained_on": {"name": name, "cases": len(case_ids)}},
-                  provider="CPUExecutionProvider", device="cpu", device_reason="test", pixel_score="disagreement",
-                  threshold={"slice": 0.3, "case": 0.3, "source": "override"}, perturbations=2, out_dir=Path("/a"))
-    for i, case_id in enumerate(case_ids):
-        score = 0.9 - 0.2 * i
-        audit.cases.append(CaseScore(case_id, score, score >= 0.3, 1, 0.2, 4, int(score >= 0.3), "fold_0",
-                                     "out-of-fold", f"maps/{case_id}_noise.nii.gz", f"maps/{case_id}_pred.nii.gz",
-                                     kinds[i % 4].value))
-        for j, factor in enumerate((0.5, 1.0, 0.3, 0.1)):
-            audit.slices.append(SliceScore(case_id, j, score * factor, score * factor >= 0.3, 0.1, 0.25, 40, 45,
-                                           kinds[i % 4].value if j == 1 else "none"))
-        if with_views:
-            audit.views[case_id] = tiny_view(case_id, 1, images=(f"/data/{name}/imagesTr/{case_id}_0000.nii.gz",),
-                                             label=f"/data/{name}/labelsTr/{case_id}.nii.gz")
-    audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
-    return audit
-
-
-def test_every_string_from_the_data_is_escaped():
-    audit = make_audit([EVIL, 'a"b', "ok"], name='"><img src=x onerror=alert(2)>')
-    audit.dataset["path"] = "/data/<b>bold</b>"
-    audit.run["method"] = "<i>pint</i>"
-    audit.views[EVIL] = tiny_view(EVIL, 1, images=("/data/<script>x</script>_0000.nii.gz",), label="/l/'<u>.nii.gz")
+def test_every_string_from_the_data_is_escaped(make_audit, tiny_view, evil):
+    audit = make_audit([evil, 'a"b', "ok"], name='"><img src=x onerror=alert(2)>')
+    audit.dataset = replace(audit.dataset, path="/data/<b>bold</b>")
+    audit.run = replace(audit.run, method="<i>pint</i>")
+    audit.views[evil] = tiny_view(evil, 1, images=("/data/<script>x</script>_0000.nii.gz",), label="/l/'<u>.nii.gz")
     audit.skipped = {"<em>bad</em>": ["case <em>bad</em>: unreadable <file>"]}
     page = render_report(audit)
-    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script") == 1  # only the report's own script
     assert "<img src=x" not in page and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
     for raw in ("<b>bold</b>", "<i>pint</i>", "<u>", "<em>bad</em>", "<file>"):
@@ -161,21 +126,21 @@ def test_every_string_from_the_data_is_escaped():
     assert 'data-case="a&quot;b"' in page
 
 
-def test_report_without_thumbnails_still_lists_every_case():
+def test_report_without_thumbnails_still_lists_every_case(make_audit):
     audit = make_audit(["c1", "c2"], with_views=False)
     page = render_report(audit)
     assert re.findall(r'data-case="([^"]+)"', page) == ["c1", "c2"]
     assert "data:image/png" not in page and "no thumbnail" in page
 
 
-def test_kind_filter_offers_the_kinds_present():
+def test_kind_filter_offers_the_kinds_present(make_audit):
     page = render_report(make_audit(["c1", "c2"]))
     select = page[page.index('id="f-kind"'):]
     select = select[:select.index("</select>")]
     assert re.findall(r'<option value="(\w*)">', select) == ["", "none", "over_segmentation", "missing_structure"]
 
 
-def test_page_size_stays_small_per_thumbnail():
+def test_page_size_stays_small_per_thumbnail(make_audit):
     audit = make_audit([f"case_{i:03d}" for i in range(20)])
     page = render_report(audit)
     assert len(page) < 20 * 12_000 + 60_000  # a 24 px thumbnail costs a few kB

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from labelaudit.report import render_report
-from test_report import EVIL, make_audit
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on PATH (Debian: apt-get install "
@@ -74,25 +73,25 @@ def _run_chromium(page: Path, shot: Path, tmp_path: Path, width: int = 1440, hei
     return "\n".join(line for line in log.splitlines() if ":CONSOLE" in line)
 
 
-def _page(tmp_path: Path, extra: str) -> Path:
-    audit = make_audit([EVIL, "case_002", "case_010"])
+def _page(tmp_path: Path, extra: str, make_audit, evil: str) -> Path:
+    audit = make_audit([evil, "case_002", "case_010"])
     html = render_report(audit).replace("</body>", extra.replace("EVIL_TEXT", '"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e"'))
     path = tmp_path / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
 
 
-def test_report_loads_without_console_errors_and_its_controls_work(tmp_path):
+def test_report_loads_without_console_errors_and_its_controls_work(tmp_path, make_audit, evil):
     shot = tmp_path / "report.png"
-    console = _run_chromium(_page(tmp_path, EXERCISE), shot, tmp_path)
+    console = _run_chromium(_page(tmp_path, EXERCISE, make_audit, evil), shot, tmp_path)
     assert "LABELAUDIT-REPORT-OK" in console, console
     others = [line for line in console.splitlines() if "LABELAUDIT-REPORT-OK" not in line]
     assert others == [], others
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
 
 
-def test_the_console_check_catches_an_error(tmp_path):
+def test_the_console_check_catches_an_error(tmp_path, make_audit, evil):
     # the detector itself: a page that throws must show up on the console log
-    console = _run_chromium(_page(tmp_path, '<script>throw new Error("planted");</script></body>'),
+    console = _run_chromium(_page(tmp_path, '<script>throw new Error("planted");</script></body>', make_audit, evil),
                             tmp_path / "bad.png", tmp_path, width=800, height=600)
     assert "Uncaught Error: planted" in console

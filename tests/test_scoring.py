@@ -1,8 +1,8 @@
 """Scoring on ONNX Runtime: pure aggregation functions, providers, end-to-end audits on tiny synthetic data.
 
-The run folders here are built by hand with onnx.helper (no torch): an "oracle" segmenter that follows the
-graph contract (image + noise in, prob_mean + uncertainty out) and classifies smoothed intensities, so the
-audit has something real to find.
+The run folders here are built by hand with onnx.helper (no torch, conftest's `make_run`): an "oracle"
+segmenter that follows the graph contract (image + noise in, prob_mean + uncertainty out) and classifies
+smoothed intensities, so the audit has something real to find.
 """
 
 from __future__ import annotations
@@ -16,117 +16,22 @@ import numpy as np
 import pytest
 
 from labelaudit import io
-from labelaudit.data import discover_dataset, fingerprint
+from labelaudit.data import discover_dataset
 from labelaudit.errors import ModelError, UsageError
-from labelaudit.preprocess import ChannelNorm, LabelMap, Preprocessing
-from labelaudit.formats.run import FoldModel, Perturbations, RunInfo, save_run
-from labelaudit.score.pipeline import (
-    CASE_TOP_SLICES, PixelScore, ScoreConfig, calibrate_run, case_noise_score, class_counts, dice_disagreement,
-    given_class_probability, normalised_entropy, pixel_noise_score, region_of_interest, robust_threshold,
-    roi_radius, route_case, score_dataset, slice_stats, structure_prior,
+from labelaudit.preprocess import ChannelNorm, LabelMap
+from labelaudit.formats.run import FoldModel
+from labelaudit.config import PixelScore, ScoreConfig
+from labelaudit.score.calibrate import calibrate_run, robust_threshold, structure_prior
+from labelaudit.score.formulas import (
+    CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
+    pixel_noise_score, region_of_interest, roi_radius, slice_stats,
 )
+from labelaudit.score.pipeline import score_dataset
+from labelaudit.score.routing import route_case
 from labelaudit.types import Geometry, Volume
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
-# ----------------------------------------------------------------------------- tiny run folders
-
-#: Class means of the synthetic CT intensities after the ChannelNorm below: (-100 + 80 k + 60) / 40.
-CT_NORM = ChannelNorm("ct", clip_low=-1000.0, clip_high=1000.0, mean=-60.0, std=40.0)
-
-
-def class_means(num_classes: int) -> np.ndarray:
-    return -1.0 + 2.0 * np.arange(num_classes, dtype=np.float32)
-
-
-def segmenter_graph(path: Path, in_channels: int, num_classes: int, constant_class: int | None = None,
-                    sharpness: float = 4.0, smooth: int = 5) -> Path:
-    """Write a segmenter.onnx that follows the contract.
-
-    Each pass k classifies the 5x5-smoothed channel 0 of image + noise[k] with equal-variance Gaussian
-    logits around `class_means`; `constant_class` makes a model that predicts that class everywhere.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    mus = class_means(num_classes)
-    weight = np.zeros((num_classes, in_channels), dtype=np.float32)
-    bias = np.zeros(num_classes, dtype=np.float32)
-    if constant_class is None:
-        weight[:, 0] = sharpness * mus
-        bias[:] = -sharpness * mus ** 2 / 2
-    else:
-        bias[:] = -8.0
-        bias[constant_class] = 8.0
-    kernel = np.full((in_channels, 1, smooth, smooth), 1.0 / smooth ** 2, dtype=np.float32)
-    pad = smooth // 2
-    inits = [
-        numpy_helper.from_array(kernel, "kernel"), numpy_helper.from_array(weight, "weight"),
-        numpy_helper.from_array(bias.reshape(1, 1, num_classes, 1, 1), "bias"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
-        numpy_helper.from_array(np.array(1e-8, dtype=np.float32), "eps"),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
-        numpy_helper.from_array(np.array(-1.0 / math.log(max(num_classes, 2)), dtype=np.float32), "scale"),
-    ]
-    conv = dict(group=in_channels, pads=[pad] * 4, kernel_shape=[smooth, smooth])
-    nodes = [
-        helper.make_node("Conv", ["image", "kernel"], ["image_s"], **conv),
-        helper.make_node("Conv", ["noise", "kernel"], ["noise_s"], **conv),
-        helper.make_node("Unsqueeze", ["image_s", "axis1"], ["image_u"]),
-        helper.make_node("Unsqueeze", ["noise_s", "axis0"], ["noise_u"]),
-        helper.make_node("Add", ["image_u", "noise_u"], ["x"]),
-        helper.make_node("Einsum", ["x", "weight"], ["z"], equation="nkchw,dc->nkdhw"),
-        helper.make_node("Add", ["z", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=2),
-        helper.make_node("ReduceMean", ["probs"], ["prob_mean"], axes=[1], keepdims=0),
-        helper.make_node("Clip", ["prob_mean", "eps", "one"], ["clipped"]),
-        helper.make_node("Log", ["clipped"], ["log_p"]),
-        helper.make_node("Mul", ["prob_mean", "log_p"], ["p_log_p"]),
-        helper.make_node("ReduceSum", ["p_log_p", "axis1"], ["neg_entropy"], keepdims=0),
-        helper.make_node("Mul", ["neg_entropy", "scale"], ["uncertainty"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "oracle_segmenter",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", in_channels, "H", "W"]),
-         helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["K", in_channels, "H", "W"])],
-        [helper.make_tensor_value_info("prob_mean", TensorProto.FLOAT, ["N", num_classes, "H", "W"]),
-         helper.make_tensor_value_info("uncertainty", TensorProto.FLOAT, ["N", "H", "W"])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def make_run(run_dir: Path, dataset_root: Path, num_classes: int = 2, in_channels: int = 1,
-             norm: ChannelNorm = CT_NORM, folds: list[list[str]] | None = None,
-             constant_folds: dict[int, int] | None = None, target_spacing: tuple[float, float] | None = None,
-             k: int = 2, threshold: dict | None = None) -> Path:
-    """A run folder fit (on paper) on `dataset_root`; one oracle model per entry of `folds` (held-out ids)."""
-    dataset = discover_dataset(dataset_root)
-    folds = folds if folds is not None else [[]]
-    models = []
-    for i, held_out in enumerate(folds):
-        rel = f"fold_{i}/segmenter.onnx"
-        segmenter_graph(run_dir / rel, in_channels, num_classes, (constant_folds or {}).get(i))
-        models.append(FoldModel(fold=i if len(folds) > 1 else -1, segmenter=rel,
-                                weights=f"fold_{i}/weights.safetensors", held_out=list(held_out)))
-    info = RunInfo(
-        method="pint",
-        dataset={"path": str(dataset.root.resolve()), "name": dataset.name, "layout": dataset.layout,
-                 "file_ending": dataset.file_ending, "fingerprint": fingerprint(dataset),
-                 "cases": [r.case_id for r in dataset.cases]},
-        label_map=LabelMap(tuple(range(num_classes)), tuple(f"c{i}" for i in range(num_classes))),
-        channel_names=["CT"] * in_channels,
-        preprocessing=Preprocessing(tuple([norm] * in_channels), target_spacing),
-        perturbations=Perturbations(k=k), models=models, threshold=threshold or {},
-    )
-    save_run(run_dir, info)
-    return run_dir
-
+# ----------------------------------------------------------------------------- tiny datasets and audits
 
 @pytest.fixture(scope="module")
 def data3d(tmp_path_factory) -> Path:
@@ -136,7 +41,7 @@ def data3d(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def audit3d(data3d, tmp_path_factory):
+def audit3d(data3d, tmp_path_factory, make_run):
     base = tmp_path_factory.mktemp("a3")
     run_dir = make_run(base / "run", data3d, target_spacing=(1.2, 1.1))  # resampled in-plane, then restored
     out = base / "audit"
@@ -211,8 +116,8 @@ def test_structure_prior_is_half_the_median_labelled_area(tmp_path):
     io.write_volume(Volume(label, geometry), root / "labels" / "a.nii.gz")
     io.write_volume(Volume(label.astype(np.int16), geometry), root / "images" / "a.nii.gz")
     dataset = discover_dataset(root)
-    assert structure_prior(dataset, LabelMap.from_declared(None, [0, 1])) == pytest.approx(0.5 * 15.0)
-    assert structure_prior(dataset, LabelMap.from_declared(None, [0, 1]), prior=1.0) == pytest.approx(15.0)
+    assert structure_prior(dataset) == pytest.approx(0.5 * 15.0)
+    assert structure_prior(dataset, prior=1.0) == pytest.approx(15.0)
 
 
 def test_multiclass_disagreement_is_macro_over_present_classes():
@@ -304,7 +209,7 @@ def test_audit_files_and_map_geometry_3d(audit3d, data3d):
     assert "<table>" in report and "case_000" in report
 
 
-def test_map_geometry_2d_png(tmp_path):
+def test_map_geometry_2d_png(tmp_path, make_run):
     config = SynthConfig(cases=2, size=(40, 36, 1), spacing=(1.0, 1.0, 1.0), two_d=True, classes=2, seed=2)
     root = write_synth_dataset(tmp_path / "Dataset004_Png", config)
     # PNG images are shifted by +1024: same means as CT_NORM after shifting its mean
@@ -323,7 +228,7 @@ def test_map_geometry_2d_png(tmp_path):
         assert (pred.array == label.array).mean() > 0.9  # label values decoded, not class indices
 
 
-def test_planted_error_ranks_first(tmp_path):
+def test_planted_error_ranks_first(tmp_path, make_run):
     config = SynthConfig(cases=3, size=(40, 36, 6), seed=3)
     root = write_synth_dataset(tmp_path / "Dataset005_Planted", config)
     path = root / "labelsTr" / "case_001.nii.gz"
@@ -343,7 +248,7 @@ def test_planted_error_ranks_first(tmp_path):
     assert [(s.case_id, s.slice_index) for s in flagged.flagged_slices] == [("case_001", 3)]
 
 
-def test_out_of_fold_routing_picks_the_holding_model(data3d, tmp_path):
+def test_out_of_fold_routing_picks_the_holding_model(data3d, tmp_path, make_run):
     # fold 0 (an oracle) held out case_000; fold 1 (predicts background everywhere) held out the others
     run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000"], ["case_001", "case_002"]],
                        constant_folds={1: 0})
@@ -361,19 +266,18 @@ def test_out_of_fold_routing_picks_the_holding_model(data3d, tmp_path):
     assert {c.routing for c in ensemble.cases} == {"in-sample"}
 
 
-def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch):
+def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     monkeypatch.chdir(tmp_path)
     run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]])
     threshold = calibrate_run(run_dir, device="cpu")
-    assert threshold["rule"] == "median+k*mad" and threshold["k"] == 3.0
-    assert threshold["floor"] <= threshold["slice"] <= 1.0 and threshold["case"] == threshold["slice"]
-    assert threshold["scored"] == "out-of-fold" and threshold["n_slices"] > 0
-    assert "q90" in threshold["slice_stats"]
+    assert threshold.rule == "median+k*mad" and threshold.k == 3.0
+    assert threshold.floor <= threshold.slice <= 1.0 and threshold.case == threshold.slice
+    assert threshold.scored == "out-of-fold" and threshold.n_slices > 0
+    assert "q90" in threshold.slice_stats
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no audit folder written
     # A0 is measured on the fit dataset's labels and used by later scoring of the run
-    assert threshold["structure_prior_mm2"] == pytest.approx(structure_prior(discover_dataset(data3d),
-                                                                             LabelMap.from_declared({"b": 0, "f": 1})))
-    assert threshold["structure_prior_mm2"] > 0
+    assert threshold.structure_prior_mm2 == pytest.approx(structure_prior(discover_dataset(data3d)))
+    assert threshold.structure_prior_mm2 > 0
 
 
 # ----------------------------------------------------------------------------- CLI exit codes
@@ -387,7 +291,7 @@ def _cli(args: list[str]):
 
 
 @pytest.mark.parametrize("damage", ["missing", "empty", "corrupt", "wrong_inputs"])
-def test_bad_onnx_exits_4(data3d, tmp_path, damage):
+def test_bad_onnx_exits_4(data3d, tmp_path, damage, make_run):
     run_dir = make_run(tmp_path / "run", data3d)
     graph = run_dir / "fold_0" / "segmenter.onnx"
     if damage == "missing":
@@ -409,7 +313,7 @@ def test_bad_onnx_exits_4(data3d, tmp_path, damage):
     assert "segmenter.onnx" in result.output
 
 
-def test_run_from_another_label_set_exits_4(data3d, tmp_path):
+def test_run_from_another_label_set_exits_4(data3d, tmp_path, make_run):
     other = write_synth_dataset(tmp_path / "three_classes", SynthConfig(cases=1, classes=2, seed=4))
     run_dir = make_run(tmp_path / "run", data3d, num_classes=2)
     result = _cli(["score", str(other), "--model", str(run_dir), "--out", str(tmp_path / "a"), "--device", "cpu"])
@@ -419,13 +323,13 @@ def test_run_from_another_label_set_exits_4(data3d, tmp_path):
         score_dataset(ScoreConfig(run_dir=run_dir, dataset=other, write=False, device="cpu"))
 
 
-def test_run_with_other_channels_exits_4(data3d, tmp_path):
+def test_run_with_other_channels_exits_4(data3d, tmp_path, make_run):
     run_dir = make_run(tmp_path / "run", data3d, in_channels=2)
     result = _cli(["score", str(data3d), "--model", str(run_dir), "--out", str(tmp_path / "a"), "--device", "cpu"])
     assert result.exit_code == 4 and "2 image channel(s)" in result.output, result.output
 
 
-def test_audit_inside_the_label_folder_is_refused(data3d, tmp_path):
+def test_audit_inside_the_label_folder_is_refused(data3d, tmp_path, make_run):
     run_dir = make_run(tmp_path / "run", data3d)
     before = sorted(p.name for p in (data3d / "labelsTr").iterdir())
     result = _cli(["score", str(data3d), "--model", str(run_dir), "--out", str(data3d / "labelsTr" / "audit")])
@@ -433,7 +337,7 @@ def test_audit_inside_the_label_folder_is_refused(data3d, tmp_path):
     assert sorted(p.name for p in (data3d / "labelsTr").iterdir()) == before
 
 
-def test_cli_score_defaults_to_latest_run_and_its_dataset(data3d, tmp_path, monkeypatch):
+def test_cli_score_defaults_to_latest_run_and_its_dataset(data3d, tmp_path, monkeypatch, make_run):
     from labelaudit.formats.run import record_latest
 
     monkeypatch.chdir(tmp_path)
@@ -447,7 +351,7 @@ def test_cli_score_defaults_to_latest_run_and_its_dataset(data3d, tmp_path, monk
     assert result.exit_code == 2
 
 
-def test_undeclared_label_values_skip_the_case_or_fail_the_run(tmp_path):
+def test_undeclared_label_values_skip_the_case_or_fail_the_run(tmp_path, make_run):
     root = write_synth_dataset(tmp_path / "paired", SynthConfig(cases=2, size=(24, 20, 3), seed=6), layout="paired")
     path = root / "labels" / "case_001.nii.gz"
     label = io.read_volume(path)

@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LabelauditError
-from ..config import PintParams  # stdlib-only dataclasses: the documented defaults, shown by --help
+# stdlib-only dataclasses and enums: the documented defaults, shown by --help
+from ..config import Exporter, FitConfig, LoopParams, McpmParams, Method, PintParams, Variant
 
-_PINT = PintParams()
+_FIT, _LOOP, _PINT, _MCPM = FitConfig(dataset=Path()), LoopParams(), PintParams(), McpmParams()
 
 app = typer.Typer(
     name="labelaudit",
@@ -59,9 +60,12 @@ def handle_errors(func: Callable) -> Callable:
         except LabelauditError as exc:
             from ..console import err
 
-            err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            # the message and hint are plain text: "pip install 'labelaudit[train]'" must print as written
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False, soft_wrap=True)
             if exc.hint:
-                err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+                err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
             if _state["debug"]:
                 traceback.print_exc()
             raise typer.Exit(exc.exit_code) from None
@@ -94,13 +98,15 @@ def inspect(
     strict: Annotated[bool, typer.Option("--strict", help="Make every problem fatal (exit 3).")] = False,
 ) -> None:
     """Summarise a dataset and report every problem found in it."""
-    from ..console import track
+    from ..console import err, out, track
     from ..data import discover_dataset, inspect_dataset
-    from .render import render_inspect
+    from .render import problem_lines, render_inspect
 
     found = discover_dataset(dataset)
     summary = inspect_dataset(found, strict=strict, track=track)
-    render_inspect(summary)
+    out.print(render_inspect(summary), soft_wrap=True)
+    for line in problem_lines(summary.dataset):
+        err.print(line, markup=False, soft_wrap=True)
     if not summary.cases:
         from ..errors import InputError
 
@@ -112,7 +118,7 @@ def _pixel_score(name: str | None):
     if name is None:
         return None
     from ..errors import UsageError
-    from ..score.pipeline import PixelScore
+    from ..config import PixelScore
 
     try:
         return PixelScore(name)
@@ -140,15 +146,19 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sample.")] = 0,
 ) -> None:
     """Measure an audit against a corruption manifest (AP, AUROC, P@k; Dice, IoU, HD95, ASSD)."""
-    from ..console import err, out, track
-    from ..evaluate.evaluate import EvaluateConfig, evaluate_audit, evaluation_tables, write_evaluation_json
-
-    config = EvaluateConfig(audit_dir=audit_dir, truth=truth, clean=clean, pixel_sample=pixel_sample, seed=seed)
-    result = evaluate_audit(config, track=track)
-    for table in evaluation_tables(result):
-        out.print(table)
     from rich.markup import escape
 
+    from ..config import EvaluateConfig
+    from ..console import err, out, track
+    from ..evaluate.evaluate import evaluate_audit, write_evaluation_json
+    from .render import render_evaluation
+
+    from ..formats.outputs import OutputKind, audit_inputs, guard_output
+    guard_output(json_path or Path(audit_dir) / "evaluation.json", "--json", OutputKind.EVALUATION,
+                 [("--truth", truth), ("--clean", clean), *audit_inputs(audit_dir)])
+    config = EvaluateConfig(audit_dir=audit_dir, truth=truth, clean=clean, pixel_sample=pixel_sample, seed=seed)
+    result = evaluate_audit(config, track=track)
+    out.print(render_evaluation(result))
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     written = write_evaluation_json(result, json_path or Path(audit_dir) / "evaluation.json")
@@ -174,32 +184,18 @@ def corrupt(
     strict: Annotated[bool, typer.Option("--strict", help="Make every dataset problem fatal (exit 3).")] = False,
 ) -> None:
     """Make a noisy copy of a clean dataset, with a manifest of exactly what was changed."""
-    from rich.table import Table
-
+    from ..config import CorruptConfig, parse_kinds
     from ..console import out, track
-    from ..noise.corrupt import MANIFEST_NAME, CorruptConfig, corrupt_dataset, parse_kinds, summarize
+    from ..formats.manifest import MANIFEST_NAME
+    from ..noise.corrupt import corrupt_dataset
+    from .render import render_corruption
 
+    from ..formats.outputs import OutputKind, dataset_inputs, guard_output
+    guard_output(out_dir, "OUT", OutputKind.NOISY, dataset_inputs("CLEAN", clean))
     config = CorruptConfig(clean=clean, out=out_dir, rate=rate, kinds=parse_kinds(kinds), level=level, seed=seed,
                            force=force, strict=strict)
-    config.validate()
     manifest = corrupt_dataset(config, track=track)
-    table = Table(title=f"corrupted at {level} level (seed {seed})", title_justify="left")
-    for column in ("kind", "slices", "cases", "changed pixels"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
-    rows = summarize(manifest)
-    for kind, row in rows.items():
-        table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
-    table.add_row("[bold]total[/]", str(sum(r["slices"] for r in rows.values())),
-                  str(sum(c["corrupted"] for c in manifest["cases"].values())),
-                  str(sum(r["changed_pixels"] for r in rows.values())))
-    out.print(table)
-    unit = "slices" if level == "slice" else "cases"
-    out.print(f"achieved rate: {manifest['corrupted_count']}/{manifest['population_size']} {unit} = "
-              f"{manifest['achieved_rate']:.3f} (asked {rate:g}); population: {manifest['population']}",
-              soft_wrap=True)
-    if manifest["skipped"]:
-        out.print(f"skipped {len(manifest['skipped'])} problem case(s) (copied unchanged): "
-                  f"{', '.join(manifest['skipped'])}", soft_wrap=True)
+    out.print(render_corruption(manifest, f"corrupted at {config.level.value} level (seed {seed})"), soft_wrap=True)
     out.print(f"noisy dataset: {out_dir}\nmanifest: {Path(out_dir) / MANIFEST_NAME}", soft_wrap=True, markup=False)
 
 
@@ -223,17 +219,18 @@ def score(
     strict: Annotated[bool, typer.Option("--strict", help="Make every case problem fatal (exit 3).")] = False,
 ) -> None:
     """Score every annotation of a dataset with a run's ONNX graphs (ONNX Runtime, no PyTorch)."""
-    from ..formats.audit import render_audit
-    from ..console import err, track
+    from ..config import ScoreConfig
+    from ..console import out as stdout
+    from ..console import track
     from ..formats.run import latest_run
-    from ..score.pipeline import ScoreConfig, score_dataset
+    from ..score.pipeline import score_dataset
+    from .render import render_audit
 
     run_dir = model if model is not None else latest_run()
     config = ScoreConfig(run_dir=run_dir, dataset=dataset, out_dir=out, report=report, device=device,
                          batch_size=batch_size, strict=strict, pixel_score=_pixel_score(pixel_score))
     audit = score_dataset(config, track=track)
-    err.print(f"ONNX Runtime provider: {audit.provider} ({audit.device_reason})", highlight=False)
-    render_audit(audit)
+    stdout.print(render_audit(audit), soft_wrap=True)
 
 
 def _training_progress():
@@ -270,24 +267,27 @@ def fit(
     dataset: DatasetArg,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run folder to write (default: runs/<dataset-name>-<method>).", show_default=False)] = None,
-    method: Annotated[str, typer.Option("--method", help="pint, plain (the baseline) or mcpm.")] = "pint",
-    variant: Annotated[str, typer.Option("--variant", help="PINT variant: int (image level only; the default, "
-                                                         "see bench/RESULTS.md), pint (pixel + image, the "
-                                                         "paper's), pnt (pixel only).")] = _PINT.variant,
+    method: Annotated[Method, typer.Option("--method", help="pint, plain (the baseline) or mcpm.")] = _FIT.method,
+    variant: Annotated[Variant, typer.Option("--variant", help="PINT variant: int (image level only; the default, "
+                                                             "see bench/RESULTS.md), pint (pixel + image, the "
+                                                             "paper's), pnt (pixel only).")] = _PINT.variant,
     meta_set: Annotated[Optional[Path], typer.Option(
         "--meta-set", help="MCPM: a text file of verified case ids (one per line, # comments), left out of "
                            "training, or a dataset folder of verified cases.", show_default=False)] = None,
     folds: Annotated[int, typer.Option("--folds", min=1, help="Train one model per fold of cases, each scoring "
-                                                              "the cases it did not see; 1: one model on all.")] = 3,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train.")] = 10,
-    iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training steps per epoch.")] = 25,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per training step.")] = 8,
+                                                              "the cases it did not see; 1: one model on all.")
+                     ] = _FIT.folds,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train.")] = _LOOP.epochs,
+    iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training steps per epoch.")
+                          ] = _LOOP.iterations_per_epoch,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per training step.")
+                          ] = _LOOP.batch_size,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="AdamW learning rate "
-                                                 "(poly decay).")] = 2e-3,
+                                                 "(poly decay).")] = _LOOP.learning_rate,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (mixed precision on CUDA).")
-                      ] = "auto",
+                      ] = _FIT.device,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, initialisation, sampling and augmentation.")
-                    ] = 0,
+                    ] = _FIT.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoints.")
                       ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -309,36 +309,40 @@ def fit(
     memory_batches: Annotated[int, typer.Option("--memory-batches", min=1, help="PINT: recent batches whose "
                                                 "slice uncertainties set that quantile.")] = _PINT.memory_batches,
     virtual_lr: Annotated[float, typer.Option("--virtual-lr", min=0.0, help="MCPM: step (alpha) of the virtual "
-                                              "SGD update of the bilevel step.")] = 0.05,
+                                              "SGD update of the bilevel step.")] = _MCPM.virtual_lr,
     meta_lr: Annotated[float, typer.Option("--meta-lr", min=0.0, help="MCPM: Adam learning rate (beta) of the "
-                                           "meta mask network.")] = 3e-3,
+                                           "meta mask network.")] = _MCPM.meta_lr,
     meta_batch_size: Annotated[int, typer.Option("--meta-batch-size", min=0, help="MCPM: slices per meta batch "
-                                                 "(m); 0: the training batch size.")] = 0,
+                                                 "(m); 0: the training batch size.")] = _MCPM.meta_batch_size,
     meta_every: Annotated[int, typer.Option("--meta-every", min=1, help="MCPM: one meta step every k training "
-                                            "steps (k > 1 is cheaper).")] = 1,
+                                            "steps (k > 1 is cheaper).")] = _MCPM.meta_every,
     meta_warmup: Annotated[float, typer.Option("--meta-warmup", min=0.0, max=1.0, help="MCPM: fraction of steps "
-                                               "trained unweighted before the first meta step.")] = 0.1,
-    exporter: Annotated[str, typer.Option("--exporter", help="ONNX exporter: torchscript (fast) or dynamo (torch.export); both "
-                                                "verified against PyTorch.")] = "torchscript",
+                                               "trained unweighted before the first meta step.")
+                           ] = _MCPM.warmup_fraction,
+    exporter: Annotated[Exporter, typer.Option("--exporter", help="ONNX exporter: torchscript (fast) or dynamo "
+                                                                  "(torch.export); both verified against PyTorch.")
+                        ] = _FIT.exporter,
 ) -> None:
     """Train a noise-robust segmentation model on a dataset and export its ONNX graphs."""
     from dataclasses import replace
 
+    from ..config import FitConfig
     from ..console import err, track
     from ..console import out as stdout
-    from ..train.fit import FitConfig, fit_dataset
-    from ..config import LoopParams, McpmParams, PintParams
+    from ..train.fit import fit_dataset
 
+    from ..formats.outputs import OutputKind, dataset_inputs, guard_output
+    guard_output(out, "--out", OutputKind.RUN, [*dataset_inputs("DATASET", dataset), ("--meta-set", meta_set)])
     config = FitConfig(
-        dataset=dataset, out=out, method=method, variant=variant, folds=folds, seed=seed, device=device,
+        dataset=dataset, out=out, method=method, folds=folds, seed=seed, device=device,
         resume=resume, force=force, strict=strict, target_spacing=target_spacing, meta_set=meta_set,
         exporter=exporter,
-        loop=replace(LoopParams(), epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
+        loop=replace(_LOOP, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
                      learning_rate=learning_rate),
-        pint=replace(PintParams(), variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
+        pint=replace(_PINT, variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
                      warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile,
                      memory_batches=memory_batches),
-        mcpm=replace(McpmParams(), virtual_lr=virtual_lr, meta_lr=meta_lr, meta_batch_size=meta_batch_size,
+        mcpm=replace(_MCPM, virtual_lr=virtual_lr, meta_lr=meta_lr, meta_batch_size=meta_batch_size,
                      meta_every=meta_every, warmup_fraction=meta_warmup),
     )
     stop, update = _training_progress()
@@ -349,12 +353,12 @@ def fit(
     from ..formats.run import load_run
 
     info = load_run(run_dir)
-    for case_id, problems in info.dataset.get("skipped", {}).items():
+    for case_id, problems in info.dataset.skipped.items():
         err.print(f"[yellow]skipped[/] case {case_id}: {'; '.join(problems)}", soft_wrap=True)
     stdout.print(f"run folder: {run_dir}", soft_wrap=True)
-    stdout.print(f"method: {info.method}" + (f" ({info.config.get('variant')})" if info.method == "pint" else "")
-                 + f", device: {info.extra.get('device', '?')}, folds: {len(info.models)}", soft_wrap=True)
-    meta = info.extra.get("meta_set")
+    stdout.print(f"method: {info.method}" + (f" ({info.config.get('variant')})" if info.method == Method.PINT else "")
+                 + f", device: {info.device or '?'}, folds: {len(info.models)}", soft_wrap=True)
+    meta = info.meta_set
     if meta:
         stdout.print(f"meta set: {len(meta['cases'])} verified case(s) from {meta['path']}, left out of training",
                      soft_wrap=True)
@@ -364,11 +368,9 @@ def fit(
         seen = f"held out {len(model.held_out)} case(s)" if model.held_out else "trained on every case"
         stdout.print(f"  fold {max(model.fold, 0)}: final loss {loss}, {seen}, ONNX parity "
                      f"{model.export.get('max_abs_diff', float('nan')):.1e}", soft_wrap=True)
-    if info.threshold:
-        levels = ", ".join(f"{k} {v:.3f}" for k, v in info.threshold.items()
-                           if k in ("slice", "case") and isinstance(v, (int, float)))
-        stdout.print(f"flagging threshold (calibrated on the training data): {levels or info.threshold}",
-                     soft_wrap=True)
+    if info.threshold is not None:
+        stdout.print(f"flagging threshold (calibrated on the training data): slice {info.threshold.slice:.3f}, "
+                     f"case {info.threshold.case:.3f}", soft_wrap=True)
 
 
 @app.command()
@@ -376,7 +378,7 @@ def fit(
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run folder written by `labelaudit fit`.",
                                             show_default=False)],
-    exporter: Annotated[Optional[str], typer.Option(
+    exporter: Annotated[Optional[Exporter], typer.Option(
         "--exporter", help="dynamo or torchscript (default: the run's own).", show_default=False)] = None,
 ) -> None:
     """Re-write and verify a run's ONNX graphs from its weights."""
@@ -413,12 +415,14 @@ def demo(
 
     from ..console import err, track
     from ..console import out as stdout
-    from ..demo import DemoConfig, DemoHooks, run_demo
-    from .render import render_inspect
+    from ..demo import DemoConfig, DemoHooks, demo_dataset_path, run_demo
+    from ..formats.outputs import OutputKind, guard_output
+    from .render import problem_lines, render_audit, render_inspect
 
     def announce(index: int, total: int, name: str) -> None:
         err.print(f"[bold]\\[{index}/{total}][/] {name}")
 
+    guard_output(out_dir, "--out", OutputKind.DEMO, [("the embedded demo dataset", demo_dataset_path())])
     config = DemoConfig(out=out_dir, rate=rate, seed=seed, method=method, folds=folds, epochs=epochs,
                         iterations_per_epoch=iterations, device=device)
     stop, update = _training_progress()
@@ -427,7 +431,9 @@ def demo(
     finally:
         stop()
     if result.summary is not None:
-        render_inspect(result.summary)
+        stdout.print(render_inspect(result.summary), soft_wrap=True)
+        for line in problem_lines(result.summary.dataset):
+            err.print(line, markup=False, soft_wrap=True)
     if result.manifest is not None:
         table = Table(title=f"corrupted labels (seed {seed})", title_justify="left")
         for column in ("kind", "slices", "cases", "changed pixels"):
@@ -436,12 +442,10 @@ def demo(
             table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
         stdout.print(table)
         stdout.print(f"{result.num_cases} cases, {result.num_slices} slices; corrupted "
-                     f"{result.manifest['corrupted_count']} of {result.manifest['population_size']} slices with "
-                     f"foreground ({result.manifest['achieved_rate']:.1%})")
+                     f"{result.manifest.corrupted_count} of {result.manifest.population_size} slices with "
+                     f"foreground ({result.manifest.achieved_rate:.1%})")
     if result.audit is not None:
-        from ..formats.audit import render_audit
-
-        render_audit(result.audit)
+        stdout.print(render_audit(result.audit), soft_wrap=True)
     if result.evaluation is not None:
         truth = {r.level: r.scores for r in result.evaluation.ranking}
         def fmt(value: float) -> str:
@@ -501,21 +505,25 @@ def check(
 
     from ..console import err, track
     from ..console import out as stdout
-    from ..gate.check import CheckConfig, check_json, github_annotations, junit_xml, run_check, summary_table
+    from ..config import CheckConfig
+    from ..formats.outputs import OutputKind, dataset_inputs, guard_output
     from ..formats.run import latest_run
+    from ..gate.check import run_check
+    from ..io.atomic import write_text
+    from ..gate.ci import check_json, github_annotations, junit_xml
+    from .render import summary_table
 
     config = CheckConfig(incoming=incoming, run_dir=model if model is not None else latest_run(),
                          threshold=threshold, max_flagged=max_flagged, cache_dir=cache, device=device,
                          batch_size=batch_size)
+    inputs = [*dataset_inputs("INCOMING", incoming), ("--model", config.run_dir)]
+    guard_output(junit, "--junit", OutputKind.JUNIT, [*inputs, ("--cache", cache)])
+    guard_output(cache, "--cache", OutputKind.CACHE, inputs)
     result = run_check(config, track=track)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
     if junit is not None:
-        from ..errors import UsageError
-
-        try:
-            junit.parent.mkdir(parents=True, exist_ok=True)
-            junit.write_text(junit_xml(result), encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--junit {junit}: cannot write ({exc.strerror or exc})") from exc
+        write_text(junit, junit_xml(result))  # a full disk or a vanished folder: OutputError, exit 3
         err.print(f"JUnit XML written to {junit}", soft_wrap=True, markup=False)
     if fmt is CheckFormat.JSON:
         sys.stdout.write(_json.dumps(check_json(result), indent=2) + "\n")

@@ -1,11 +1,16 @@
-"""Terminal rendering of results (Rich tables on stdout, problems on stderr)."""
+"""Terminal renderings of results: each function returns a Rich renderable; the commands print it."""
 
 from __future__ import annotations
 
+from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from ..console import err, out
 from ..data import DatasetSummary
+from ..gate.check import CheckResult
+from ..gate.ci import describe_threshold, kind_label, slices_text
+from ..types import Audit
 
 
 def _fmt_tuple(values, digits: int = 3) -> str:
@@ -29,10 +34,11 @@ def _value_name(value: int, names: dict[int, str]) -> str:
     return f"{value} ({names.get(value, 'undeclared')})"
 
 
-def render_inspect(summary: DatasetSummary) -> None:
-    """Print the dataset summary on stdout and every problem on stderr."""
+def render_inspect(summary: DatasetSummary) -> Group:
+    """The dataset summary (for stdout); its problems are `problem_lines`, for stderr."""
     dataset = summary.dataset
-    out.print(f"[bold]{dataset.name}[/]  ({dataset.layout} layout, {dataset.root})", soft_wrap=True)
+    parts: list = [Text.from_markup(f"[bold]{escape(dataset.name)}[/]  ({dataset.layout} layout, "
+                                    f"{escape(str(dataset.root))})")]
     names = {v: k for k, v in (dataset.labels or {}).items()}
     skipped = f", {len(dataset.skipped)} skipped" if dataset.skipped else ""
     table = Table(title=f"{len(summary.cases)} cases read{skipped}", title_justify="left")
@@ -41,17 +47,131 @@ def render_inspect(summary: DatasetSummary) -> None:
     table.add_column("voxels per label value", overflow="fold")  # names are in the totals line below
     for info in summary.cases:
         counts = " ".join(f"{v}:{_count(n)}" for v, n in info.label_counts.items())
-        table.add_row(info.case_id, _fmt_tuple(info.size), _fmt_tuple(info.spacing), str(info.channels),
+        table.add_row(escape(info.case_id), _fmt_tuple(info.size), _fmt_tuple(info.spacing), str(info.channels),
                       str(info.num_slices), f"{info.intensity_range[0]:g} … {info.intensity_range[1]:g}", counts)
-    out.print(table)
+    parts.append(table)
     totals = summary.label_counts
     if totals:
-        out.print("label values: " + ", ".join(f"{_value_name(v, names)} {n} voxels" for v, n in totals.items()),
-                  soft_wrap=True)
-    if dataset.problems:
-        err.print(f"[bold yellow]{len(dataset.problems)} problem(s):[/]")
-        for problem in dataset.problems:
-            err.print(f"  - {problem}", markup=False, soft_wrap=True)
+        parts.append(Text("label values: " + ", ".join(f"{_value_name(v, names)} {n} voxels"
+                                                       for v, n in totals.items())))
     if dataset.skipped:
-        out.print(f"skipped {len(dataset.skipped)} case(s) with problems: {', '.join(sorted(dataset.skipped))}",
-                  soft_wrap=True)
+        parts.append(Text(f"skipped {len(dataset.skipped)} case(s) with problems: "
+                          f"{', '.join(sorted(dataset.skipped))}"))
+    return Group(*parts)
+
+
+def problem_lines(dataset) -> list[str]:
+    """Every problem found in a dataset, one line each (for stderr); empty when there are none."""
+    if not dataset.problems:
+        return []
+    return [f"{len(dataset.problems)} problem(s):"] + [f"  - {problem}" for problem in dataset.problems]
+
+
+def render_audit(audit: Audit, top: int = 10) -> Group:
+    """What `score` shows on stdout: the provider, the counts, the top slices and where the outputs are."""
+    threshold = audit.threshold
+    parts: list = [Text(f"provider: {audit.provider} ({audit.device_reason})"),
+                   Text(f"scored {len(audit.cases)} cases, {len(audit.slices)} slices; flagged "
+                        f"{len(audit.flagged_cases)} cases, {len(audit.flagged_slices)} slices (threshold slice "
+                        f"{threshold.slice:.3f}, case {threshold.case:.3f}, {threshold.source.value})")]
+    if audit.skipped:
+        parts.append(Text(f"skipped {len(audit.skipped)} case(s): {', '.join(sorted(audit.skipped))} "
+                          "(see summary.json)"))
+    parts.extend(Text(f"note: {note}") for note in audit.notes)
+    table = Table(title=f"top {min(top, len(audit.slices))} slices", title_justify="left")
+    for column in ("case", "slice", "noise score", "flagged", "1 - Dice", "in doubt", "label px"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for s in audit.slices[:top]:
+        table.add_row(escape(s.case_id), str(s.slice_index), f"{s.noise_score:.3f}", "yes" if s.flagged else "",
+                      f"{s.disagreement:.3f}", f"{s.doubt_fraction:.0%}", str(s.label_pixels))
+    parts.append(table)
+    if audit.out_dir is not None:
+        parts.append(Text(f"audit: {audit.out_dir}  (cases.csv, slices.csv, maps/, summary.json)"))
+        parts.append(Text(f"report: {audit.files.get('report', '')}"))
+    return Group(*parts)
+
+
+def summary_table(result: CheckResult, top: int = 20) -> Group:
+    """A Rich renderable: the verdict line and a table of the flagged cases (or the top cases)."""
+    shown = result.flagged[:top] or result.cases[: min(top, 5)]
+    table = Table(title=f"{'flagged annotations' if result.flagged else 'highest noise scores'} of "
+                        f"{result.dataset.name}", title_justify="left")
+    for column in ("case", "noise score", "flagged", "worst slice(s)", "likely error", "label"):
+        table.add_column(column, justify="right" if column == "noise score" else "left",
+                         overflow="fold")
+    for case in shown:
+        table.add_row(case.case_id, f"{case.noise_score:.3f}", "FLAGGED" if case.flagged else "",
+                      slices_text(case), kind_label(case.error_kind), case.label_path)
+    head = Text(f"checked {len(result.cases)} annotation(s) of {result.dataset.path} with "
+                f"{result.model.path} ({result.model.method}, trained on {result.model.trained_on}); "
+                f"{result.scored} scored on {result.provider}, {result.cached} from the cache")
+    thresh = Text(f"threshold: {describe_threshold(result.threshold)}")
+    n = len(result.flagged)
+    if result.passed:
+        verdict = Text(f"PASS: {n} annotation(s) flagged (tolerance {result.max_flagged})", style="bold green")
+    else:
+        verdict = Text(f"FAIL: {n} annotation(s) flagged (tolerance {result.max_flagged})", style="bold red")
+    return Group(head, thresh, table, verdict)
+
+
+def _metric(value: float, digits: int = 3) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"  # NaN: undefined
+
+
+def render_corruption(manifest, title: str) -> Group:
+    """What `corrupt` shows on stdout: changes per kind, the achieved rate and the skipped cases.
+
+    manifest: a formats.manifest.CorruptionManifest.
+    """
+    from ..config import Level
+    from ..noise.corrupt import summarize
+
+    table = Table(title=title, title_justify="left")
+    for column in ("kind", "slices", "cases", "changed pixels"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    rows = summarize(manifest)
+    for kind, row in rows.items():
+        table.add_row(kind, str(row["slices"]), str(row["cases"]), str(row["changed_pixels"]))
+    table.add_row("[bold]total[/]", str(sum(r["slices"] for r in rows.values())),
+                  str(sum(c.corrupted for c in manifest.cases.values())),
+                  str(sum(r["changed_pixels"] for r in rows.values())))
+    unit = "slices" if manifest.level is Level.SLICE else "cases"
+    parts: list = [table, Text(f"achieved rate: {manifest.corrupted_count}/{manifest.population_size} {unit} = "
+                               f"{manifest.achieved_rate:.3f} (asked {manifest.rate:g}); population: "
+                               f"{manifest.population}")]
+    if manifest.skipped:
+        parts.append(Text(f"skipped {len(manifest.skipped)} problem case(s) (copied unchanged): "
+                          f"{', '.join(manifest.skipped)}"))
+    return Group(*parts)
+
+
+def render_evaluation(result) -> Group:
+    """What `evaluate` shows on stdout: the ranking levels, then the segmentation metrics.
+
+    result: an evaluate.EvaluationResult.
+    """
+    ranking = Table(title="audit vs manifest", title_justify="left")
+    for column in ("level", "AP", "AUROC", "P@k", "positives/total", "chance AP"):
+        ranking.add_column(column, justify="left" if column == "level" else "right")
+    for row in result.ranking:
+        s = row.scores
+        counts = f"{row.population_positives}/{row.population_total}"
+        if row.sampled:
+            counts += f" (sample {s.positives}/{s.total})"
+        ranking.add_row(row.level, _metric(s.ap), _metric(s.auroc), _metric(s.precision_at_k) + f" (k={s.k})",
+                        counts, _metric(s.prevalence))
+    tables = [ranking]
+    if result.segmentation:
+        seg = Table(title="segmentation vs clean labels (mean over cases; distances in mm)", title_justify="left")
+        for column in ("labels", "class", "Dice", "IoU", "HD95", "ASSD", "ASD", "no distance"):
+            seg.add_column(column, justify="left" if column in ("labels", "class") else "right")
+        for source in result.segmentation:
+            rows = list(source.classes.values())
+            if len(rows) > 1:
+                rows.append(source.foreground)
+            for summary in rows:
+                seg.add_row(source.source.replace("_", " "), escape(summary.name), _metric(summary.dice),
+                            _metric(summary.iou), _metric(summary.hd95, 2), _metric(summary.assd, 2),
+                            _metric(summary.asd, 2), f"{summary.undefined_distances}/{summary.cases}")
+        tables.append(seg)
+    return Group(*tables)

@@ -7,7 +7,9 @@
     AUDIT_DIR/summary.json            dataset, run, provider, thresholds, counts, per-case rows, timings, skipped
     AUDIT_DIR/report.html             the self-contained HTML report (labelaudit.report)
 
-Every file is written through a temp file and renamed, so an interrupted run leaves no half file.
+Every file is written through a temp file and renamed, so an interrupted run leaves no half file; the whole
+folder is written beside its place and swapped in at the end (AuditFolder), so a run never mixes with an
+older one. Text cells that a spreadsheet would run as a formula (= + - @) get a leading quote.
 """
 
 from __future__ import annotations
@@ -15,36 +17,32 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .. import io
-from ..io.atomic import write_text
-from ..errors import UsageError
-from ..types import CaseRef, Dataset, Geometry
+from .. import __version__, io
+from ..errors import InputError, UsageError
+from ..io.atomic import cannot_write, write_text
+from ..report import ViewCollector, render_report, write_report
+from ..types import Audit, Case, CaseRef, CaseScore, Dataset, Geometry, from_slices
+from .outputs import OutputKind, StagedFolder, dataset_inputs, guard_output
 
 CASE_COLUMNS = ("case_id", "noise_score", "flagged", "worst_slice", "disagreement", "n_slices", "n_flagged_slices",
                 "model", "routing", "noise_map", "pred_map", "error_kind")
 SLICE_COLUMNS = ("case_id", "slice_index", "noise_score", "flagged", "disagreement", "doubt_fraction",
-                 "label_pixels", "pred_pixels", "error_kind")
-INPUT_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "labels")
+                 "label_pixels", "pred_pixels", "error_kind", "axis")
+#: Files the audit itself writes; --report may not name one of them.
+OWN_FILES = ("cases.csv", "slices.csv", "summary.json", "maps")
 
 
-def check_out_dir(out_dir: Path, dataset: Dataset) -> None:
-    """Refuse an audit folder inside the dataset's image or label folders (nothing may replace an input file)."""
-    target = Path(out_dir).resolve()
-    folders = {(dataset.root / name).resolve() for name in INPUT_FOLDERS if (dataset.root / name).is_dir()}
-    for ref in dataset.cases:
-        folders.update(p.resolve().parent for p in ref.files)
-    for folder in sorted(folders):
-        if target == folder or folder in target.parents:
-            raise UsageError(f"--out {out_dir}: inside the dataset's input folder {folder}",
-                             hint="write the audit elsewhere, e.g. --out audits/" + dataset.name)
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"--out {out_dir}: exists and is not a folder")
+def audit_guard_inputs(dataset: Dataset, run_dir: Path | None) -> list[tuple[str, Path]]:
+    """What `score` reads: the dataset (its folders and every case file's folder, resolved) and the run folder."""
+    inputs = dataset_inputs("DATASET", dataset.root)
+    inputs += [("DATASET", p.resolve().parent) for ref in dataset.cases for p in ref.files]
+    return inputs + ([("--model", Path(run_dir))] if run_dir is not None else [])
 
 
 def map_ending(ref: CaseRef) -> str:
@@ -59,8 +57,6 @@ def write_case_maps(out_dir: Path, ref: CaseRef, geometry: Geometry, noise: np.n
 
     noise: float32 (S, H, W) slice stack; pred: integer (S, H, W) label values (not class indices).
     """
-    from ..types import from_slices
-
     ending = map_ending(ref)
     noise_rel = f"maps/{ref.case_id}_noise{ending}"
     pred_rel = f"maps/{ref.case_id}_pred{ending}"
@@ -69,11 +65,30 @@ def write_case_maps(out_dir: Path, ref: CaseRef, geometry: Geometry, noise: np.n
     return noise_rel, pred_rel
 
 
+#: A text cell starting with one of these is a formula to a spreadsheet (OWASP CSV injection): prefix a quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTED = (*FORMULA_STARTS, "'")
+
+
+def escape_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text; `unescape_cell` undoes it exactly (a quote before one is doubled)."""
+    if text.startswith(FORMULA_STARTS) or (text[:1] == "'" and text[1:2] in _QUOTED):
+        return "'" + text
+    return text
+
+
+def unescape_cell(text: str) -> str:
+    """A text cell of cases.csv/slices.csv as it was before `escape_cell`."""
+    return text[1:] if text[:1] == "'" and text[1:2] in _QUOTED else text
+
+
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.6f}"
+    if isinstance(value, str):
+        return escape_cell(value)
     return "" if value is None else str(value)
 
 
@@ -86,69 +101,180 @@ def _csv(rows: list, columns: tuple[str, ...]) -> str:
     return buffer.getvalue()
 
 
-def summary_of(audit) -> dict:
+def summary_of(audit: Audit) -> dict:
     """summary.json's content."""
     return {
-        "dataset": audit.dataset,
-        "run": audit.run,
-        "method": audit.run.get("method"),
+        "dataset": audit.dataset.to_json(),
+        "run": audit.run.to_json(),
+        "method": audit.run.method,
         "provider": audit.provider, "device": audit.device, "device_reason": audit.device_reason,
         "pixel_score": audit.pixel_score, "perturbations": audit.perturbations,
-        "threshold": audit.threshold,
+        "threshold": audit.threshold.to_json(),
         "counts": {"cases": len(audit.cases), "slices": len(audit.slices),
                    "flagged_cases": len(audit.flagged_cases), "flagged_slices": len(audit.flagged_slices),
                    "skipped_cases": len(audit.skipped)},
+        "slice_index": "counts along the numpy axis `axis` of each case's array (SimpleITK's GetArrayFromImage), "
+                       "the through-plane axis with the largest spacing",
         "cases": [asdict(c) for c in audit.cases],
         "skipped": audit.skipped,
         "problems": audit.problems,
+        "notes": audit.notes,
         "timings": audit.timings,
         "files": audit.files,
         "versions": {"labelaudit": __version__, **audit.versions},
     }
 
 
-def write_summary(audit) -> Path:
-    path = Path(audit.out_dir) / "summary.json"
-    write_text(path, json.dumps(summary_of(audit), indent=2) + "\n")
-    return path
+class AuditFolder:
+    """The audit folder being written: each case's maps (and report thumbnails) as it is scored, then the tables.
+
+    Everything is written into a hidden sibling folder and swapped in by `commit` (formats/outputs.py), so an
+    interrupted or failed run leaves the previous audit as it was and two runs never mix; `abort` drops it.
+    A --report outside the folder is written after the swap.
+    """
+
+    def __init__(self, path: Path, dataset: Dataset, run_dir: Path | None = None, report: Path | None = None
+                 ) -> None:
+        self.path = Path(path)
+        self._inputs = audit_guard_inputs(dataset, run_dir)
+        guard_output(self.path, "--out", OutputKind.AUDIT, self._inputs)
+        self.report = self._check_report(report)
+        self._stage = StagedFolder(self.path, "--out")
+        self._outside_report: tuple[Path, str] | None = None
+        self.views = ViewCollector()  # thumbnails for the report, gathered while each case is in memory
+
+    def _check_report(self, report: Path | None) -> Path:
+        """The report's final path; one inside the audit folder is written there, any other is guarded."""
+        if report is None:
+            return self.path / "report.html"
+        report = Path(report)
+        try:
+            rel = report.resolve().relative_to(self.path.resolve())
+        except ValueError:
+            guard_output(report, "--report", OutputKind.REPORT, self._inputs)
+            return report
+        if not rel.parts or rel.parts[0] in OWN_FILES:
+            raise UsageError(f"--report {report}: is {'the audit folder' if not rel.parts else 'a file'} the audit "
+                             f"itself writes ({self.path / rel})", hint="name an .html file of its own")
+        return report
+
+    def _inside(self, path: Path) -> Path | None:
+        """Where `path` (a final path inside the audit folder) is written now, or None when outside it."""
+        try:
+            return self._root / Path(path).resolve().relative_to(self.path.resolve())
+        except ValueError:
+            return None
+
+    @property
+    def _root(self) -> Path:
+        return self._stage.path
+
+    def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore) -> None:
+        """Write one case's maps; noise float32 (S, H, W), pred label values (S, H, W); stats: its SliceStats."""
+        try:
+            result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
+        except OSError as exc:
+            raise cannot_write(self.path / "maps", exc) from exc
+        self.views.add(ref, case, noise, pred, stats.noise_score, (stats.label_pixels + stats.pred_pixels) > 0,
+                       result.noise_score)
+
+    def write(self, audit: Audit, report: Path | None = None) -> dict[str, str]:
+        """Write cases.csv, slices.csv, summary.json and the report; returns the paths (where they will be)."""
+        if report is not None and Path(report) != self.report:
+            self.report = self._check_report(report)
+        audit.views = self.views.views
+        audit.files = {"cases": str(self.path / "cases.csv"), "slices": str(self.path / "slices.csv"),
+                       "summary": str(self.path / "summary.json"), "maps": str(self.path / "maps"),
+                       "report": str(self.report)}
+        write_text(self._root / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
+        write_text(self._root / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
+        inside = self._inside(self.report)
+        if inside is not None:
+            write_report(audit, inside)
+        else:
+            self._outside_report = (self.report, render_report(audit))
+        self.write_summary(audit)
+        return audit.files
+
+    def write_summary(self, audit: Audit) -> Path:
+        path = self._root / "summary.json"
+        write_text(path, json.dumps(summary_of(audit), indent=2, allow_nan=False) + "\n")
+        return self.path / "summary.json"
+
+    def commit(self) -> Path:
+        """Swap the new audit in for the old one, then write a report that lies outside it."""
+        try:
+            self._stage.commit()
+            if self._outside_report is not None:
+                write_text(*self._outside_report)
+        finally:
+            self._stage.release()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what this run wrote; the previous audit stays as it was."""
+        self._stage.abort()
 
 
-def write_audit(audit, report: Path | None = None) -> dict[str, str]:
-    """Write cases.csv, slices.csv, summary.json and the report into audit.out_dir; returns the paths."""
-    out_dir = Path(audit.out_dir)
-    report_path = Path(report) if report is not None else out_dir / "report.html"
-    audit.files = {"cases": str(out_dir / "cases.csv"), "slices": str(out_dir / "slices.csv"),
-                   "summary": str(out_dir / "summary.json"), "maps": str(out_dir / "maps"),
-                   "report": str(report_path)}
-    write_text(out_dir / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
-    write_text(out_dir / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
-    from ..report import write_report
-
-    write_report(audit, report_path)
-    write_summary(audit)
-    return audit.files
+# ----------------------------------------------------------------------------- readers (for `evaluate`)
+_AUDIT_HINT = "AUDIT_DIR is a folder written by `labelaudit score`"
 
 
-def render_audit(audit, top: int = 10) -> None:
-    """Print on stdout: the provider, where the outputs are, and the top slices."""
-    from rich.table import Table
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
+                                 f"(found: {', '.join(reader.fieldnames or []) or 'none'})", hint=_AUDIT_HINT)
+            return [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in reader]
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found", hint=_AUDIT_HINT) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({exc})", hint=_AUDIT_HINT) from None
 
-    from ..console import out
 
-    out.print(f"provider: {audit.provider} ({audit.device_reason})")
-    threshold = audit.threshold
-    out.print(f"scored {len(audit.cases)} cases, {len(audit.slices)} slices; flagged {len(audit.flagged_cases)} "
-              f"cases, {len(audit.flagged_slices)} slices (threshold slice {threshold['slice']:.3f}, case "
-              f"{threshold['case']:.3f}, {threshold.get('source', '')})")
-    if audit.skipped:
-        out.print(f"skipped {len(audit.skipped)} case(s): {', '.join(sorted(audit.skipped))} (see summary.json)")
-    table = Table(title=f"top {min(top, len(audit.slices))} slices", title_justify="left")
-    for column in ("case", "slice", "noise score", "flagged", "1 - Dice", "in doubt", "label px"):
-        table.add_column(column, justify="left" if column == "case" else "right")
-    for s in audit.slices[:top]:
-        table.add_row(s.case_id, str(s.slice_index), f"{s.noise_score:.3f}", "yes" if s.flagged else "",
-                      f"{s.disagreement:.3f}", f"{s.doubt_fraction:.0%}", str(s.label_pixels))
-    out.print(table)
-    if audit.out_dir is not None:
-        out.print(f"audit: {audit.out_dir}  (cases.csv, slices.csv, maps/, summary.json)")
-        out.print(f"report: {audit.files.get('report', '')}")
+def _noise_score(value: str, path: Path, line: int) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise InputError(f"{path}, line {line}: noise_score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise InputError(f"{path}, line {line}: noise_score is {value}, expected a finite number")
+    return score
+
+
+def read_case_scores(path: Path) -> dict[str, float]:
+    """cases.csv -> {case_id: noise_score}; duplicate ids and non-numeric scores are InputErrors (exit 3)."""
+    scores: dict[str, float] = {}
+    for line, row in enumerate(_read_csv(path, ("case_id", "noise_score")), start=2):
+        if row["case_id"] in scores:
+            raise InputError(f"{path}, line {line}: case {row['case_id']} appears twice")
+        scores[row["case_id"]] = _noise_score(row["noise_score"], path, line)
+    return scores
+
+
+def read_slice_scores(path: Path) -> dict[tuple[str, int], float]:
+    """slices.csv -> {(case_id, slice_index): noise_score}."""
+    scores: dict[tuple[str, int], float] = {}
+    for line, row in enumerate(_read_csv(path, ("case_id", "slice_index", "noise_score")), start=2):
+        try:
+            key = (row["case_id"], int(row["slice_index"]))
+        except ValueError:
+            raise InputError(f"{path}, line {line}: slice_index {row['slice_index']!r} is not an integer") from None
+        if key in scores:
+            raise InputError(f"{path}, line {line}: case {key[0]} slice {key[1]} appears twice")
+        scores[key] = _noise_score(row["noise_score"], path, line)
+    return scores
+
+
+def find_map(audit_dir: Path, case_id: str, kind: str) -> Path:
+    """maps/<case_id>_<kind><ending> for any image ending (kind: noise or pred); InputError when absent."""
+    maps = audit_dir / "maps"
+    for ending in io.IMAGE_ENDINGS:
+        candidate = maps / f"{case_id}_{kind}{ending}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"case {case_id}: {maps}/{case_id}_{kind}.* not found",
+                     hint="the audit folder's maps/ must hold every case's noise map and prediction")

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import LabelauditError
 from ..io.atomic import write_json
+from .fields import Fields
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a digest of their content
 _CHUNK = 1 << 20
 
 
@@ -55,8 +58,48 @@ def case_key(image_paths: Iterable[Path], label_path: Path, model: str, settings
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One case's scores as cached: numbers only, never the pass/fail decision."""
+
+    case_id: str
+    noise_score: float
+    slices: tuple[float, ...]  # per slice, in slice order
+    slice_kinds: tuple[str | None, ...]  # diagnosis.ErrorKind values
+    error_kind: str | None
+    disagreement: float
+    model: str
+
+    def to_json(self) -> dict:
+        return {"case_id": self.case_id, "noise_score": self.noise_score, "slices": list(self.slices),
+                "slice_kinds": list(self.slice_kinds), "error_kind": self.error_kind,
+                "disagreement": self.disagreement, "model": self.model}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CacheEntry | None:
+        """The entry, or None when any field has the wrong type (a hand-edited or foreign file is a miss)."""
+        try:
+            f = Fields(data, "cache entry")
+            slices = tuple(f.numbers("slices"))
+            kinds = f.list("slice_kinds")
+            if len(kinds) != len(slices) or not all(k is None or isinstance(k, str) for k in kinds):
+                return None
+            return cls(f.str("case_id"), f.float("noise_score", low=0.0, high=1.0), slices, tuple(kinds),
+                       f.str("error_kind", None), f.float("disagreement", 0.0), f.str("model", ""))
+        except LabelauditError:
+            return None
+
+
+def _digest(key: str, entry: dict) -> str:
+    return hashlib.sha256((key + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+
+
 class ScoreCache:
-    """A folder of cached case scores; a missing or unreadable entry is simply a miss."""
+    """A folder of cached case scores; a missing, unreadable, edited or ill-typed entry is simply a miss.
+
+    Each file carries its key and a digest of the key and its content, so an entry edited by hand or copied
+    under another key is ignored rather than trusted.
+    """
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
@@ -64,12 +107,18 @@ class ScoreCache:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> CacheEntry | None:
         try:
-            entry = json.loads(self._path(key).read_text())
-        except (OSError, ValueError):
+            stored = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return None
-        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+        if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("entry"), dict):
+            return None
+        if stored.get("digest") != _digest(key, stored["entry"]):
+            return None
+        return CacheEntry.from_json(stored["entry"])
 
-    def put(self, key: str, entry: dict) -> None:
-        write_json(self._path(key), {**entry, "key": key}, indent=None)
+    def put(self, key: str, entry: CacheEntry) -> None:
+        data = entry.to_json()
+        write_json(self._path(key), {"format": CACHE_FORMAT, "key": key, "entry": data,
+                                     "digest": _digest(key, data)}, indent=None)

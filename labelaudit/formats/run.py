@@ -15,10 +15,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io.atomic import write_json
+from ..config import Perturbations, PixelScore
 from ..errors import ModelError
-from ..config import Perturbations
-from ..preprocess import LabelMap, Preprocessing
+from ..io.atomic import write_json
+from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
+from ..types import Calibration
+from .fields import Fields
 
 RUN_FORMAT = 1
 LATEST_POINTER = Path("runs") / ".latest"
@@ -33,19 +35,50 @@ class FoldModel:
     weights: str  # relative path of the safetensors weights
     meta_weight: str | None = None  # MCPM's meta_weight.onnx
     held_out: list[str] = field(default_factory=list)  # case ids this model did not train on
-    export: dict = field(default_factory=dict)  # opset, parity max |diff|, exporter
+    export: dict = field(default_factory=dict)  # opset, parity max |diff|, exporter (free-form record)
 
     def to_json(self) -> dict:
         return {"fold": self.fold, "segmenter": self.segmenter, "weights": self.weights,
                 "meta_weight": self.meta_weight, "held_out": self.held_out, "export": self.export}
 
+    @classmethod
+    def from_fields(cls, f: Fields) -> FoldModel:
+        return cls(fold=f.int("fold", minimum=-1), segmenter=_relative(f, "segmenter"), weights=f.str("weights", ""),
+                   meta_weight=_relative(f, "meta_weight", None), held_out=f.strings("held_out", []),
+                   export=f.object("export", None).data if f.has("export") else {})
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """The dataset a run was fit on, as run.json records it."""
+
+    path: str
+    name: str
+    layout: str = ""
+    file_ending: str = ""
+    fingerprint: str = ""
+    cases: tuple[str, ...] = ()
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # case id -> why it was not trained on
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "name": self.name, "layout": self.layout, "file_ending": self.file_ending,
+                "fingerprint": self.fingerprint, "cases": list(self.cases), "skipped": self.skipped}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> DatasetRecord:
+        skipped = f.object("skipped", None)
+        return cls(path=f.str("path", ""), name=f.str("name", "?"), layout=f.str("layout", ""),
+                   file_ending=f.str("file_ending", ""), fingerprint=f.str("fingerprint", ""),
+                   cases=tuple(f.strings("cases", [])),
+                   skipped={k: skipped.strings(k) for k in skipped.data} if skipped is not None else {})
+
 
 @dataclass
 class RunInfo:
-    """Everything in run.json. `config` is the FitConfig as a dict; `log` maps fold -> per-epoch rows."""
+    """Everything in run.json. `config` is FitConfig.to_json(); `log` maps fold -> per-epoch rows."""
 
     method: str  # plain | pint | mcpm
-    dataset: dict  # path, name, layout, file_ending, fingerprint, cases
+    dataset: DatasetRecord
     label_map: LabelMap
     channel_names: list[str]
     preprocessing: Preprocessing
@@ -53,42 +86,120 @@ class RunInfo:
     models: list[FoldModel]
     config: dict = field(default_factory=dict)
     log: dict[str, list[dict]] = field(default_factory=dict)
-    threshold: dict = field(default_factory=dict)  # {"slice": float, "case": float, "rule": str, ...}
+    threshold: Calibration | None = None  # fit's calibration; None until calibrated
     versions: dict = field(default_factory=dict)
     created: str = ""
-    extra: dict = field(default_factory=dict)
+    status: str | None = None  # "training" while fit runs
+    folds: list[list[str]] | None = None  # the case ids held out by each fold, as split at the start
+    device: str | None = None  # where torch trained
+    meta_set: dict | None = None  # MCPM's verified cases (train/meta_set.MetaSet.to_json)
+    mcpm_cost: dict | None = None  # measured cost of MCPM epochs against plain ones, per fold
+    extra: dict = field(default_factory=dict)  # fields of other writers (e.g. "shipped"), kept as they are
 
     def to_json(self) -> dict:
+        optional = {name: getattr(self, name) for name in ("status", "folds", "device", "meta_set", "mcpm_cost")
+                    if getattr(self, name) is not None}
         return {
             "format": RUN_FORMAT, "created": self.created, "method": self.method, "config": self.config,
-            "dataset": self.dataset, "classes": self.label_map.to_json(), "channel_names": self.channel_names,
-            "preprocessing": self.preprocessing.to_json(),
-            "perturbations": vars(self.perturbations),
-            "models": [m.to_json() for m in self.models], "threshold": self.threshold,
-            "log": self.log, "versions": self.versions, **self.extra,
+            "dataset": self.dataset.to_json(), "classes": self.label_map.to_json(),
+            "channel_names": self.channel_names, "preprocessing": self.preprocessing.to_json(),
+            "perturbations": vars(self.perturbations), "models": [m.to_json() for m in self.models],
+            "threshold": self.threshold.to_json() if self.threshold is not None else {},
+            "log": self.log, "versions": self.versions, **optional, **self.extra,
         }
 
     @classmethod
-    def from_json(cls, data: dict, where: Path) -> RunInfo:
+    def from_json(cls, data, where: Path) -> RunInfo:
+        """Parse run.json's content; any field of the wrong shape is a ModelError (exit 4) naming it."""
+        f = Fields(data, where, hint="re-fit the run, or restore run.json as `labelaudit fit` wrote it")
+        if data.get("format") != RUN_FORMAT:
+            raise ModelError(f"{where}: run.json format {data.get('format')!r}, expected {RUN_FORMAT}",
+                             hint="re-export or re-fit the run with this version of labelaudit")
         known = {"format", "created", "method", "config", "dataset", "classes", "channel_names", "preprocessing",
-                 "perturbations", "models", "threshold", "log", "versions"}
-        try:
-            if data.get("format") != RUN_FORMAT:
-                raise ModelError(f"{where}: run.json format {data.get('format')!r}, expected {RUN_FORMAT}",
-                                 hint="re-export or re-fit the run with this version of labelaudit")
-            return cls(
-                method=data["method"], dataset=data["dataset"], label_map=LabelMap.from_json(data["classes"]),
-                channel_names=list(data["channel_names"]),
-                preprocessing=Preprocessing.from_json(data["preprocessing"]),
-                perturbations=Perturbations(**data.get("perturbations", {})),
-                models=[FoldModel(**m) for m in data["models"]], config=data.get("config", {}),
-                log=data.get("log", {}), threshold=data.get("threshold", {}), versions=data.get("versions", {}),
-                created=data.get("created", ""), extra={k: v for k, v in data.items() if k not in known},
-            )
-        except KeyError as exc:
-            raise ModelError(f"{where}: run.json lacks the field {exc.args[0]!r}") from exc
-        except TypeError as exc:
-            raise ModelError(f"{where}: run.json has an invalid field ({exc})") from exc
+                 "perturbations", "models", "threshold", "log", "versions", "status", "folds", "device", "meta_set",
+                 "mcpm_cost"}
+        folds = f.list("folds", None)
+        if folds is not None and not all(isinstance(g, list) and all(isinstance(c, str) for c in g) for g in folds):
+            raise f.fail("folds", "a list of lists of case ids")
+        return cls(
+            method=f.str("method"), dataset=DatasetRecord.from_fields(f.object("dataset")),
+            label_map=read_label_map(f.object("classes")), channel_names=f.strings("channel_names"),
+            preprocessing=read_preprocessing(f.object("preprocessing")),
+            perturbations=read_perturbations(f.object("perturbations", None)),
+            models=[FoldModel.from_fields(m) for m in f.objects("models")],
+            config=f.object("config", None).data if f.has("config") else {},
+            log=f.object("log", None).data if f.has("log") else {},
+            threshold=read_calibration(f.object("threshold", None)) if f.has("threshold") else None,
+            versions=f.object("versions", None).data if f.has("versions") else {},
+            created=f.str("created", ""), status=f.str("status", None), folds=folds, device=f.str("device", None),
+            meta_set=f.object("meta_set", None).data if f.has("meta_set") else None,
+            mcpm_cost=f.object("mcpm_cost", None).data if f.has("mcpm_cost") else None,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def _relative(f: Fields, key: str, default=...):
+    """A path inside the run folder: relative, without '..' (run.json must not point elsewhere)."""
+    value = f.str(key) if default is ... else f.str(key, default)
+    if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+        raise f.fail(key, "a path inside the run folder")
+    return value
+
+
+def read_label_map(f: Fields) -> LabelMap:
+    values, names = f.numbers("values", integer=True), f.strings("names")
+    if not values or len(values) != len(names) or len(set(values)) != len(values):
+        raise f.fail("values", "distinct label values, one per name")
+    return LabelMap(tuple(values), tuple(names))
+
+
+def read_preprocessing(f: Fields) -> Preprocessing:
+    channels = []
+    for c in f.objects("channels"):
+        kind = c.str("kind")
+        if kind not in CHANNEL_NORMS:
+            raise c.fail("kind", " or ".join(repr(k) for k in CHANNEL_NORMS))
+        channels.append(ChannelNorm(kind, c.float("clip_low", 0.0), c.float("clip_high", 0.0), c.float("mean", 0.0),
+                                    c.float("std", 1.0, positive=True)))
+    if not channels:
+        raise f.fail("channels", "at least one channel")
+    spacing = f.numbers("target_spacing", None)
+    if spacing is not None and (len(spacing) != 2 or min(spacing) <= 0):
+        raise f.fail("target_spacing", "two positive in-plane spacings in mm")
+    return Preprocessing(tuple(channels), tuple(spacing) if spacing else None, f.int("divisor", 16, minimum=1))
+
+
+def read_perturbations(f: Fields | None) -> Perturbations:
+    if f is None:
+        return Perturbations()
+    default = Perturbations()
+    return Perturbations(k=f.int("k", default.k, minimum=1), sigma=f.float("sigma", default.sigma, low=0.0),
+                         clip=f.float("clip", default.clip, low=0.0), seed=f.int("seed", default.seed))
+
+
+def read_calibration(f: Fields | None) -> Calibration | None:
+    """run.json's "threshold" ({} before fit calibrated it)."""
+    if f is None or not f.data:
+        return None
+
+    def stats(key: str) -> dict:
+        block = f.object(key, None)
+        if block is None:
+            return {}
+        return {k: (block.float(k, None)) for k in block.data}
+
+    return Calibration(
+        slice=f.float("slice", low=0.0, high=1.0), case=f.float("case", f.data.get("slice"), low=0.0, high=1.0),
+        rule=f.str("rule", ""), case_rule=f.str("case_rule", ""), meaning=f.str("meaning", ""),
+        k=f.float("k", 3.0), mad_scale=f.float("mad_scale", 1.4826), floor=f.float("floor", 0.0),
+        pixel_score=f.choice("pixel_score", PixelScore, None).value if f.has("pixel_score") else None,
+        perturbations=f.int("perturbations", None, minimum=1), scored=f.str("scored", ""),
+        n_slices=f.int("n_slices", 0, minimum=0), n_cases=f.int("n_cases", 0, minimum=0),
+        slice_stats=stats("slice_stats"), case_stats=stats("case_stats"),
+        flagged_slices=f.int("flagged_slices", 0, minimum=0), flagged_cases=f.int("flagged_cases", 0, minimum=0),
+        structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
+        structure_prior_rule=f.str("structure_prior_rule", None),
+    )
 
 
 def save_run(run_dir: Path, info: RunInfo) -> Path:
@@ -106,9 +217,13 @@ def read_run_info(run_dir: Path | str) -> RunInfo:
     if not path.is_file():
         raise ModelError(f"{path}: missing", hint="this folder was not written by `labelaudit fit`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot be read ({exc})") from exc
+    except RecursionError:  # "[[[[…" nested deeper than the parser's stack
+        raise ModelError(f"{path}: not valid JSON (nested too deeply)") from None
     return RunInfo.from_json(data, path)
 
 

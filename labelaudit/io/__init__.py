@@ -1,5 +1,5 @@
-"""Files in and out: SimpleITK <-> Volume (image.py, the only module that imports SimpleITK), NIfTI
-completeness checks, atomic writes (atomic.py, stdlib only).
+"""Files in and out: SimpleITK <-> Volume (image.py, the only module that imports SimpleITK), the NIfTI
+checks ITK skips (nifti.py, numpy only), file endings (endings.py) and atomic writes (atomic.py), stdlib only.
 
 `from labelaudit import io; io.read_volume(...)` reaches image.py lazily, so importing `io.atomic` alone
 does not load SimpleITK.

@@ -1,7 +1,8 @@
 """Atomic file writes: a temp file beside the target, renamed into place only when complete (stdlib only).
 
-An interrupted run never leaves half a checkpoint, graph, table or JSON file, and the finished file gets the
-mode an ordinary `open()` would give it (mkstemp creates 0600).
+An interrupted run never leaves half a checkpoint, graph, table or JSON file. The temp name is short
+(`.tmp-XXXXXXXX` + suffix), so any name legal for the target is legal while writing, and the finished file
+gets the mode an ordinary `open()` would give it (mkstemp creates 0600).
 """
 
 from __future__ import annotations
@@ -13,30 +14,50 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import OutputError
 
-def _default_mode() -> int:
+#: Prefix of every temp file and folder: hidden, so dataset discovery skips it.
+TEMP_PREFIX = ".tmp-"
+
+
+def _umask_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+#: The mode of an ordinary new file; read once, since os.umask is process-wide and not thread-safe.
+FILE_MODE = _umask_mode()
+
+
+def cannot_write(path: Path | str, exc: OSError) -> OutputError:
+    """The OutputError for an OSError while writing `path`."""
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})",
+                       hint="check the free space and permissions of the output folder, or write elsewhere")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on any exception it is removed.
 
-    `suffix` keeps an ending that the writer needs (e.g. ".onnx", ".nii.gz").
+    `suffix` keeps an ending that the writer needs (e.g. ".onnx", ".nii.gz"). An OSError (disk full,
+    read-only folder, name too long) becomes an OutputError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: Path | str, text: str) -> Path:

@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import gzip
+import math
 import os
 import re
 import shutil
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ImageReadError, InputError
+from ..errors import ImageReadError, InputError, OutputError
 from ..types import Geometry, Volume
+from . import nifti
+from .atomic import TEMP_PREFIX, atomic_path, cannot_write
+from .endings import FLOAT_ENDINGS, IMAGE_ENDINGS, split_ending
 
-#: File endings read as images, longest first so that ".nii.gz" wins over ".gz".
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
-#: Endings that can hold float32 voxels with full geometry.
-FLOAT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def split_ending(path: Path | str) -> tuple[str, str]:
-    """Split a file name into (stem, ending), knowing multi-dot endings such as `.nii.gz`."""
-    name = Path(path).name
-    lower = name.lower()
-    for ending in IMAGE_ENDINGS:
-        if lower.endswith(ending):
-            return name[: -len(ending)], name[-len(ending):]
-    return Path(name).stem, Path(name).suffix
+__all__ = ["FLOAT_ENDINGS", "IMAGE_ENDINGS", "split_ending", "is_image_path", "is_dicom_dir", "geometry_of",
+           "read_volumes", "read_volume", "read_geometry", "to_sitk", "write_volume", "write_like",
+           "resample_slices"]
 
 
 def is_image_path(path: Path) -> bool:
@@ -52,7 +42,8 @@ def geometry_of(image: sitk.Image) -> Geometry:
     )
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path) -> tuple[sitk.Image, nifti.NiftiHeader | None]:
+    """The image and, for a NIfTI file, its header (read by io: ITK zero-fills what it cannot read)."""
     if not path.exists():
         raise ImageReadError(path, "file not found")
     try:
@@ -64,11 +55,12 @@ def _read_sitk(path: Path) -> sitk.Image:
             if len(series) > 1:
                 raise ImageReadError(path, f"folder holds {len(series)} DICOM series, expected one")
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            return reader.Execute()
+            return reader.Execute(), None
         if path.stat().st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes), expected an image")
-        _check_nifti_complete(path, _read_nifti_header(path))
-        return sitk.ReadImage(str(path))
+        header = nifti.read_header(path)
+        nifti.check_complete(path, header)
+        return sitk.ReadImage(str(path)), header
     except ImageReadError:
         raise
     except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
@@ -93,124 +85,15 @@ def _short_reason(message: str, path: Path | None = None) -> str:
     return reason[:300]
 
 
-def _nifti_header(header: bytes) -> dict | None:
-    """The fields of a NIfTI-1/2 header that io checks; None if `header` is not NIfTI."""
-    for endian in ("<", ">"):
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            dims = struct.unpack(endian + "8q", header[16:80])
-            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    if not 0 < dims[0] <= 7 or bitpix <= 0:
-        return None
-    voxels = 1
-    for n in dims[1:dims[0] + 1]:
-        voxels *= max(int(n), 1)
-    offset = max(offset, 348)
-    return {"endian": endian, "datatype": datatype, "bitpix": bitpix, "offset": offset, "voxels": voxels,
-            "expected_bytes": offset + voxels * bitpix // 8}
-
-
-def _open_nifti(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _read_nifti_header(path: Path) -> dict | None:
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return None
-    try:
-        with _open_nifti(path) as handle:
-            return _nifti_header(handle.read(544))
-    except (OSError, EOFError, zlib.error):
-        return None  # not gzip/NIfTI after all: let ITK say what is wrong
-
-
-#: NIfTI datatype codes of real floating-point voxels -> numpy type code.
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}
-
-
-def _restore_nifti_nonfinite(path: Path, array: np.ndarray, header: dict) -> None:
-    """Put back the NaN/Inf voxels that ITK's NIfTI reader silently turns into 0.
-
-    Streams the voxel data in chunks (no second full copy); NIfTI's x-fastest order is numpy's C order.
-    """
-    code = _NIFTI_FLOATS.get(header["datatype"])
-    if code is None or not np.issubdtype(array.dtype, np.floating) or array.size != header["voxels"]:
-        return
-    dtype = np.dtype(header["endian"] + code)
-    flat = array.reshape(-1)
-    if not np.shares_memory(flat, array):
-        return
-    chunk_voxels = 1 << 20
-    with _open_nifti(path) as handle:
-        handle.seek(header["offset"])
-        start = 0
-        while start < flat.size:
-            raw = handle.read(min(chunk_voxels, flat.size - start) * dtype.itemsize)
-            values = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype)
-            if values.size == 0:
-                break
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                flat[start + bad] = values[bad]
-            start += values.size
-
-
-def _check_nifti_complete(path: Path, header: dict | None) -> None:
-    """Refuse a truncated NIfTI file: ITK reads one silently, filling the missing voxels with zeros."""
-    if header is None:
-        return
-    expected = header["expected_bytes"]
-    compressed = path.name.lower().endswith(".gz")
-    if not compressed:
-        found = path.stat().st_size
-    else:
-        with open(path, "rb") as handle:  # gzip trailer: uncompressed size mod 2**32, cheap to read
-            handle.seek(-4, os.SEEK_END)
-            trailer = struct.unpack("<I", handle.read(4))[0]
-        if expected < 2**32 and trailer == expected:
-            return
-        found = _gzip_length(path)  # trailer disagrees (or file > 4 GiB): decompress to be sure
-    if found < expected:
-        raise ImageReadError(path, f"truncated file: expected {expected} bytes from its header, found "
-                                   f"{'about ' if compressed else ''}{found} (an interrupted copy?)")
-
-
-def _gzip_length(path: Path) -> int:
-    """Bytes a gzip file decompresses to, counting what a truncated stream still yields (all members)."""
-    total = 0
-    decompressor = zlib.decompressobj(wbits=31)
-    with open(path, "rb") as handle:
-        try:
-            while chunk := handle.read(1 << 20):
-                while chunk:
-                    total += len(decompressor.decompress(chunk))
-                    chunk = decompressor.unused_data  # a next gzip member, if any
-                    if chunk:
-                        decompressor = zlib.decompressobj(wbits=31)
-            total += len(decompressor.flush())
-        except zlib.error:
-            pass  # corrupt data: `total` is what could be read
-    return total
-
-
 def read_volumes(path: Path | str) -> list[Volume]:
     """Read an image file or DICOM series folder; a vector (e.g. RGB) image gives one Volume per component."""
     path = Path(path)
-    image = _read_sitk(path)
+    image, header = _read_sitk(path)
     geometry = geometry_of(image)
     array = sitk.GetArrayFromImage(image)
     del image
-    header = _read_nifti_header(path) if path.is_file() and array.ndim == geometry.ndim else None
-    if header is not None:
-        _restore_nifti_nonfinite(path, array, header)
+    if header is not None and array.ndim == geometry.ndim:
+        nifti.restore_nonfinite(path, array, header)
     if array.ndim > geometry.ndim:  # a vector image: one Volume per component
         return [Volume(np.ascontiguousarray(array[..., i]), geometry) for i in range(array.shape[-1])]
     return [Volume(array, geometry)]
@@ -251,10 +134,13 @@ def to_sitk(volume: Volume) -> sitk.Image:
 
 
 def write_volume(volume: Volume, path: Path | str, compress: bool = True) -> Path:
-    """Write `volume` with its exact geometry, atomically (a temp file renamed into place)."""
+    """Write `volume` with its exact geometry, atomically (a temp file renamed into place).
+
+    What was written is checked before the rename (SimpleITK returns normally when the disk is full), so a
+    file under its final name is always complete; an incomplete or failed write is an OutputError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stem, ending = split_ending(path)
+    ending = split_ending(path)[1]
     array = volume.array
     if ending.lower() in (".png",) and array.dtype not in (np.uint8, np.uint16):
         if array.min() < 0 or array.max() > 65535 or not np.issubdtype(array.dtype, np.integer):
@@ -263,43 +149,60 @@ def write_volume(volume: Volume, path: Path | str, compress: bool = True) -> Pat
     if ending.lower() == ".mhd":
         _write_mhd(volume, path)
         return path
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=ending, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(to_sitk(volume), tmp, compress)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except RuntimeError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write image ({_short_reason(str(exc))})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=ending) as tmp:
+        _write_checked(volume, tmp, path, compress)
     return path
 
 
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _write_checked(volume: Volume, tmp: Path, target: Path, compress: bool) -> None:
+    """Write `volume` to `tmp` and read back what reached the disk; errors name `target`."""
+    try:
+        sitk.WriteImage(to_sitk(volume), str(tmp), compress)
+    except RuntimeError as exc:
+        raise OutputError(f"{target}: cannot write image ({_short_reason(str(exc))})") from exc
+    size = volume.geometry.size
+    if nifti.is_nifti(tmp):
+        problem = nifti.written_problem(tmp, math.prod(size))
+    else:  # a full read: the NRRD, MetaImage, PNG and TIFF readers all refuse a truncated file
+        try:
+            found = tuple(sitk.ReadImage(str(tmp)).GetSize())
+            problem = None if found == size else f"read back with size {found}, expected {size}"
+        except RuntimeError as exc:
+            problem = "cannot read it back: " + _short_reason(str(exc), tmp)
+    if problem is not None:
+        raise OutputError(f"{target}: cannot write image: the written file is incomplete ({problem}); "
+                          f"disk full? ({_free_space(target.parent)})",
+                          hint="free some space or write elsewhere, then run the command again")
 
 
-_FILE_MODE = _default_file_mode()
+def _free_space(folder: Path) -> str:
+    """`12.3 MB free on /mount` for the disk that holds `folder`."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    mount = folder.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return f"{free / 1e6:.1f} MB free on {mount}"
 
 
 def _write_mhd(volume: Volume, path: Path) -> None:
-    """MetaImage header + raw pair: written under their final names in a temp folder, then moved.
+    """MetaImage header + raw pair: written and checked under their final names in a temp folder, then moved.
 
     The header names its data file, so the pair cannot be written under temporary names.
     """
-    stem = split_ending(path)[0]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=path.parent))
     try:
-        sitk.WriteImage(to_sitk(volume), str(tmp / path.name), False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
+    try:
+        _write_checked(volume, tmp / path.name, path, False)
         for written in sorted(tmp.iterdir(), key=lambda p: p.suffix.lower() == ".mhd"):  # header last
             os.replace(written, path.parent / written.name)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot write image ({_short_reason(str(exc))})") from exc
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

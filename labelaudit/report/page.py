@@ -23,8 +23,6 @@ from ..diagnosis import KIND_HELP, ErrorKind
 from .png import png_data_uri
 from .views import CaseView, ReportConfig, SliceView
 
-LABEL_COLOUR = "#E69F00"  # Okabe-Ito orange: the given label
-PRED_COLOUR = "#56B4E9"  # Okabe-Ito sky blue: the robust prediction
 HEAT_RGB = (204, 121, 167)  # Okabe-Ito reddish purple: the noise map (alpha follows the score)
 BAR_COLOUR, FLAGGED_BAR_COLOUR = "#7A8FA6", "#D55E00"
 
@@ -167,25 +165,24 @@ def _badge(kind: ErrorKind) -> str:
 
 def _facts(audit, config: ReportConfig, views: dict[str, CaseView]) -> str:
     dataset, run, threshold = audit.dataset, audit.run, audit.threshold
-    models = run.get("models") or []
-    trained = run.get("trained_on") or {}
-    trained_on = trained.get("name") or "?"
-    if trained.get("cases"):
-        trained_on += f" ({trained['cases']} cases)"
-    if dataset.get("fit_dataset"):
+    models = run.models
+    trained_on = run.trained_on or "?"
+    if run.trained_cases:
+        trained_on += f" ({run.trained_cases} cases)"
+    if dataset.fit_dataset:
         trained_on += " — this dataset"
     routing = sorted({c.routing for c in audit.cases})
     folds = (f"{len(models)} fold models" if len(models) > 1 else "1 model") + (
         f", cases scored {', '.join(routing)}" if routing else "")
     rows = [
-        ("dataset", f"<b>{_e(dataset.get('name'))}</b> <code>{_e(dataset.get('path'))}</code> "
-                    f"({_e(dataset.get('layout'))} layout)"),
-        ("model", f"<b>{_e(run.get('method'))}</b>, trained {_e(_fmt_time(run.get('created', '')))} on "
-                  f"{_e(trained_on)}; {_e(folds)} <code>{_e(run.get('path'))}</code>"),
+        ("dataset", f"<b>{_e(dataset.name)}</b> <code>{_e(dataset.path)}</code> "
+                    f"({_e(dataset.layout)} layout)"),
+        ("model", f"<b>{_e(run.method)}</b>, trained {_e(_fmt_time(run.created))} on "
+                  f"{_e(trained_on)}; {_e(folds)} <code>{_e(run.path)}</code>"),
         ("scoring", f"{_e(audit.pixel_score)} pixel score, {_e(audit.perturbations)} perturbed passes, ONNX Runtime "
                     f"{_e(audit.provider)}"),
-        ("threshold", f"slice <b>{threshold['slice']:.3f}</b>, case <b>{threshold['case']:.3f}</b> "
-                      f"({_e(threshold.get('source', ''))})"),
+        ("threshold", f"slice <b>{threshold.slice:.3f}</b>, case <b>{threshold.case:.3f}</b> "
+                      f"({_e(threshold.source.value)})"),
         ("audit folder", f"<code>{_e(audit.out_dir) if audit.out_dir is not None else '(not written)'}</code>"),
     ]
     body = "".join(f"<tr><th scope=\"row\">{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -204,7 +201,7 @@ def _counts(audit) -> str:
 
 def _where(case, view: CaseView | None, audit, slice_list: list[int]) -> str:
     """The 'Open in 3D Slicer / ITK-SNAP' block: the four files, the axis and the slices to visit."""
-    dataset_root = audit.dataset.get("path")
+    dataset_root = audit.dataset.path
     out_dir = str(audit.out_dir) if audit.out_dir is not None else None
     files = []
     images = list(view.images) if view else []
@@ -251,7 +248,7 @@ def _tile(s, view: SliceView | None, case_id: str, threshold: float, orientation
 
 
 def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, config: ReportConfig) -> str:
-    threshold = audit.threshold["slice"]
+    threshold = audit.threshold.slice
     shown = [s for s in slices if s.label_pixels or s.pred_pixels][:config.top_slices]
     more = [s.slice_index for s in slices if s.flagged and s not in shown]
     kind = _kind(getattr(case, "error_kind", "none"))
@@ -353,7 +350,7 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
     present = {_kind(getattr(s, "error_kind", "none")) for s in audit.slices} | {
         _kind(getattr(c, "error_kind", "none")) for c in audit.cases}
     kinds_present = [k for k in ErrorKind if k in present] or [ErrorKind.NONE]
-    name = audit.dataset.get("name", "")
+    name = audit.dataset.name
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     hist_note = (f"{structure_scores.size} slices with labelled or predicted structure"
                  + (f"; {empty} empty slices (score 0) not shown" if empty else ""))
@@ -364,7 +361,7 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
         "heading": f"Label audit of {_e(name)}",
         "facts": _facts(audit, config, views),
         "counts": _counts(audit),
-        "histogram": histogram_svg(structure_scores, audit.threshold["slice"], config.histogram_bins),
+        "histogram": histogram_svg(structure_scores, audit.threshold.slice, config.histogram_bins),
         "histnote": _e(hist_note),
         "legend": _legend(config),
         "toolbar": _toolbar(kinds_present),

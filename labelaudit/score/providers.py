@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import MissingDependencyError, ModelError, UsageError
 
 #: ORT log severity: 0 verbose .. 4 fatal. 3 (errors only) keeps a CPU fallback quiet.
+ONNXRUNTIME_INSTALL = "pip install onnxruntime   (or onnxruntime-gpu for CUDA)"
 ORT_LOG_SEVERITY = 3
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -48,6 +49,14 @@ class DeviceChoice:
     def label(self) -> str:
         """Short human name: 'cpu' or 'cuda:0'."""
         return "cpu" if self.provider == CPU else f"cuda:{self.device_id}"
+
+
+def require_onnxruntime() -> None:
+    """ONNX Runtime is what scores; without it `score` and `check` cannot run (MissingDependencyError, exit 5)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("ONNX Runtime (onnxruntime)", ONNXRUNTIME_INSTALL) from exc
 
 
 def parse_device(device: str) -> tuple[str, int | None]:

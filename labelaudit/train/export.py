@@ -1,11 +1,11 @@
-"""torch -> ONNX: write each fold's segmenter.onnx from its safetensors weights, verified with ONNX Runtime.
+"""torch -> ONNX: write each fold's segmenter.onnx from its network, verified with ONNX Runtime.
 
 The graph contract (scoring depends on it exactly): inputs `image` float32 [N, C_in, H, W] (H, W multiples
 of 16) and `noise` float32 [K, C_in, H, W]; outputs `prob_mean` float32 [N, C, H, W] (mean over k of
 softmax(net(image + noise[k]))) and `uncertainty` float32 [N, H, W] (entropy(prob_mean) / log C).
 N, K, H and W are dynamic.
 
-MCPM runs add `meta_weight.onnx` (methods.mcpm.MetaMaskNet): inputs `image` float32 [N, C_in, H, W], `label`
+MCPM runs add `meta_weight.onnx` (train.mcpm.MetaMaskNet): inputs `image` float32 [N, C_in, H, W], `label`
 int64 [N, H, W] (class indices), `prob` float32 [N, C, H, W] (the segmenter's prob_mean); output `weight`
 float32 [N, 1, H, W], the meta weight R in [0, 1]. The loss map -log(p_label + eps) is computed inside the graph.
 """
@@ -21,67 +21,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from ..config import DEFAULT_EXPORTER, Exporter, McpmParams, params_from_json
 from ..data import no_track
-from ..errors import TRAINING_EXTRA, MissingDependencyError, ModelError
-from ..formats.run import (
-    Perturbations,
-    RunInfo,
-    perturbation_noise,
-    read_run_info,
-    save_run,
-)
+from ..errors import ModelError
+from ..formats.run import Perturbations, RunInfo, perturbation_noise, read_run_info, save_run
+from ..io.atomic import atomic_path
+from .extra import require_training_extra
+from .weights import build_fold_net, load_meta_net
 
 OPSET = 18
 #: Export fails when ONNX Runtime and PyTorch differ by more than this (algorithms.md §7.2).
 PARITY_TOLERANCE = 1e-4
-EXPORTERS = ("dynamo", "torchscript")
-#: 0.6 s per fold against 15-25 s for dynamo on 2 cores; both pass the same parity check (fit.FitConfig).
-DEFAULT_EXPORTER = "torchscript"
 #: The example shape used for tracing, and a different one for the parity check (so frozen shapes show).
 _EXAMPLE_HW = (32, 32)
 _CHECK_N, _CHECK_HW = 3, (48, 80)
 
 
-def require_training_extra() -> None:
-    """Raise MissingDependencyError (exit 5) when a package of the training extra cannot be imported."""
-    for module, what in (("torch", "PyTorch (training)"), ("monai", "MONAI (training)"),
-                         ("safetensors", "safetensors (training)"), ("onnx", "onnx (export)")):
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingDependencyError(what, TRAINING_EXTRA) from None
-
-
-# ----------------------------------------------------------------------------- weights
-
-def save_weights(net, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the network's state as safetensors (cannot execute code on load), atomically."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata or {})
-
-
-def load_weights(path: Path) -> dict:
-    """Read safetensors weights; a missing, truncated or corrupt file is a ModelError naming it (exit 4)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ModelError(f"{path}: weights file missing", hint="re-fit the run with: labelaudit fit DATASET --force")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: weights file is truncated or corrupt ({exc})",
-                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
-
-
 # ----------------------------------------------------------------------------- one graph
 
 def export_segmenter(net, num_classes: int, in_channels: int, path: Path, perturbations: Perturbations,
-                     exporter: str = DEFAULT_EXPORTER, opset: int = OPSET) -> dict:
+                     exporter: Exporter | str = DEFAULT_EXPORTER, opset: int = OPSET) -> dict:
     """Export PerturbedSegmenter(net) to `path` and verify it with ONNX Runtime (CPU).
 
     The check runs on a shape different from the export example, with the run's noise bank
@@ -92,8 +51,7 @@ def export_segmenter(net, num_classes: int, in_channels: int, path: Path, pertur
 
     from .nets import PerturbedSegmenter
 
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    exporter = _exporter(exporter)
     model = PerturbedSegmenter(net.to("cpu").eval(), num_classes).eval()
     image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
     noise = torch.zeros(2, in_channels, *_EXAMPLE_HW)
@@ -106,7 +64,7 @@ def export_segmenter(net, num_classes: int, in_channels: int, path: Path, pertur
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
-    return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
+    return {"opset": opset, "exporter": exporter.value, "max_abs_diff": diff,
             "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "noise_passes": perturbations.k,
             "torch": torch.__version__}
 
@@ -128,16 +86,15 @@ def verify_segmenter(model, onnx_path: Path, in_channels: int, perturbations: Pe
     return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
 
 
-def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, exporter: str = DEFAULT_EXPORTER,
-                       opset: int = OPSET) -> dict:
+def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path,
+                       exporter: Exporter | str = DEFAULT_EXPORTER, opset: int = OPSET) -> dict:
     """Export MCPM's meta mask network to `path` (the meta_weight.onnx contract above), verified with ONNX Runtime.
 
     Returns {"opset", "exporter", "max_abs_diff", "checked_shape", "torch"}; ModelError beyond PARITY_TOLERANCE.
     """
     import torch
 
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    exporter = _exporter(exporter)
     model = theta.to("cpu").eval()
     image = torch.zeros(1, in_channels, *_EXAMPLE_HW)
     label = torch.zeros(1, *_EXAMPLE_HW, dtype=torch.int64)
@@ -151,7 +108,7 @@ def export_meta_weight(theta, num_classes: int, in_channels: int, path: Path, ex
         if diff > PARITY_TOLERANCE:
             raise ModelError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE:g})",
                              hint="try the other exporter, or report this as a bug")
-    return {"opset": opset, "exporter": exporter, "max_abs_diff": diff,
+    return {"opset": opset, "exporter": exporter.value, "max_abs_diff": diff,
             "checked_shape": [_CHECK_N, in_channels, *_CHECK_HW], "torch": torch.__version__}
 
 
@@ -177,26 +134,15 @@ def verify_meta_weight(model, onnx_path: Path, in_channels: int, num_classes: in
     return float(np.abs(got - want.numpy()).max())
 
 
-def load_meta_net(weights: Path, in_channels: int, num_classes: int, params):
-    """MCPM's meta mask network with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
-    from .mcpm import build_meta_net
-
-    return _with_weights(build_meta_net(in_channels, num_classes, params), weights, "meta mask weights")
-
-
-def _with_weights(module, weights: Path, what: str):
-    """`module` with the safetensors `weights` loaded, in eval mode; ModelError when they do not fit."""
+def _exporter(value: Exporter | str) -> Exporter:
     try:
-        module.load_state_dict(load_weights(weights))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights}: {what} do not fit the network described in run.json ({first})",
-                         hint="re-fit the run with: labelaudit fit DATASET --force") from exc
-    return module.eval()
+        return Exporter(value)
+    except ValueError:
+        raise ValueError(f"exporter must be one of {', '.join(e.value for e in Exporter)}, not {value!r}") from None
 
 
-def _export_graph(model, example: tuple, path: Path, exporter: str, opset: int, inputs: dict[str, str],
-                  outputs: dict[str, str]) -> str:
+def _export_graph(model, example: tuple, path: Path, exporter: Exporter, opset: int, inputs: dict[str, str],
+                  outputs: dict[str, str]) -> Exporter:
     """Write `model` to `path` as ONNX with the named inputs/outputs; returns the exporter actually used.
 
     `inputs`/`outputs` give each tensor's axes as letters, `?` for a fixed one (channels): "N?HW" is
@@ -205,16 +151,16 @@ def _export_graph(model, example: tuple, path: Path, exporter: str, opset: int, 
     """
     import torch
 
-    if exporter == "torchscript":
+    if exporter is Exporter.TORCHSCRIPT:
         dynamic_axes = {name: {i: axis for i, axis in enumerate(axes) if axis != "?"}
                         for name, axes in {**inputs, **outputs}.items()}
         try:
             with _quiet():
                 torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
                                   input_names=list(inputs), output_names=list(outputs), dynamic_axes=dynamic_axes)
-            return "torchscript"
+            return Exporter.TORCHSCRIPT
         except Exception:  # noqa: BLE001 - any failure of the legacy path: the maintained exporter takes over
-            exporter = "dynamo"
+            exporter = Exporter.DYNAMO
     from torch.export import Dim
 
     dims = {axis: Dim(axis) for axes in inputs.values() for axis in set(axes) - {"?"}}
@@ -248,23 +194,8 @@ def _quiet():
 
 # ----------------------------------------------------------------------------- a whole run
 
-def build_fold_net(info: RunInfo, weights: Path):
-    """The deployment network of one fold, rebuilt from run.json's net parameters and its weights."""
-    from ..config import NetParams
-
-    params = NetParams.from_json(info.config.get("net", {}))
-    return load_net(weights, len(info.channel_names), info.label_map.num_classes, params)
-
-
-def load_net(weights: Path, in_channels: int, num_classes: int, params):
-    """A U-Net of the given shape with the safetensors `weights` loaded (eval mode); ModelError on mismatch."""
-    from .nets import build_unet
-
-    return _with_weights(build_unet(in_channels, num_classes, params), weights, "weights")
-
-
 def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] = no_track,
-               exporter: str | None = None) -> RunInfo:
+               exporter: Exporter | str | None = None) -> RunInfo:
     """Re-create and re-verify every fold's segmenter.onnx (and MCPM's meta_weight.onnx) from its weights.
 
     Updates run.json. `exporter`: dynamo or torchscript; default: the one run.json's configuration names.
@@ -277,14 +208,12 @@ def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] =
     if not info.models:
         raise ModelError(f"{run_dir / 'run.json'}: lists no models (the fit did not finish)",
                          hint="finish it with: labelaudit fit DATASET --resume")
-    exporter = exporter or info.config.get("exporter", "dynamo")
+    exporter = _exporter(exporter or info.config.get("exporter", Exporter.DYNAMO))  # runs of before: dynamo
     for model in track(info.models, "exporting"):
         net = build_fold_net(info, run_dir / model.weights)
         model.export = export_segmenter(net, info.label_map.num_classes, len(info.channel_names),
                                         run_dir / model.segmenter, info.perturbations, exporter)
         if model.meta_weight:
-            from ..config import McpmParams, params_from_json
-
             theta = load_meta_net(run_dir / Path(model.weights).parent / "meta_weight.safetensors",
                                   len(info.channel_names), info.label_map.num_classes,
                                   params_from_json(McpmParams, info.config.get("mcpm", {})))

@@ -11,19 +11,18 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from ..config import FitConfig, Method
 from ..data import no_track
 from ..errors import InputError, UsageError
-from .export import DEFAULT_EXPORTER, EXPORTERS
-from ..config import (
-    DEFAULT_VARIANT, METHODS, VARIANTS, LoopParams, McpmParams, NetParams, PintParams, params_from_json,
-)
-from ..formats.run import FoldModel, Perturbations, RunInfo, record_latest, save_run
+from ..formats.run import DatasetRecord, FoldModel, RunInfo, record_latest, save_run
+from .extra import require_training_extra
+from .registry import METHODS, MethodSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,68 +34,6 @@ _RUNTIME_FIELDS = {"device", "resume", "force", "calibrate", "out", "strict", "d
 
 def _no_progress(description: str, completed: int, total: int, status: str) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Everything `labelaudit fit` needs; saved as run.json's `config`.
-
-    folds: K models, each trained on the cases of the other folds (K = 1: one model on every case).
-    Default 3: each case is then scored by a model that did not see it, at 3x the cost of one model
-    (about a minute per fold for the demo on 2 CPU cores); nnU-Net uses 5.
-    exporter: the ONNX exporter. Default `torchscript` (the legacy tracer): 0.6 s per fold on 2 cores against
-    15-25 s for `dynamo` (torch.export based, the maintained path), which was half of a 3-fold demo fit.
-    Both are verified by the same ONNX Runtime parity check, and `dynamo` takes over by itself where the
-    TorchScript exporter is missing or fails.
-    meta_set: MCPM's verified cases, a file of case ids or a dataset folder (labelaudit.train.meta_set); they are
-    never in a training fold, and scoring routes them to the ensemble of the fold models.
-    """
-
-    dataset: Path
-    out: Path | None = None
-    method: str = "pint"
-    variant: str = DEFAULT_VARIANT
-    folds: int = 3
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    force: bool = False
-    strict: bool = False
-    target_spacing: float | None = None  # in-plane mm; None keeps the native pixels
-    meta_set: Path | None = None
-    calibrate: bool = True
-    exporter: str = DEFAULT_EXPORTER
-    loop: LoopParams = LoopParams()
-    net: NetParams = NetParams()
-    pint: PintParams = PintParams()
-    mcpm: McpmParams = McpmParams()
-    perturbations: Perturbations = Perturbations()  # the scoring-time noise bank of the exported graph
-
-    def __post_init__(self) -> None:
-        # `variant` is the CLI's spelling; keep the PINT parameters saved in run.json consistent with it
-        if self.pint.variant != self.variant:
-            object.__setattr__(self, "pint", replace(self.pint, variant=self.variant))
-
-    def to_json(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("dataset", "out", "meta_set"):
-            data[key] = str(data[key]) if data[key] is not None else None
-        data["loop"], data["pint"], data["mcpm"] = asdict(self.loop), asdict(self.pint), self.mcpm.to_json()
-        data["net"], data["perturbations"] = self.net.to_json(), asdict(self.perturbations)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> FitConfig:
-        simple = {f.name for f in fields(cls)} - {"loop", "net", "pint", "mcpm", "perturbations"}
-        kwargs = {k: v for k, v in data.items() if k in simple}
-        for key in ("dataset", "out", "meta_set"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = Path(kwargs[key])
-        return cls(**kwargs, loop=params_from_json(LoopParams, data.get("loop", {})),
-                   net=NetParams.from_json(data.get("net", {})),
-                   pint=params_from_json(PintParams, data.get("pint", {})),
-                   mcpm=params_from_json(McpmParams, data.get("mcpm", {})),
-                   perturbations=Perturbations(**data.get("perturbations", {})))
 
 
 def split_folds(case_ids: list[str], folds: int, seed: int) -> list[list[str]]:
@@ -115,22 +52,22 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
 
 
-def default_run_dir(dataset_name: str, method: str) -> Path:
+def default_run_dir(dataset_name: str, method: Method | str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_name) or "dataset"
-    return Path("runs") / f"{safe}-{method}"
+    return Path("runs") / f"{safe}-{Method(method).value}"
 
 
 def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = no_track,
                 progress: ProgressFn = _no_progress) -> Path:
     """Train config.method on config.dataset, fold by fold; export, calibrate, and return the run folder."""
-    from .export import require_training_extra
-
     require_training_extra()
     _check_config(config)
     from .. import __version__
     from ..data import discover_dataset, fingerprint, iter_cases
     from ..preprocess import LabelMap, fit_preprocessing, prepare_case
+    from ..score.calibrate import structure_prior_of
 
+    spec = METHODS[config.method]
     dataset = discover_dataset(config.dataset)
     run_dir = Path(config.out) if config.out else default_run_dir(dataset.name, config.method)
     config = _claim_run_dir(run_dir, config)
@@ -154,10 +91,11 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
     prepared = {}
     for case in track(cases, "preprocessing"):
         prepared[case.case_id] = prepare_case(case, prep, label_map)
+    prior = structure_prior_of(case.label for case in cases)  # A₀ for calibration, from the labels in memory
     del cases
     case_ids = sorted(prepared)
-    meta, meta_cases = None, None
-    if config.method == "mcpm":
+    meta, meta_cases = None, []
+    if spec.meta_net:
         meta, meta_cases = _resolve_meta_set(config, case_ids, prepared, prep, label_map, channels, track)
     train_pool = [c for c in case_ids if meta is None or c not in meta.excluded]
     groups = split_folds(train_pool, config.folds, config.seed)
@@ -168,65 +106,72 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
                              "so its folds no longer match", hint="start over with --force")
 
     import onnx
-    import onnxruntime
     import torch
 
     info = RunInfo(
-        method=config.method, label_map=label_map, channel_names=channel_names, preprocessing=prep,
+        method=config.method.value, label_map=label_map, channel_names=channel_names, preprocessing=prep,
         perturbations=config.perturbations, models=[], config=config.to_json(), log={},
-        dataset={"path": str(Path(config.dataset).resolve()), "name": dataset.name, "layout": dataset.layout,
-                 "file_ending": dataset.file_ending, "fingerprint": fingerprint(dataset), "cases": case_ids,
-                 "skipped": {cid: [str(p) for p in problems] for cid, problems in dataset.skipped.items()}},
+        dataset=DatasetRecord(
+            path=str(Path(config.dataset).resolve()), name=dataset.name, layout=dataset.layout,
+            file_ending=dataset.file_ending, fingerprint=fingerprint(dataset), cases=tuple(case_ids),
+            skipped={cid: [str(p) for p in problems] for cid, problems in dataset.skipped.items()}),
         versions={"labelaudit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__},
+                  "onnxruntime": _installed_version("onnxruntime")},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        extra={"status": "training", "folds": groups},
+        status="training", folds=groups, meta_set=meta.to_json() if meta is not None else None,
     )
-    if meta is not None:
-        info.extra["meta_set"] = meta.to_json()
-    save_run(run_dir, info)
+    save_run(run_dir, info)  # the folds, for --resume
 
     from .loop import resolve_device
 
     device = resolve_device(config.device)
-    info.extra["device"] = str(device)
+    info.device = str(device)
     models = []
     for fold, held_out in enumerate(groups):
         train_ids = [c for c in train_pool if c not in held_out] if len(groups) > 1 else train_pool
-        record = _fit_fold(config, run_dir, fold, len(groups), [prepared[c] for c in train_ids],
+        record = _fit_fold(config, spec, run_dir, fold, len(groups), [prepared[c] for c in train_ids],
                            label_map.num_classes, device, progress, meta_cases)
         if "mcpm_cost" in record:
-            info.extra.setdefault("mcpm_cost", {})[f"fold_{fold}"] = record.pop("mcpm_cost")
+            info.mcpm_cost = {**(info.mcpm_cost or {}), f"fold_{fold}": record.pop("mcpm_cost")}
         info.log[f"fold_{fold}"] = record.pop("log")
         models.append(FoldModel(fold=fold if len(groups) > 1 else -1, held_out=held_out if len(groups) > 1 else [],
                                 **record))
-        save_run(run_dir, info)
-    info.models = models
-    info.extra.pop("status", None)
-    save_run(run_dir, info)
+        if fold < len(groups) - 1:
+            save_run(run_dir, info)  # progress; after the last fold, the complete run below is written instead
+    info.models, info.status = models, None
+    save_run(run_dir, info)  # complete: calibration reads it
     if config.calibrate:
-        from ..score.pipeline import calibrate_run
+        from ..score.calibrate import calibrate_run
 
         # the training device says where torch runs; ONNX Runtime may lack that provider (a CPU-only
         # onnxruntime beside CUDA torch), so calibration takes whatever ONNX Runtime can actually run
-        info.threshold = calibrate_run(run_dir, device="cpu" if config.device == "cpu" else "auto", track=track)
+        info.threshold = calibrate_run(run_dir, device="cpu" if config.device == "cpu" else "auto", track=track,
+                                       structure_prior_mm2=prior)
         save_run(run_dir, info)
     record_latest(run_dir)
     return run_dir
 
 
+def _installed_version(module: str) -> str:
+    """The version of the installed distribution that provides `module` (e.g. onnxruntime-gpu), without importing it."""
+    from importlib import metadata
+
+    for name in metadata.packages_distributions().get(module, []):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def _check_config(config: FitConfig) -> None:
-    if config.method not in METHODS:
-        raise UsageError(f"--method {config.method!r}: expected one of {', '.join(METHODS)}")
-    if config.method == "mcpm" and config.meta_set is None:
-        raise UsageError("--method mcpm needs --meta-set: a file of verified case ids (one per line) or a "
-                         "dataset folder of verified cases", hint="or use --method pint, which needs no meta set")
-    if config.meta_set is not None and config.method != "mcpm":
-        raise UsageError("--meta-set is only used by --method mcpm")
-    if config.exporter not in EXPORTERS:
-        raise UsageError(f"--exporter {config.exporter!r}: expected one of {', '.join(EXPORTERS)}")
-    if config.variant not in VARIANTS:
-        raise UsageError(f"--variant {config.variant!r}: expected one of {', '.join(VARIANTS)}")
+    if METHODS[config.method].meta_net and config.meta_set is None:
+        raise UsageError(f"--method {config.method.value} needs --meta-set: a file of verified case ids (one per "
+                         "line) or a dataset folder of verified cases",
+                         hint="or use --method pint, which needs no meta set")
+    if config.meta_set is not None and not METHODS[config.method].meta_net:
+        raise UsageError("--meta-set is only used by --method " + ", ".join(
+            m.value for m, spec in METHODS.items() if spec.meta_net))
     if config.loop.epochs < 1 or config.loop.iterations_per_epoch < 1 or config.loop.batch_size < 1:
         raise UsageError("--epochs, --iterations-per-epoch and --batch-size must be 1 or more")
     if config.target_spacing is not None and config.target_spacing <= 0:
@@ -242,7 +187,7 @@ def _claim_run_dir(run_dir: Path, config: FitConfig) -> FitConfig:
             raise UsageError(f"{run_dir}: nothing to resume (no run.json)", hint="start over with --force")
         try:
             stored = FitConfig.from_json(json.loads(stored_path.read_text())["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UsageError) as exc:
             raise UsageError(f"{stored_path}: cannot read the run's configuration ({exc})",
                              hint="start over with --force") from exc
         keep = {name: getattr(config, name) for name in _RUNTIME_FIELDS}
@@ -296,59 +241,54 @@ def _resolve_meta_set(config: FitConfig, case_ids: list[str], prepared: dict, pr
     return meta, [cases[c] for c in meta.case_ids]
 
 
-def _fit_fold(config: FitConfig, run_dir: Path, fold: int, folds: int, cases: list, num_classes: int,
-              device, progress: ProgressFn, meta_cases: list | None = None) -> dict:
+def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, folds: int, cases: list,
+              num_classes: int, device, progress: ProgressFn, meta_cases: list) -> dict:
     """Train (or resume, or skip when finished) one fold; save its weights and export its graph(s).
 
-    MCPM also saves the meta mask network (meta_weight.safetensors) and exports meta_weight.onnx; its parity
-    record is export["meta_weight"], and "mcpm_cost" is the measured cost of its epochs against plain ones.
+    A method with a meta net (MCPM) also saves the meta mask network (meta_weight.safetensors) and exports
+    meta_weight.onnx; its parity record is export["meta_weight"], and "mcpm_cost" is the measured cost of its
+    epochs against plain ones.
     """
-    from .export import export_meta_weight, export_segmenter, load_meta_net, load_net, save_weights
+    from .export import export_meta_weight, export_segmenter
     from .loop import SliceSampler, load_checkpoint, train
-    from .mcpm import McpmMethod, epoch_cost
-    from .pint import PintMethod
-    from .plain import PlainMethod
+    from .weights import load_meta_net, load_net, save_weights
 
     folder = run_dir / f"fold_{fold}"
     checkpoint, weights, onnx_path = folder / "checkpoint.pt", folder / "weights.safetensors", folder / "segmenter.onnx"
     meta_weights, meta_onnx = folder / "meta_weight.safetensors", folder / "meta_weight.onnx"
-    mcpm = config.method == "mcpm"
     rel = {"segmenter": f"fold_{fold}/segmenter.onnx", "weights": f"fold_{fold}/weights.safetensors"}
-    if mcpm:
+    if spec.meta_net:
         rel["meta_weight"] = f"fold_{fold}/meta_weight.onnx"
     in_channels = cases[0][0].shape[1]
     finished = None
-    if config.resume and checkpoint.is_file() and weights.is_file() and (not mcpm or meta_weights.is_file()):
+    if config.resume and checkpoint.is_file() and weights.is_file() and (not spec.meta_net or meta_weights.is_file()):
         state = load_checkpoint(checkpoint)
         if int(state["epoch"]) >= config.loop.epochs:
             finished = list(state["log"])
     theta = None
     if finished is None:
         seed = fold_seed(config.seed, fold)
-        if config.method == "pint":
-            method = PintMethod(config.pint)
-        elif mcpm:
-            method = McpmMethod(config.mcpm, meta_cases or [], seed, config.loop)
-        else:
-            method = PlainMethod()
+        method = spec.build(config, seed, meta_cases)
         sampler = SliceSampler(cases, config.loop.patch_size, config.loop.foreground_fraction)
         description = f"fold {fold + 1}/{folds}" if folds > 1 else "training"
         result = train(method, sampler, num_classes, config.loop, config.net, seed,
                        device, checkpoint, resume=config.resume, progress=progress, description=description)
-        role = "ema_teacher" if config.method == "pint" else "network"
-        save_weights(result.net, weights, {"format": "labelaudit", "role": role, "net": json.dumps(config.net.to_json())})
-        if mcpm:
+        save_weights(result.net, weights, {"format": "labelaudit", "role": spec.role,
+                                           "net": json.dumps(config.net.to_json())})
+        if spec.meta_net:
             theta = method.deploy_meta_net()
             save_weights(theta, meta_weights, {"format": "labelaudit", "role": "meta_mask",
                                                "mcpm": json.dumps(config.mcpm.to_json())})
         net, finished = result.net, result.log
     else:
         net = load_net(weights, in_channels, num_classes, config.net)
-        if mcpm:
+        if spec.meta_net:
             theta = load_meta_net(meta_weights, in_channels, num_classes, config.mcpm)
     export = export_segmenter(net, num_classes, in_channels, onnx_path, config.perturbations, config.exporter)
     record = {**rel, "export": export, "log": finished}
-    if mcpm:
+    if spec.meta_net:
+        from .mcpm import epoch_cost
+
         export["meta_weight"] = export_meta_weight(theta, num_classes, in_channels, meta_onnx, config.exporter)
         record["mcpm_cost"] = epoch_cost(finished, config.loop.iterations_per_epoch)
     return record

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.atomic import atomic_path
-from ..errors import ModelError, UsageError
-from .nets import DIVISOR, build_unet
 from ..config import LoopParams, NetParams
+from ..errors import ModelError, UsageError
+from ..io.atomic import atomic_path
+from .nets import DIVISOR, build_unet
 
 CHECKPOINT_FORMAT = 1
 #: Largest default patch side: bigger slices are randomly cropped (foreground-centred for forced samples).
@@ -176,8 +176,8 @@ def soft_dice_loss(probs: torch.Tensor, classes: torch.Tensor, per_image: bool =
 
 # ----------------------------------------------------------------------------- methods
 
-class Method(Protocol):
-    """What a training method supplies to the loop."""
+class TrainingMethod(Protocol):
+    """What a training method supplies to the loop (train/registry.py builds one per Method)."""
 
     name: str
 
@@ -199,7 +199,8 @@ class Method(Protocol):
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save through a temp file + os.replace: an interruption never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
+    # torch names the archive after the file's stem, and refuses an empty one (a bare ".tmp-XXXX")
+    with atomic_path(path, suffix=path.suffix or ".pt") as tmp:
         torch.save(state, tmp)
 
 
@@ -244,7 +245,7 @@ class TrainResult:
         return float(self.log[-1]["loss"]) if self.log else float("nan")
 
 
-def train(method: Method, sampler: SliceSampler, num_classes: int, params: LoopParams,
+def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, params: LoopParams,
           net_params: NetParams, seed: int, device: torch.device, checkpoint: Path, resume: bool = False,
           progress: ProgressFn = no_progress, description: str = "training") -> TrainResult:
     """Train `method` on patches from `sampler`; write `checkpoint` after every epoch.

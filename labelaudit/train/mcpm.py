@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import UsageError
 from ..config import LoopParams, McpmParams
+from ..errors import UsageError
 from .loop import SliceSampler, augment_batch
 
 NORMALISATIONS = ("mean", "sum")

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import PintParams, Variant
 from ..errors import UsageError
-from .nets import perturbed_prediction
-from ..config import VARIANTS, PintParams
 from .loop import soft_dice_loss
+from .nets import perturbed_prediction
 
 
 def ema_decay(step: int, gamma: float) -> float:
@@ -65,7 +65,7 @@ def roi_uncertainty(uncertainty: torch.Tensor, classes: torch.Tensor, prob_mean:
 
 
 def pint_loss(logits: torch.Tensor, classes: torch.Tensor, prob_mean: torch.Tensor, alpha_pixel: torch.Tensor,
-              alpha_image: torch.Tensor, pseudo_weight: float = 1.0, variant: str = "pint"
+              alpha_image: torch.Tensor, pseudo_weight: float = 1.0, variant: Variant | str = Variant.PINT
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The nested PINT loss of algorithms.md §4.2(vi).
 
@@ -80,11 +80,11 @@ def pint_loss(logits: torch.Tensor, classes: torch.Tensor, prob_mean: torch.Tens
     ce = F.cross_entropy(logits, classes, reduction="none")  # (B, H, W)
     mse = ((probs - prob_mean.detach()) ** 2).sum(dim=1)  # (B, H, W)
     pseudo = pseudo_weight * mse.mean(dim=(1, 2))  # (B,)
-    if variant == "int":
+    if variant == Variant.INT:
         supervised = 0.5 * (ce.mean(dim=(1, 2)) + soft_dice_loss(probs, classes, per_image=True))
     else:
         supervised = (alpha_pixel * ce + (1 - alpha_pixel) * pseudo_weight * mse).mean(dim=(1, 2))
-    if variant == "pnt":
+    if variant == Variant.PNT:
         alpha_image = torch.ones_like(alpha_image)
     loss = (alpha_image * supervised + (1 - alpha_image) * pseudo).mean()
     return loss, {"ce": ce.mean().detach(), "mse": mse.mean().detach()}
@@ -96,8 +96,6 @@ class PintMethod:
     name = "pint"
 
     def __init__(self, params: PintParams = PintParams()) -> None:
-        if params.variant not in VARIANTS:
-            raise UsageError(f"--variant {params.variant!r}: expected one of {', '.join(VARIANTS)}")
         if params.pixel_weight not in ("hard", "soft") or params.image_weight not in ("hard", "soft"):
             raise UsageError("PINT pixel_weight and image_weight must be 'hard' or 'soft'")
         if params.teacher_passes < 1:
@@ -143,9 +141,9 @@ class PintMethod:
         else:
             q50, q90 = torch.quantile(history, 0.5), torch.quantile(history, 0.9)
             alpha_image = (1 - (image_u.cpu() - q50) / (q90 - q50).clamp(min=1e-6)).clamp(0, 1)
-        if p.variant == "int":
+        if p.variant is Variant.INT:
             alpha_pixel = torch.ones_like(alpha_pixel)
-        if p.variant == "pnt":
+        if p.variant is Variant.PNT:
             alpha_image = torch.ones_like(alpha_image)
         return alpha_pixel, alpha_image.to(uncertainty.device)
 

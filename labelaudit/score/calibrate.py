@@ -1,0 +1,133 @@
+"""Flagging thresholds: the user's override, or fit's calibration on the training data's out-of-fold scores.
+
+Calibration: threshold = max(FLOOR, median + K · MAD_SCALE · MAD) of the scores of the slices with a non-empty
+ROI. The median and MAD have a 50% breakdown point, so the noisy labels in the training data (up to half) do
+not move the estimate of the clean bulk much; K = 3 robust standard deviations flags about 0.1% of a normal
+clean bulk; the floor keeps a near-perfect model (MAD ≈ 0) from flagging every slice with a few uncertain
+boundary pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ScoreConfig
+from ..data import Track, discover_dataset, no_track
+from ..errors import ImageReadError
+from ..formats.run import load_run
+from ..gate.decide import decide
+from ..io import read_volume
+from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
+from .formulas import STRUCTURE_PRIOR
+from .pipeline import fit_dataset_path, score_dataset
+
+
+#: See the module docstring: threshold = max(THRESHOLD_FLOOR, median + THRESHOLD_K · MAD_SCALE · MAD).
+THRESHOLD_RULE = "median+k*mad"
+THRESHOLD_K = 3.0
+MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
+THRESHOLD_FLOOR = 0.05
+#: Stored with the thresholds in run.json, so that a committed model says what its threshold means.
+THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = max(floor, median + k * mad_scale "
+                     "* MAD) of the scores of the training slices with structure ('scored' says whether "
+                     "out-of-fold or in-sample): k robust standard deviations above a typical training "
+                     "annotation, robust to up to half of them being wrong; a case is flagged when any slice is, "
+                     "or when its score (mean of its 3 worst slices) reaches 'case'")
+#: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
+MIN_CASES_FOR_CASE_RULE = 10
+QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
+    """max(floor, median + k · 1.4826 · MAD) of `scores` (float, any shape); `floor` when empty. At most 1."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        return float(floor)
+    median = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - median)))
+    return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
+
+
+def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> Calibration:
+    """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
+
+    Only slices with a non-empty ROI (labelled or predicted structure) count: empty slices score 0 by
+    definition and would pull the median to 0.
+    """
+    slice_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels], dtype=float)
+    case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
+    slice_threshold = robust_threshold(slice_scores, k, floor)
+    if len(case_scores) >= MIN_CASES_FOR_CASE_RULE:
+        case_threshold, case_rule = robust_threshold(case_scores, k, floor), THRESHOLD_RULE
+    else:
+        case_threshold, case_rule = slice_threshold, f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)"
+    threshold = Threshold(slice_threshold, case_threshold, ThresholdSource.RUN)
+    per_case: dict[str, list[float]] = {}
+    for s in audit.slices:
+        per_case.setdefault(s.case_id, []).append(s.noise_score)
+
+    def quantiles(values: np.ndarray) -> dict:
+        return {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES} if values.size else {}
+
+    def spread(values: np.ndarray) -> dict:
+        if not values.size:
+            return {"median": None, "mad": None}
+        median = float(np.median(values))
+        return {"median": median, "mad": float(np.median(np.abs(values - median)))}
+
+    return Calibration(
+        slice=slice_threshold, case=case_threshold, rule=THRESHOLD_RULE, case_rule=case_rule,
+        meaning=THRESHOLD_MEANING, k=k, mad_scale=MAD_SCALE, floor=floor, pixel_score=audit.pixel_score,
+        perturbations=audit.perturbations,
+        scored="out-of-fold" if any(c.routing == Routing.OUT_OF_FOLD.value for c in audit.cases) else "in-sample",
+        n_slices=int(slice_scores.size), n_cases=int(case_scores.size),
+        slice_stats={**spread(slice_scores), **quantiles(slice_scores)},
+        case_stats={**spread(case_scores), **quantiles(case_scores)},
+        flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
+        flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
+    )
+
+
+def calibrate_run(run_dir: Path | str, device: str = "auto", track: Track = no_track, batch_size: int = 16,
+                  structure_prior_mm2: float | None = None) -> Calibration:
+    """Score the run's own training dataset out-of-fold (nothing written) and derive its flagging thresholds.
+
+    structure_prior_mm2: A₀, when the caller measured it already (fit has the labels in memory); else the fit
+    dataset's labels are read for it. Returns what `fit` stores as run.json's "threshold".
+    """
+    info = load_run(run_dir)
+    prior = structure_prior_mm2
+    if prior is None:
+        prior = structure_prior(discover_dataset(fit_dataset_path(info, Path(run_dir))))
+    audit = score_dataset(ScoreConfig(run_dir=Path(run_dir), write=False, device=device, batch_size=batch_size,
+                                      structure_prior_mm2=prior), track=track)
+    return replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=(
+        f"{STRUCTURE_PRIOR} x the median labelled area of the training slices with structure (A0 of the slice "
+        "score)"))
+
+
+def structure_prior_of(labels: Iterable[Volume], prior: float = STRUCTURE_PRIOR) -> float | None:
+    """A₀ in mm²: `prior` × the median labelled (non-background) area of the slices that have any; None if none."""
+    areas = []
+    for label in labels:
+        stack = label.to_slices()
+        counts = (stack != 0).reshape(stack.shape[0], -1).sum(axis=1)
+        spacing = label.geometry.in_plane_spacing()
+        areas.extend(float(n) * spacing[0] * spacing[1] for n in counts if n > 0)
+    return float(prior * np.median(areas)) if areas else None
+
+
+def structure_prior(dataset: Dataset, prior: float = STRUCTURE_PRIOR) -> float | None:
+    """`structure_prior_of` the labels of `dataset`, read from disk (the images are not needed)."""
+    def labels() -> Iterator[Volume]:
+        for ref in dataset.cases:
+            try:
+                yield read_volume(ref.label_path)
+            except ImageReadError:
+                continue  # scoring reports the case
+
+    return structure_prior_of(labels(), prior)

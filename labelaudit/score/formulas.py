@@ -1,0 +1,185 @@
+"""The noise-score formulas: per pixel, per slice, per case (pure numpy; no runtime, no I/O).
+
+Array legend: b slices of one batch, C classes, H x W in-plane pixels. Class indices are int64 in 0..C-1
+(LabelMap.encode); class 0 is background.
+
+- pixel noise score s_v, the estimated probability that the given label y_v is wrong (`PixelScore`):
+    confident_disagreement  s_v = (1 - p̄_{v,y_v}) · (1 - ũ_v)
+    disagreement            s_v = 1 - p̄_{v,y_v}
+  with p̄ the mean softmax over the K perturbed passes and ũ its normalised entropy; for MCPM runs also
+    meta_disagreement       s_v = (1 - R_v) · (1 - p̄_{v,y_v})
+    meta_weight             s_v = 1 - R_v
+  with R the meta weight Theta gives the pixel from the image, the given label and p̄ (algorithms.md §6);
+- slice score S_i = Σ_{v ∈ ROI} s_v / (|{y ≠ 0} ∪ {ŷ ≠ 0}| + A₀), clipped to [0, 1], 0 when the union is
+  empty, where ŷ = argmax p̄ and ROI = the union dilated by `ROI_MARGIN_MM`: the expected mislabelled fraction
+  of the structure and its neighbourhood (empty background would drown every error), shrunk for small
+  structures by A₀ (`STRUCTURE_PRIOR` × the median labelled area of the training slices, see
+  docs/decisions.md);
+- case score = mean of the `CASE_TOP_SLICES` highest slice scores: one badly wrong slice shows at case level,
+  and a long volume is not diluted by its many clean slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..config import PixelScore
+
+
+#: The pixel formula `score`/`check` use unless a config overrides it: PINT's own signal (§6.2), which discounts
+#: ambiguous boundaries. MCPM runs are scored the same way, not with their meta weight R (see docs/decisions.md).
+PIXEL_SCORE = PixelScore.CONFIDENT_DISAGREEMENT
+MCPM_PIXEL_SCORE = PixelScore.CONFIDENT_DISAGREEMENT
+#: The ROI around the structure in mm, converted to pixels per in-plane axis and clamped to ROI_RADIUS_PX.
+ROI_MARGIN_MM = 3.0
+ROI_RADIUS_PX = (1, 8)
+#: A₀ of the slice score = STRUCTURE_PRIOR × the median labelled area (mm²) of the training slices with
+#: structure (calibrate_run measures it); runs calibrated without it fall back to SLICE_EPS pixels.
+STRUCTURE_PRIOR = 0.5
+SLICE_EPS = 1.0
+#: A labelled pixel is "in doubt" when its noise score exceeds this (doubt_fraction column).
+DOUBT_LEVEL = 0.5
+#: The case score is the mean of this many worst slices.
+CASE_TOP_SLICES = 3
+
+
+def given_class_probability(prob: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """p̄ of the given class: prob float (b, C, H, W), classes int (b, H, W) -> float32 (b, H, W)."""
+    return np.take_along_axis(prob, classes[:, np.newaxis].astype(np.int64), axis=1)[:, 0].astype(np.float32)
+
+
+def normalised_entropy(prob: np.ndarray) -> np.ndarray:
+    """Entropy over axis 1 divided by log C: prob (b, C, H, W) -> float32 (b, H, W) in [0, 1]."""
+    num_classes = prob.shape[1]
+    p = np.clip(prob, 1e-8, 1.0)
+    entropy = -(prob * np.log(p)).sum(axis=1)
+    return np.clip(entropy / math.log(max(num_classes, 2)), 0.0, 1.0).astype(np.float32)
+
+
+def pixel_noise_score(p_given: np.ndarray, uncertainty: np.ndarray,
+                      formula: PixelScore = PIXEL_SCORE, weight: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel probability that the given label is wrong: float32 of the inputs' shape, in [0, 1].
+
+    p_given: p̄ of the given class, any shape; uncertainty: ũ (normalised entropy), same shape; weight: MCPM's
+    meta weight R, same shape, required by the meta_* formulas.
+    """
+    formula = PixelScore(formula)
+    wrong = 1.0 - np.clip(p_given, 0.0, 1.0)
+    if formula.needs_meta_weight:
+        if weight is None:
+            raise ValueError(f"pixel score {formula.value} needs the meta weight R (an MCPM run)")
+        low_weight = 1.0 - np.clip(weight, 0.0, 1.0)
+        wrong = low_weight * wrong if formula is PixelScore.META_DISAGREEMENT else low_weight
+    elif formula is PixelScore.CONFIDENT_DISAGREEMENT:
+        wrong = wrong * (1.0 - np.clip(uncertainty, 0.0, 1.0))
+    return np.clip(wrong, 0.0, 1.0).astype(np.float32)
+
+
+def roi_radius(in_plane_spacing: tuple[float, float], margin_mm: float = ROI_MARGIN_MM) -> tuple[int, int]:
+    """ROI dilation radius in pixels (rows, columns) for a pixel spacing in mm, clamped to ROI_RADIUS_PX."""
+    low, high = ROI_RADIUS_PX
+    return tuple(int(min(high, max(low, round(margin_mm / max(s, 1e-6))))) for s in in_plane_spacing)
+
+
+def _ellipse(radius: tuple[int, int]) -> np.ndarray:
+    ry, rx = radius
+    y, x = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    return (y / max(ry, 1e-6)) ** 2 + (x / max(rx, 1e-6)) ** 2 <= 1.0 + 1e-9
+
+
+def region_of_interest(classes: np.ndarray, pred: np.ndarray, radius: tuple[int, int]) -> np.ndarray:
+    """ROI per slice: ((classes != 0) | (pred != 0)) dilated in-plane by an ellipse of `radius`.
+
+    classes, pred: int (b, H, W) -> bool (b, H, W). Slices are dilated independently.
+    """
+    union = (classes != 0) | (pred != 0)
+    if not union.any():
+        return union
+    footprint = _ellipse(radius)[np.newaxis]
+    return ndimage.binary_dilation(union, structure=footprint)
+
+
+def class_counts(classes: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per foreground class and slice: intersection, label and prediction pixel counts.
+
+    classes, pred: int (b, H, W) -> int64 (3, C-1, b) = (|y=c ∧ ŷ=c|, |y=c|, |ŷ=c|) for c = 1..C-1.
+    Summing over the last axis gives the counts of a whole case.
+    """
+    b = classes.shape[0]
+    counts = np.zeros((3, max(num_classes - 1, 0), b), dtype=np.int64)
+    flat_y = classes.reshape(b, -1)
+    flat_p = pred.reshape(b, -1)
+    for c in range(1, num_classes):
+        in_y, in_p = flat_y == c, flat_p == c
+        counts[0, c - 1] = (in_y & in_p).sum(axis=1)
+        counts[1, c - 1] = in_y.sum(axis=1)
+        counts[2, c - 1] = in_p.sum(axis=1)
+    return counts
+
+
+def dice_disagreement(counts: np.ndarray) -> np.ndarray:
+    """1 - Dice(label, prediction), macro-averaged over the foreground classes present in either.
+
+    counts: int (3, C-1, ...) from `class_counts` -> float (...) in [0, 1]; 0 where no class is present
+    (both empty: they agree). For a binary label this is the plain 1 - Dice of the foreground.
+    """
+    inter, n_y, n_p = counts[0].astype(np.float64), counts[1], counts[2]
+    denom = (n_y + n_p).astype(np.float64)
+    present = denom > 0
+    dice = np.where(present, 2.0 * inter / np.maximum(denom, 1.0), 0.0)
+    n_present = present.sum(axis=0)
+    mean_dice = np.where(n_present > 0, dice.sum(axis=0) / np.maximum(n_present, 1), 1.0)
+    return 1.0 - mean_dice
+
+
+@dataclass(frozen=True)
+class SliceStats:
+    """Per-slice results of one batch or case, each an array of shape (b,)."""
+
+    noise_score: np.ndarray  # float64, [0, 1]
+    disagreement: np.ndarray  # float64, 1 - Dice(label, prediction)
+    doubt_fraction: np.ndarray  # float64, fraction of labelled (non-background) pixels with s_v > DOUBT_LEVEL
+    label_pixels: np.ndarray  # int64, non-background pixels of the label
+    pred_pixels: np.ndarray  # int64, non-background pixels of the prediction
+    counts: np.ndarray  # int64 (3, C-1, b), see class_counts
+    mislabelled: np.ndarray  # float64, Σ_ROI s_v: the expected mislabelled area in pixels
+    union: np.ndarray  # int64, |{y ≠ 0} ∪ {ŷ ≠ 0}|
+
+
+def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_classes: int,
+                radius: tuple[int, int], eps: float = SLICE_EPS) -> SliceStats:
+    """Aggregate a batch of pixel noise scores into slice scores.
+
+    noise: float (b, H, W) pixel noise scores; classes: int (b, H, W) the given label; pred: int (b, H, W)
+    argmax of p̄; radius: ROI dilation (rows, columns) in pixels; eps: A₀ in pixels (see the module docstring).
+    """
+    label_fg, pred_fg = classes != 0, pred != 0
+    union = (label_fg | pred_fg).reshape(len(noise), -1).sum(axis=1)
+    roi = region_of_interest(classes, pred, radius)
+    in_roi = np.where(roi, noise, 0.0).reshape(len(noise), -1).sum(axis=1, dtype=np.float64)
+    score = np.where(union > 0, np.clip(in_roi / (union + eps), 0.0, 1.0), 0.0)
+    label_pixels = label_fg.reshape(len(noise), -1).sum(axis=1)
+    doubtful = (label_fg & (noise > DOUBT_LEVEL)).reshape(len(noise), -1).sum(axis=1)
+    doubt = np.where(label_pixels > 0, doubtful / np.maximum(label_pixels, 1), 0.0)
+    counts = class_counts(classes, pred, num_classes)
+    return SliceStats(score, dice_disagreement(counts), doubt, label_pixels.astype(np.int64),
+                      pred_fg.reshape(len(noise), -1).sum(axis=1).astype(np.int64), counts, in_roi,
+                      union.astype(np.int64))
+
+
+def concat_stats(parts: list[SliceStats]) -> SliceStats:
+    return SliceStats(*(np.concatenate([getattr(p, name) for p in parts], axis=-1)
+                        for name in ("noise_score", "disagreement", "doubt_fraction", "label_pixels",
+                                     "pred_pixels", "counts", "mislabelled", "union")))
+
+
+def case_noise_score(slice_scores: np.ndarray, top: int = CASE_TOP_SLICES) -> float:
+    """Mean of the `top` highest slice scores (all of them when fewer): float in [0, 1]; 0 for no slices."""
+    if len(slice_scores) == 0:
+        return 0.0
+    k = min(top, len(slice_scores))
+    return float(np.mean(np.sort(np.asarray(slice_scores, dtype=np.float64))[-k:]))
