@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev,nnunet]"
 	# elasticdeform's PyPI wheel was built against NumPy 1 and fails under NumPy 2: build it from source.
 	$(BIN)/python -m pip install -q --no-binary elasticdeform elasticdeform
 	$(BIN)/python -c "import elasticdeform, torch, onnxruntime, SimpleITK; print('installed: torch', torch.__version__)"

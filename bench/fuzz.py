@@ -311,6 +311,10 @@ def _hashes(*roots: Path) -> dict[str, str]:
             for p in _files(root)}
 
 
+def _no_constant(name: str):
+    raise ValueError(f"it holds {name}")
+
+
 def run_mutation(base: Base, index: int, seed: int, work: Path, summary: Summary) -> None:
     """Copy the base into `work`, apply mutation `index` of `seed`, run the commands; failures go to `summary`."""
     rng = np.random.default_rng([seed, index])
@@ -341,8 +345,11 @@ def run_mutation(base: Base, index: int, seed: int, work: Path, summary: Summary
             problems.append(f"uncaught {type(result.exception).__name__}: {result.exception}")
         if "Traceback" in text or "internal error" in text:
             problems.append("traceback or internal error: " + " / ".join(text.strip().splitlines()[-2:])[:300])
-        if name == "check" and result.exit_code in (0, 1) and ("NaN" in result.stdout or "Infinity" in result.stdout):
-            problems.append("NaN in the JSON verdict")
+        if name == "check" and result.exit_code in (0, 1):
+            try:
+                json.loads(result.stdout, parse_constant=_no_constant)
+            except ValueError as exc:
+                problems.append(f"the JSON verdict is not strict JSON ({exc})")
         after = _hashes(copy.dataset, copy.run)
         if after != before:
             changed = sorted(set(before) ^ set(after) | {k for k in before if after.get(k) != before[k]})

@@ -1,22 +1,33 @@
-"""The likely kind of error on a slice, from comparing the given label with the robust prediction.
+"""The likely kind of error in each region of a slice, and of the slice, from comparing label and robust prediction.
 
 Array legend: H x W one slice; S slices of one case. Label and prediction hold label *values* (the files'
 integers, not class indices); 0 is background.
 
-Every pixel where label and prediction differ is attributed to exactly one of five masses:
+Regions (`find_regions`; what `fix` changes): a region is one 8-connected component of the disagreement
+that belongs to one class, the class whose outline is wrong: the label's where the prediction is background,
+the prediction's where the label is. Where both are foreground, the prediction's when its class sits inside
+the label's (the label painted the outer class over it, as when an enclosed structure is eroded or left
+out); the label's when the label's class sits inside the prediction's (it grew into the class around it);
+else a *border* pixel, the label's, between two classes side by side. Each pixel of a region of class c is
+attributed to one mass:
 
-    missing   in a predicted component the label (almost) does not touch  -> the label lacks a structure
-    spurious  in a labelled component the prediction (almost) does not touch -> the label has an extra one
-    swapped   foreground in both but of another class, in a labelled component that the prediction gives
-              mostly to other classes                                     -> wrong class (multi-class)
-    border    foreground in both but of another class elsewhere: the border between two classes moved
-    extra     other label-only foreground (the label reaches too far)
-    lacking   other prediction-only foreground (the label stops short)
+    missing   predicted c, in a predicted structure of c the label (almost) does not touch
+    spurious  labelled c over background, in a labelled structure of c the prediction (almost) does not touch
+    swapped   labelled c over another class, in a structure the prediction does not support as c, or over
+              a whole predicted structure of the other class that the label gives to c    -> wrong class
+    border    labelled c over another class side by side: the border between the two moved
+    extra     other labelled-c pixels (the label reaches too far)
+    lacking   other predicted-c pixels (the label stops short)
 
 The largest of missing, spurious, swapped and the boundary mass (extra + lacking + border) names the kind;
-within the last one, a one-sided boundary error is over- or under-segmentation and a two-sided one (a border
-between classes counts half to each side) a shifted boundary. A slice whose
-differences are small against the structure (`ErrorKindParams.tolerance`) is `none`.
+within the last one, a one-sided boundary is over- or under-segmentation and a two-sided one (a border
+pixel counts half to each side) a shifted boundary; a one-sided region facing a comparable one of the other
+side on the same structure (the two crescents of a moved outline) is a shifted boundary too.
+
+Slices (`classify_slice`, the slices.csv `error_kind`): `none` when the differences are small against the
+structure (`ErrorKindParams.tolerance`, over the whole-slice masses of `kind_masses`), else the kind of the
+region that speaks most for the slice (`region_weight`: its noise above a floor when the noise map is given,
+else its size).
 
 numpy plus scipy.ndimage's connected components (scipy is a base dependency, used by scoring too).
 """
@@ -24,7 +35,7 @@ numpy plus scipy.ndimage's connected components (scipy is a base dependency, use
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -83,6 +94,10 @@ class ErrorKindParams:
     one_sided: extra/(extra + lacking) at or above this is over-segmentation, at or below 1 - this under-.
     swap_share: a labelled component of one class whose pixels the prediction gives to other classes at
         this fraction or more is a wrong-class component.
+    pair_balance: two one-sided regions of opposite sides on one structure, the smaller at least this
+        fraction of the larger, are the two sides of one shifted boundary (regions only).
+    noise_floor: with a noise map, a region speaks for its slice's kind by its noise score above this,
+        summed over its pixels (see docs/decisions.md).
     """
 
     tolerance: float = 0.1
@@ -90,6 +105,8 @@ class ErrorKindParams:
     match_overlap: float = 0.1
     one_sided: float = 0.75
     swap_share: float = 0.5
+    pair_balance: float = 0.33
+    noise_floor: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -170,19 +187,34 @@ def kind_from_masses(masses: KindMasses, params: ErrorKindParams = ErrorKindPara
     return ErrorKind.SHIFTED
 
 
-def classify_slice(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = ErrorKindParams()) -> ErrorKind:
-    """The likely kind of error of one slice: label, pred integer (H, W) label values, 0 = background."""
-    return kind_from_masses(kind_masses(label, pred, params), params)
+def classify_slice(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = ErrorKindParams(),
+                   noise: np.ndarray | None = None) -> ErrorKind:
+    """The likely kind of error of one slice: label, pred integer (H, W) label values, 0 = background.
+
+    `none` when the differences are small against the structure; else the kind of the region that speaks
+    most for it (`region_weight`: by noise score when the noise map (H, W) is given, else by size).
+    """
+    masses = kind_masses(label, pred, params)
+    if kind_from_masses(masses, params) is ErrorKind.NONE:
+        return ErrorKind.NONE
+    regions = find_regions(label, pred, 0, params)
+    if not regions:  # differences scattered in pieces below min_pixels: the slice's masses decide
+        return kind_from_masses(masses, params)
+    weights = [region_weight(r, noise, params) for r in regions]
+    if not any(weights):
+        weights = [float(r.pixels) for r in regions]
+    return regions[int(np.argmax(weights))].kind
 
 
-def classify_slices(label: np.ndarray, pred: np.ndarray,
-                    params: ErrorKindParams = ErrorKindParams()) -> list[ErrorKind]:
-    """classify_slice over a stack: label, pred integer (S, H, W) -> S kinds. Identical slices cost one compare."""
+def classify_slices(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = ErrorKindParams(),
+                    noise: np.ndarray | None = None) -> list[ErrorKind]:
+    """classify_slice over a stack: label, pred integer (S, H, W), noise float (S, H, W) or None -> S kinds."""
     if label.shape != pred.shape:
         raise ValueError(f"label shape {label.shape} differs from prediction shape {pred.shape}")
     kinds = []
-    for y, p in zip(label, pred):
-        kinds.append(ErrorKind.NONE if np.array_equal(y, p) else classify_slice(y, p, params))
+    for i, (y, p) in enumerate(zip(label, pred)):
+        same = np.array_equal(y, p)  # identical slices cost one compare
+        kinds.append(ErrorKind.NONE if same else classify_slice(y, p, params, None if noise is None else noise[i]))
     return kinds
 
 
@@ -199,3 +231,179 @@ def dominant_kind(kinds: Iterable[ErrorKind | str], scores: Iterable[float]) -> 
     if not totals:
         return ErrorKind.NONE
     return max(totals, key=lambda k: (totals[k], -list(ErrorKind).index(k)))
+
+
+# ----------------------------------------------------------------------------- regions
+
+_EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """One region of one slice that label and prediction disagree on, and its likely kind of error.
+
+    bbox: row0, row1, col0, col1 (half-open) on the (H, W) slice; mask: bool (row1 - row0, col1 - col0) crop.
+    label_class: the class whose outline is wrong; label_value / pred_value: the values label and prediction
+    give most of its pixels (for a wrong class: the class given and the class seen).
+    """
+
+    slice_index: int
+    label_class: int
+    kind: ErrorKind
+    pixels: int
+    bbox: tuple[int, int, int, int]
+    label_value: int
+    pred_value: int
+    mask: np.ndarray
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The region as a bool (H, W) mask of a slice of `shape`."""
+        out = np.zeros(shape, dtype=bool)
+        r0, r1, c0, c1 = self.bbox
+        out[r0:r1, c0:c1] = self.mask
+        return out
+
+    def values(self, array: np.ndarray) -> np.ndarray:
+        """The values of `array` (H, W) at the region's pixels."""
+        r0, r1, c0, c1 = self.bbox
+        return array[r0:r1, c0:c1][self.mask]
+
+
+def _surrounded_by(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """For each pixel of `mask` (H, W), the most common value of `values` just outside its filled component."""
+    envelope = ndimage.binary_fill_holes(mask)
+    around = np.zeros(values.shape, dtype=np.int64)
+    components, _ = ndimage.label(envelope, structure=_FOUR_CONNECTED)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
+        part = components[grown] == index
+        ring = ndimage.binary_dilation(part, structure=_FOUR_CONNECTED) & ~envelope[grown]
+        ring_values = values[grown][ring].astype(np.int64)
+        if ring_values.size:
+            uniq, counts = np.unique(ring_values, return_counts=True)
+            around[grown][part] = uniq[np.argmax(counts)]  # ties: the smaller value (background first)
+    return around
+
+
+def _inside(pred: np.ndarray, values) -> dict[int, int]:
+    """For each class value, the class its predicted structures mostly sit in (0: background, or none)."""
+    found = {}
+    for value in values:
+        mask = pred == value
+        found[int(value)] = _majority(_surrounded_by(pred, mask)[mask]) if mask.any() else 0
+    return found
+
+
+def _owner(label: np.ndarray, pred: np.ndarray, differ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class each differing pixel belongs to (0 elsewhere), and the border pixels (see the module docstring):
+    foreground in both, neither class sitting in the other."""
+    owner = np.where(label != 0, label, pred).astype(np.int64)
+    both = differ & (label != 0) & (pred != 0)
+    border = np.zeros_like(differ)
+    if both.any():
+        inside = _inside(pred, np.unique(np.concatenate([label[both], pred[both]])))
+        for a, b in {(int(a), int(b)) for a, b in zip(label[both], pred[both])}:
+            here = both & (label == a) & (pred == b)
+            if inside[b] == a:
+                owner[here] = b  # b sits in a: the label painted a over part of it
+            elif inside[a] != b:
+                border |= here  # side by side: the border between them moved
+    return np.where(differ, owner, 0), border
+
+
+def _covered(label: np.ndarray, pred: np.ndarray, value: int, by: int, params: ErrorKindParams) -> np.ndarray:
+    """Pixels of the prediction's components of `value` that the label gives (almost) none of `value` and
+    mostly `by`: a structure labelled as another class."""
+    components, count = ndimage.label(pred == value, structure=_FOUR_CONNECTED)
+    area = np.bincount(components.ravel(), minlength=count + 1)
+    kept = np.bincount(components.ravel(), weights=(label == value).ravel(), minlength=count + 1)
+    taken = np.bincount(components.ravel(), weights=(label == by).ravel(), minlength=count + 1)
+    whole = (kept < params.match_overlap * area) & (taken >= params.swap_share * area)
+    whole[0] = False
+    return whole[components]
+
+
+def _class_masks(label: np.ndarray, pred: np.ndarray, value: int, params: ErrorKindParams) -> tuple:
+    """Whole-slice masks of class `value` that the regions' masses need, computed once per class:
+    label, prediction, predicted structures the label lacks, labelled ones the prediction does not support,
+    and the prediction's structures of other classes that the label gives to `value` whole."""
+    lab, prd = label == value, pred == value
+    covered = np.zeros_like(lab)
+    for other in np.unique(pred[lab & (pred != 0)]):
+        covered |= _covered(label, pred, int(other), value, params)
+    return lab, prd, _unmatched(prd, lab, params.match_overlap), _unmatched(lab, prd, params.match_overlap), covered
+
+
+def _region_masses(crop: np.ndarray, box: tuple, masks: tuple, pred: np.ndarray, border: np.ndarray,
+                   structure: int) -> KindMasses:
+    """KindMasses of one region (bool `crop` of the slice's `box`), from its class's `_class_masks`."""
+    lab, prd, lacked, unsupported, covered = (m[box] for m in masks)
+    pred, border = pred[box], border[box]
+    extra, lacking = crop & lab, crop & prd
+    missing = lacking & lacked
+    spurious = extra & unsupported & (pred == 0)
+    swapped = extra & (pred != 0) & (unsupported | covered)
+    moved = extra & border & ~swapped
+    return KindMasses(int(missing.sum()), int(spurious.sum()), int(swapped.sum()), int(moved.sum()),
+                      int((extra & ~spurious & ~swapped & ~moved).sum()), int((lacking & ~missing).sum()), structure)
+
+
+def _majority(values: np.ndarray) -> int:
+    uniq, counts = np.unique(values.astype(np.int64), return_counts=True)
+    return int(uniq[np.argmax(counts)]) if uniq.size else 0
+
+
+def find_regions(label: np.ndarray, pred: np.ndarray, slice_index: int = 0,
+                 params: ErrorKindParams = ErrorKindParams()) -> list[Region]:
+    """Every region of one slice where label and prediction disagree (at least `min_pixels`), with its kind.
+
+    label, pred: integer (H, W) label values, 0 = background. Regions come by class, then raster order.
+    """
+    if label.shape != pred.shape:
+        raise ValueError(f"label shape {label.shape} differs from prediction shape {pred.shape}")
+    differ = label != pred
+    if not differ.any():
+        return []
+    owner, border = _owner(label, pred, differ)
+    exact = replace(params, tolerance=0.0, min_pixels=1)  # a region is already an error worth naming
+    found: list[tuple[Region, int]] = []  # region, and the structure it lies on
+    for value in (int(v) for v in np.unique(owner[differ])):
+        masks = _class_masks(label, pred, value, params)
+        structures, _ = ndimage.label(masks[0] | masks[1], structure=_EIGHT_CONNECTED)
+        structure = int((masks[0] | masks[1]).sum())
+        components, _ = ndimage.label(owner == value, structure=_EIGHT_CONNECTED)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            crop = components[box] == index if box is not None else None
+            if crop is None or int(crop.sum()) < params.min_pixels:
+                continue
+            masses = _region_masses(crop, box, masks, pred, border, structure)
+            bbox = (box[0].start, box[0].stop, box[1].start, box[1].stop)
+            found.append((Region(slice_index, value, kind_from_masses(masses, exact), int(crop.sum()),
+                                 bbox, _majority(label[box][crop]), _majority(pred[box][crop]), crop),
+                          int(structures[box][crop][0])))
+    return _pair_shifted(found, params)
+
+
+def _pair_shifted(found: list[tuple[Region, int]], params: ErrorKindParams) -> list[Region]:
+    """OVER and UNDER regions of one class on one structure, of comparable size, become SHIFTED."""
+    one_sided = (ErrorKind.OVER, ErrorKind.UNDER)
+    out = []
+    for region, structure in found:
+        if region.kind in one_sided:
+            opposite = [r.pixels for r, s in found if s == structure and r.label_class == region.label_class
+                        and r.kind in one_sided and r.kind is not region.kind]
+            if opposite and min(max(opposite), region.pixels) >= params.pair_balance * max(max(opposite),
+                                                                                          region.pixels):
+                region = replace(region, kind=ErrorKind.SHIFTED)
+        out.append(region)
+    return out
+
+
+def region_weight(region: Region, noise: np.ndarray | None, params: ErrorKindParams = ErrorKindParams()) -> float:
+    """How much a region speaks for its slice's kind: its noise score above `noise_floor`, summed over its
+    pixels (noise (H, W) in [0, 1]); without a noise map, its pixel count."""
+    if noise is None:
+        return float(region.pixels)
+    return float(np.clip(region.values(noise) - params.noise_floor, 0.0, None).sum())

@@ -42,18 +42,24 @@ class LabelMap:
             pairs = [(int(v), "background" if int(v) == 0 else f"label_{int(v)}") for v in sorted(set(found) | {0})]
         return cls(tuple(v for v, _ in pairs), tuple(n for _, n in pairs))
 
-    def encode(self, label: np.ndarray) -> np.ndarray:
-        """Label values -> class indices (int64). Unknown values raise InputError."""
+    @property
+    def class_dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every class index (the preprocessed folder's)."""
+        return np.dtype(np.uint8 if self.num_classes <= 256 else np.uint16 if self.num_classes <= 65536 else np.int64)
+
+    def encode(self, label: np.ndarray, dtype: np.dtype | type = np.int64) -> np.ndarray:
+        """Label values -> class indices (int64, or `dtype`). Unknown values raise InputError."""
         lut_size = max(self.values) + 1
         values = np.unique(label)
         unknown = sorted(int(v) for v in values if int(v) not in self.values)
         if unknown:
             raise InputError(f"label values {unknown} are not among the model's classes {list(self.values)}")
         if min(self.values) >= 0 and lut_size <= 65536:
-            lut = np.zeros(lut_size, dtype=np.int64)
+            lut = np.zeros(lut_size, dtype=dtype)
             lut[list(self.values)] = np.arange(self.num_classes)
-            return lut[label.astype(np.int64)]
-        out = np.zeros(label.shape, dtype=np.int64)
+            # an integer label indexes the table as it is (every value is known, so none is negative)
+            return lut[label if label.dtype.kind in "iu" else label.astype(np.int64)]
+        out = np.zeros(label.shape, dtype=dtype)
         for index, value in enumerate(self.values):
             out[label == value] = index
         return out
@@ -116,37 +122,58 @@ def is_ct(channel_name: str) -> bool:
     return channel_name.strip().upper() in ("CT", "CT_HU", "HU")
 
 
+class PreprocessingFit:
+    """fit_preprocessing one case at a time: `add` each training case in order, then `result` (streaming).
+
+    Only the sampled foreground voxels are kept (at most 20,000 float64 per CT channel and case), so the
+    raw cases need not be held together; the same cases in the same order give bit-identical statistics.
+    """
+
+    def __init__(self, channel_names: list[str], target_spacing: tuple[float, float] | None = None,
+                 seed: int = 0) -> None:
+        self.channel_names = list(channel_names)
+        self.target_spacing = target_spacing
+        self.rng = np.random.default_rng(seed)
+        self.samples: list[list[np.ndarray]] = [[] for _ in channel_names]
+
+    def add(self, case: Case) -> None:
+        if case.label is None:
+            return
+        foreground = case.label.array != 0
+        if not foreground.any():
+            return
+        for c, name in enumerate(self.channel_names):
+            if is_ct(name):
+                voxels = case.channels[c].array[foreground]
+                take = min(voxels.size, _SAMPLES_PER_CASE)
+                self.samples[c].append(self.rng.choice(voxels, size=take, replace=False).astype(np.float64))
+
+    def result(self) -> Preprocessing:
+        norms = []
+        for c, name in enumerate(self.channel_names):
+            if is_ct(name) and self.samples[c]:
+                pooled = np.concatenate(self.samples[c])
+                low, high = np.percentile(pooled, CT_PERCENTILES)
+                clipped = np.clip(pooled, low, high)
+                norms.append(ChannelNorm("ct", float(low), float(high), float(clipped.mean()),
+                                         float(max(clipped.std(), 1e-6))))
+            else:
+                norms.append(ChannelNorm("zscore"))
+        return Preprocessing(tuple(norms), self.target_spacing)
+
+
 def fit_preprocessing(cases: Iterable[Case], channel_names: list[str], label_map: LabelMap,
                       target_spacing: tuple[float, float] | None = None, seed: int = 0) -> Preprocessing:
     """Fit intensity normalisation on training cases (nnU-Net's rules).
 
     CT channels: clip to the 0.5/99.5 percentiles of foreground voxels over all cases, then subtract
     their mean and divide by their std. Other channels: z-score per case at application time.
+    `cases` may be a generator: each case is sampled and released in turn (PreprocessingFit).
     """
-    rng = np.random.default_rng(seed)
-    samples: list[list[np.ndarray]] = [[] for _ in channel_names]
+    fit = PreprocessingFit(channel_names, target_spacing, seed)
     for case in cases:
-        if case.label is None:
-            continue
-        foreground = case.label.array != 0
-        if not foreground.any():
-            continue
-        for c, name in enumerate(channel_names):
-            if is_ct(name):
-                voxels = case.channels[c].array[foreground]
-                take = min(voxels.size, _SAMPLES_PER_CASE)
-                samples[c].append(rng.choice(voxels, size=take, replace=False).astype(np.float64))
-    norms = []
-    for c, name in enumerate(channel_names):
-        if is_ct(name) and samples[c]:
-            pooled = np.concatenate(samples[c])
-            low, high = np.percentile(pooled, CT_PERCENTILES)
-            clipped = np.clip(pooled, low, high)
-            norms.append(ChannelNorm("ct", float(low), float(high), float(clipped.mean()),
-                                     float(max(clipped.std(), 1e-6))))
-        else:
-            norms.append(ChannelNorm("zscore"))
-    return Preprocessing(tuple(norms), target_spacing)
+        fit.add(case)
+    return fit.result()
 
 
 def normalise_image(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
@@ -164,9 +191,10 @@ def normalise_image(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out
 
 
-def prepare_case(case: Case, prep: Preprocessing, label_map: LabelMap | None = None
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A case as network input: image (S, C, h, w) float32 and, with a label map, classes (S, h, w) int64.
+def prepare_case(case: Case, prep: Preprocessing, label_map: LabelMap | None = None,
+                 class_dtype: np.dtype | type = np.int64) -> tuple[np.ndarray, np.ndarray | None]:
+    """A case as network input: image (S, C, h, w) float32 and, with a label map, classes (S, h, w) int64
+    (or `class_dtype`: the preprocessed folder keeps label_map.class_dtype, the same indices in fewer bytes).
 
     h, w are the in-plane sizes after resampling to `prep.target_spacing` (no padding here).
     """
@@ -175,7 +203,7 @@ def prepare_case(case: Case, prep: Preprocessing, label_map: LabelMap | None = N
     image = resample_slices(image, factor, order=1)
     classes = None
     if label_map is not None and case.label is not None:
-        classes = resample_slices(label_map.encode(case.label_slices()), factor, order=0)
+        classes = resample_slices(label_map.encode(case.label_slices(), class_dtype), factor, order=0)
     return image, classes
 
 

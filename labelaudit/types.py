@@ -313,7 +313,7 @@ class AuditDataset:
 
 @dataclass(frozen=True)
 class AuditRun:
-    """The run folder an audit scored with."""
+    """The run folder an audit scored with (or the probabilities it was given: `source` describes them)."""
 
     path: str
     method: str
@@ -321,10 +321,12 @@ class AuditRun:
     models: tuple[str, ...]
     trained_on: str  # the fit dataset's name
     trained_cases: int
+    source: str = ""  # score --probabilities: where the probabilities came from and how they were combined
 
     def to_json(self) -> dict:
+        given = {"source": self.source} if self.source else {}
         return {"path": self.path, "method": self.method, "created": self.created, "models": list(self.models),
-                "trained_on": {"name": self.trained_on, "cases": self.trained_cases}}
+                "trained_on": {"name": self.trained_on, "cases": self.trained_cases}, **given}
 
 
 @dataclass

@@ -174,4 +174,59 @@ def render_evaluation(result) -> Group:
                             _metric(summary.iou), _metric(summary.hd95, 2), _metric(summary.assd, 2),
                             _metric(summary.asd, 2), f"{summary.undefined_distances}/{summary.cases}")
         tables.append(seg)
+    if getattr(result, "kinds", None) is not None:
+        tables.append(render_kind_confusion(result.kinds))
     return Group(*tables)
+
+
+def render_fix(manifest) -> Group:
+    """What `fix` shows on stdout: the regions changed per kind and class, and where the copy is.
+
+    manifest: a fix.manifest.FixManifest.
+    """
+    from pathlib import Path
+
+    table = Table(title=f"regions judged wrong ({manifest.mode.value}; mean noise score ≥ "
+                        f"{manifest.params.region_score:g} on a flagged slice)", title_justify="left")
+    for column in ("kind", "class", "regions", "cases", "pixels"):
+        table.add_column(column, justify="left" if column in ("kind", "class") else "right")
+    rows: dict[tuple[str, str], list] = {}
+    for case_id, region in manifest.regions:
+        row = rows.setdefault((region.kind.label, region.class_name), [0, set(), 0])
+        row[0] += 1
+        row[1].add(case_id)
+        row[2] += region.pixels
+    for (kind, name), (count, cases, pixels) in sorted(rows.items()):
+        table.add_row(kind, escape(name), str(count), str(len(cases)), str(pixels))
+    out = Path(manifest.path).parent if manifest.path is not None else None
+    parts: list = [table, Text(f"{len(manifest.cases)} case(s) changed, {len(manifest.skipped)} not scored by the "
+                               "audit (copied unchanged)")]
+    if manifest.ignore_label is not None:
+        parts.append(Text(f"ignore label: {manifest.ignore_label} (declared as \"ignore\" in dataset.json)"))
+    if out is not None:
+        parts.append(Text(f"fixed dataset: {out}\nmanifest: {manifest.path}"))
+    return Group(*parts)
+
+
+def render_kind_confusion(confusion) -> Table:
+    """The kind accuracy of `evaluate`: rows the corruption of each slice, columns the error_kind named.
+
+    confusion: an evaluate.kinds.KindConfusion.
+    """
+    from ..diagnosis import ErrorKind
+    from ..evaluate.kinds import EXPECTED_KIND
+
+    accuracy = confusion.accuracy()
+    table = Table(title="error kind named per slice vs the corruption that made it (kind accuracy "
+                        f"{_metric(accuracy if accuracy is not None else float('nan'), 2)})", title_justify="left")
+    table.add_column("corruption", no_wrap=True)
+    for kind in ErrorKind:
+        table.add_column(kind.label.split("-")[0].split(" ")[0] if kind is not ErrorKind.WRONG_CLASS else "wrong",
+                         justify="right")
+    table.add_column("right", justify="right")
+    for row, counts in confusion.counts.items():
+        expected = EXPECTED_KIND.get(row)
+        cells = [f"[bold]{counts[k.value]}[/]" if k is expected else str(counts[k.value]) for k in ErrorKind]
+        share = confusion.row_accuracy(row)
+        table.add_row(escape(row), *cells, "–" if share is None else f"{share:.0%}")
+    return table

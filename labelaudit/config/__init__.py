@@ -14,10 +14,11 @@ from .train import (
 )
 from .score import CheckConfig, PixelScore, ScoreConfig
 from .noise import DEFAULT_KINDS, CorruptConfig, EvaluateConfig, Level, NoiseKind, NoiseParams, parse_kinds
+from .fix import FixConfig, FixMode, FixParams
 
 __all__ = [
     "parse_choice", "Method", "Variant", "Exporter", "DEFAULT_METHOD", "DEFAULT_VARIANT", "DEFAULT_EXPORTER",
     "params_to_json", "NetParams", "LoopParams", "PintParams", "McpmParams", "params_from_json",
     "Perturbations", "FitConfig", "PixelScore", "ScoreConfig", "CheckConfig", "NoiseKind", "DEFAULT_KINDS",
-    "Level", "NoiseParams", "CorruptConfig", "parse_kinds", "EvaluateConfig",
+    "Level", "NoiseParams", "CorruptConfig", "parse_kinds", "EvaluateConfig", "FixMode", "FixParams", "FixConfig",
 ]

@@ -19,6 +19,7 @@ class NoiseKind(str, Enum):
     SHIFT = "shift"
     MISSING = "missing"
     SPURIOUS = "spurious"
+    WRONG_CLASS = "wrong_class"  # a component relabelled to another foreground class (multi-class data only)
     MCPM = "mcpm"
 
     @property

@@ -28,10 +28,12 @@ class ScoreConfig:
     perturbations: K override (None: the run's K). threshold: overrides the run's slice and case
     thresholds. pixel_score: None scores with the formula the run was calibrated with. out_of_fold: False
     scores every case with the ensemble of all models (in-sample on the fit dataset; for comparisons).
-    report: the HTML page (None: out_dir/report.html when writing).
+    report: the HTML page (None: out_dir/report.html when writing). probabilities: score with these folders
+    of probabilities (score/sources.py) instead of a run's ONNX graphs; run_dir is then their calibration
+    folder, or None.
     """
 
-    run_dir: Path
+    run_dir: Path | None
     dataset: Path | None = None
     out_dir: Path | None = None
     write: bool = True
@@ -45,6 +47,7 @@ class ScoreConfig:
     strict: bool = False
     cases: tuple[str, ...] | None = None  # score only these case ids (check --cache: the new or changed ones)
     structure_prior_mm2: float | None = None  # A₀ of the slice score (None: the run's calibrated value)
+    probabilities: tuple[Path, ...] = ()  # --probabilities SRC, once per folder
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -52,13 +55,15 @@ class CheckConfig:
 
     threshold: overrides the run's calibrated slice and case thresholds (a noise score in [0, 1]).
     max_flagged: the gate still passes with up to this many flagged cases. cache_dir: reuse the scores of
-    cases whose image, label and model are unchanged.
+    cases whose image, label and model are unchanged. probabilities: as ScoreConfig's (run_dir: their
+    calibration folder, or None).
     """
 
     incoming: Path
-    run_dir: Path
+    run_dir: Path | None
     threshold: float | None = None
     max_flagged: int = 0
     cache_dir: Path | None = None
     device: str = "auto"
     batch_size: int = 16
+    probabilities: tuple[Path, ...] = ()

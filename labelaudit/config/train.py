@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 
+from ..errors import UsageError
 from .choices import parse_choice
 
 
@@ -22,6 +23,12 @@ class Variant(str, Enum):
     PINT = "pint"
     PNT = "pnt"
     INT = "int"
+
+class ImageDtype(str, Enum):
+    """How the preprocessed folder stores normalised images: float32 (exactly what training sees) or float16 (half the disk)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
 
 class Exporter(str, Enum):
     """The ONNX exporter: torch.export based (maintained) or the legacy TorchScript tracer."""
@@ -61,6 +68,27 @@ class NetParams:
     groups: int = 4
     dropout: float = 0.0
 
+    def problems(self) -> list[str]:
+        """What is wrong with this shape, for a UsageError naming --features (empty when it can be built)."""
+        found = []
+        if len(self.features) != 6:
+            found.append(f"expected 6 channel counts (5 encoder levels and the last decoder level), got "
+                         f"{len(self.features)}")
+        if any(f < 1 for f in self.features) or self.groups < 1:
+            found.append("channel counts and groups must be 1 or more")
+        elif any(f % self.groups for f in self.features):
+            found.append(f"every channel count must be a multiple of the GroupNorm groups ({self.groups})")
+        return found
+
+    @staticmethod
+    def parse_features(text: str) -> tuple[int, ...]:
+        """'16,32,64,128,256,16' -> (16, 32, 64, 128, 256, 16); a UsageError naming --features otherwise."""
+        try:
+            return tuple(int(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            raise UsageError(f"--features {text!r}: expected 6 comma-separated integers, "
+                             "e.g. 16,32,64,128,256,16") from None
+
     def to_json(self) -> dict:
         return params_to_json(self)
 
@@ -83,7 +111,7 @@ class LoopParams:
     epochs: int = 10
     iterations_per_epoch: int = 25
     batch_size: int = 8
-    patch_size: int | None = None  # largest H/W of a training patch; None: the largest slice, capped at 256
+    patch_size: int | None = None  # side of a training patch; None: the largest slice, capped at 256 (see docs/decisions.md)
     foreground_fraction: float = 0.33  # nnU-Net's oversample_foreground_percent
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
@@ -219,6 +247,8 @@ class FitConfig:
     folds: K models, each trained on the cases of the other folds (K = 1: one model on every case); 3 so
     that each case is scored by a model that did not see it (see docs/decisions.md). meta_set: MCPM's
     verified cases, a file of case ids or a dataset folder (train/meta_set.py), never in a training fold.
+    preprocessed: the root of the preprocessed folder (labelaudit/preprocessed.py); None: .preprocessed/
+    beside the run folder. image_dtype: how it stores images; float16 changes the numbers training sees.
     The PINT variant lives in `pint.variant` only. `method` and `exporter` may be given as strings; they
     are checked and turned into enums when the config is built (a UsageError naming the option).
     """
@@ -236,6 +266,8 @@ class FitConfig:
     meta_set: Path | None = None
     calibrate: bool = True
     exporter: Exporter = DEFAULT_EXPORTER
+    preprocessed: Path | None = None
+    image_dtype: ImageDtype = ImageDtype.FLOAT32
     loop: LoopParams = LoopParams()
     net: NetParams = NetParams()
     pint: PintParams = PintParams()
@@ -245,6 +277,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_choice(Method, self.method, "--method"))
         object.__setattr__(self, "exporter", parse_choice(Exporter, self.exporter, "--exporter"))
+        object.__setattr__(self, "image_dtype", parse_choice(ImageDtype, self.image_dtype, "--image-dtype"))
 
     @property
     def variant(self) -> Variant:
@@ -256,7 +289,7 @@ class FitConfig:
         data: dict = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("dataset", "out", "meta_set"):
+            if f.name in _PATHS:
                 data[f.name] = str(value) if value is not None else None
             elif f.name in _NESTED:
                 data[f.name] = params_to_json(value)
@@ -271,7 +304,7 @@ class FitConfig:
         """Rebuild from run.json's `config` (ValueError, TypeError or UsageError on a bad value)."""
         simple = {f.name for f in fields(cls)} - _NESTED
         kwargs = {k: v for k, v in data.items() if k in simple}
-        for key in ("dataset", "out", "meta_set"):
+        for key in _PATHS:
             if kwargs.get(key) is not None:
                 kwargs[key] = Path(kwargs[key])
         pint = dict(data.get("pint", {}))
@@ -283,3 +316,4 @@ class FitConfig:
                    perturbations=Perturbations(**data.get("perturbations", {})))
 
 _NESTED = frozenset({"loop", "net", "pint", "mcpm", "perturbations"})
+_PATHS = ("dataset", "out", "meta_set", "preprocessed")

@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..formats.audit import find_map, read_case_scores, read_slice_scores
 from ..formats.manifest import Manifest, read_manifest
 from ..types import Volume, to_slices
+from .kinds import KindConfusion, kind_confusion, read_slice_kinds
 from .levels import LEVEL_HELP, LevelResult, PixelSample, case_level, name_ids, roi_mask, slice_level
 from .metrics import SegmentationScores
 from .segmentation import SOURCES, ClassSummary, SegmentationResult, class_scores, declared_classes, summarise
@@ -36,6 +37,7 @@ class EvaluationResult:
     ranking: list[LevelResult]
     segmentation: list[SegmentationResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kinds: KindConfusion | None = None  # error_kind per slice vs the corruption (None: nothing to compare)
 
     def level(self, name: str) -> LevelResult | None:
         return next((r for r in self.ranking if r.level == name), None)
@@ -66,6 +68,7 @@ class EvaluationResult:
                 "per_case": {case_id: {str(k): _scores_json(v) for k, v in per_class.items()}
                              for case_id, per_class in s.per_case.items()},
             } for s in self.segmentation},
+            "kinds": self.kinds.to_json() if self.kinds is not None else None,
             "warnings": self.warnings,
         })
 
@@ -119,7 +122,9 @@ def evaluate_audit(config: EvaluateConfig, track: Track = no_track) -> Evaluatio
     _check_summary(audit_dir, manifest, warnings)
 
     clean_root = _clean_root(config, manifest, warnings)
-    result = EvaluationResult(config, clean_root, ranking, warnings=warnings)
+    named = read_slice_kinds(audit_dir / "slices.csv")
+    result = EvaluationResult(config, clean_root, ranking, warnings=warnings,
+                              kinds=kind_confusion(manifest, named) if named is not None else None)
     if clean_root is not None:
         _measure_against_clean(config, manifest, clean_root, result, track)
     return result

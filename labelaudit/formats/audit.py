@@ -171,12 +171,17 @@ class AuditFolder:
 
     def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore) -> None:
         """Write one case's maps; noise float32 (S, H, W), pred label values (S, H, W); stats: its SliceStats."""
+        from ..fix.rule import fix_case  # the label with its regions judged wrong replaced (same rule as `fix`)
+
         try:
             result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
+            fixed, judged = fix_case(case.label_slices(), pred, noise, stats.noise_score, result.n_flagged_slices)
+            fixed_rel = f"maps/{ref.case_id}_fixed{map_ending(ref)}"
+            io.write_like(from_slices(fixed, case.label.geometry), case.label.geometry, self._root / fixed_rel)
         except OSError as exc:
             raise cannot_write(self.path / "maps", exc) from exc
         self.views.add(ref, case, noise, pred, stats.noise_score, (stats.label_pixels + stats.pred_pixels) > 0,
-                       result.noise_score)
+                       result.noise_score, judged, fixed_rel)
 
     def write(self, audit: Audit, report: Path | None = None) -> dict[str, str]:
         """Write cases.csv, slices.csv, summary.json and the report; returns the paths (where they will be)."""
@@ -207,6 +212,9 @@ class AuditFolder:
             self._stage.commit()
             if self._outside_report is not None:
                 write_text(*self._outside_report)
+        except BaseException:
+            self._stage.abort()  # before the swap: drops the new folder; after it: only the lock
+            raise
         finally:
             self._stage.release()
         return self.path

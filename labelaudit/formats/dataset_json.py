@@ -6,14 +6,13 @@ an AttributeError (exit 70).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
 from ..io.endings import DATASET_ENDINGS
-from .fields import Fields
+from .fields import Fields, load_json
 
 HINT = "nnU-Net v2 dataset.json needs channel_names, labels, numTraining, file_ending"
 
@@ -36,13 +35,7 @@ def read_dataset_json(path: Path, layout: str = "nnunet") -> DatasetJson:
     `channel_names` and its `training` list for `file_ending` (always .nii.gz). A paired layout
     only reads `labels` from it.
     """
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                           hint="fix the syntax, e.g. with `python -m json.tool dataset.json`") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+    meta = load_json(path, DatasetError, hint="fix the syntax, e.g. with `python -m json.tool dataset.json`")
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     fields = Fields(meta, path, error=DatasetError, hint=HINT)

@@ -6,6 +6,7 @@ string or a divisor of 0 is a ModelError (exit 4) saying where, never a KeyError
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,23 @@ from typing import Any
 from ..errors import LabelauditError, ModelError
 
 _MISSING = object()
+
+
+def load_json(path: Path | str, error: type[LabelauditError] = ModelError, hint: str | None = None) -> Any:
+    """A JSON file's content; unreadable, undecodable or invalid JSON is `error` naming the file (never exit 70)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: not found", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", hint=hint) from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a text file ({exc.reason})", hint=hint) from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})", hint=hint) from exc
+    except RecursionError:  # "[[[[…" nested deeper than the parser's stack
+        raise error(f"{path}: not valid JSON (nested too deeply)", hint=hint) from None
 
 
 def _kind(value: Any) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import Level, NoiseKind, NoiseParams
 from ..errors import InputError
-from .fields import Fields
+from .fields import Fields, load_json
 
 MANIFEST_NAME = "corruption.json"
 MANIFEST_FORMAT = 1
@@ -170,16 +170,9 @@ class Manifest:
 # ----------------------------------------------------------------------------- reader and writer
 
 def _load(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: manifest not found", hint=_HINT) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a text file ({exc.reason})", hint=_HINT) from exc
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    if not path.exists():
+        raise InputError(f"{path}: manifest not found", hint=_HINT)
+    return load_json(path, InputError, hint=_HINT)
 
 
 def _corruption(f: Fields) -> Corruption | None:

@@ -38,16 +38,19 @@ class OutputKind(str, Enum):
     NOISY = "noisy dataset"
     EVALUATION = "evaluation JSON file"
     DEMO = "demo folder"
+    FIXED = "fixed dataset"  # labelaudit fix --out
 
     @property
     def is_folder(self) -> bool:
         return self in _FOLDERS
 
 
-_FOLDERS = {OutputKind.AUDIT, OutputKind.CACHE, OutputKind.RUN, OutputKind.NOISY, OutputKind.DEMO}
+_FOLDERS = {OutputKind.AUDIT, OutputKind.CACHE, OutputKind.RUN, OutputKind.NOISY, OutputKind.DEMO,
+            OutputKind.FIXED}
 
 #: What `score` writes into an audit folder (and `evaluate` beside it): the entries an audit may hold.
-AUDIT_ENTRIES = {"cases.csv", "slices.csv", "summary.json", "maps", "report.html", "evaluation.json"}
+AUDIT_ENTRIES = {"cases.csv", "slices.csv", "summary.json", "maps", "report.html", "evaluation.json",
+                 "calibration"}  # calibration/: score --probabilities (formats/probability_run.py)
 DEMO_ENTRIES = {"clean", "noisy", "run", "audit"}
 _REPORT_MARK = re.compile(rb'<meta name="generator" content="labelaudit">')
 _JUNIT_MARK = re.compile(rb'<testsuites\b[^>]*\bname="labelaudit check"')
@@ -140,6 +143,8 @@ def _not_ours(path: Path, kind: OutputKind) -> str | None:
         if kind is OutputKind.RUN:
             ok = "run.json" in names or any(re.fullmatch(r"fold_\d+", n) for n in names)
             return None if ok else "is a folder that is not a run folder (no run.json)"
+        if kind is OutputKind.FIXED:
+            return None if "fixes.json" in names else "is a folder that is not a fixed dataset (no fixes.json)"
         if kind is OutputKind.NOISY:
             from .manifest import MANIFEST_NAME
 
@@ -178,15 +183,16 @@ def guard_output(path: Path | str | None, flag: str, kind: OutputKind, inputs: I
     path = Path(path)
     target = _resolve(path)
     hint = f"write the {kind.value} elsewhere: outside every dataset and run folder the command reads"
-    for what, given in sorted(((w, Path(p)) for w, p in inputs if p is not None),
-                              key=lambda item: -len(_resolve(item[1]).parts)):
-        source = _resolve(given)
+    resolved = sorted(((w, Path(p), _resolve(Path(p))) for w, p in inputs if p is not None),
+                      key=lambda item: -len(item[2].parts))  # the most specific input first
+    for what, given, source in resolved:
         if target == source:
             noun = "folder" if source.is_dir() else "file"
             raise UsageError(f"{flag} {path}: is the input {noun} {given} ({what}); it would be overwritten",
                              hint=hint)
         if source in target.parents:
             raise UsageError(f"{flag} {path}: lies inside the input folder {given} ({what})", hint=hint)
+    for what, given, source in resolved:
         if target in source.parents:
             raise UsageError(f"{flag} {path}: holds the input {given} ({what}); replacing it would delete it",
                              hint=hint)
@@ -235,7 +241,7 @@ def _base(name: str) -> str:
     """`name`, shortened with a digest where `.NAME.partial-PID` would exceed a file name's 255 bytes."""
     if len(f".{name}.partial-4294967296".encode()) <= 255:
         return name
-    return name[:60] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name[:40] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 #: Locks held by this process (a second writer in the same process is refused too).

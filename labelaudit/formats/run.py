@@ -11,7 +11,6 @@ stdlib + numpy only: no torch, no onnxruntime here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
 from ..types import Calibration
-from .fields import Fields
+from .fields import Fields, load_json
 
 RUN_FORMAT = 1
 LATEST_POINTER = Path("runs") / ".latest"
@@ -216,14 +215,11 @@ def read_run_info(run_dir: Path | str) -> RunInfo:
         raise ModelError(f"{run_dir}: run folder not found", hint="train one with: labelaudit fit DATASET")
     if not path.is_file():
         raise ModelError(f"{path}: missing", hint="this folder was not written by `labelaudit fit`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: cannot be read ({exc})") from exc
-    except RecursionError:  # "[[[[…" nested deeper than the parser's stack
-        raise ModelError(f"{path}: not valid JSON (nested too deeply)") from None
+    data = load_json(path)
+    if isinstance(data, dict) and data.get("kind") == "probabilities":  # formats/probability_run.py
+        raise ModelError(f"{path}: the calibration of given probabilities (`score --probabilities`), not a run "
+                         "folder with ONNX graphs", hint=f"pass the probabilities with it: --probabilities SRC "
+                                                         f"--model {run_dir}")
     return RunInfo.from_json(data, path)
 
 

@@ -1,1 +1,1 @@
-"""The CI gate: the flag rule, `labelaudit check`, and its CI renderings (JUnit, GitHub, JSON)."""
+"""The CI gate: `labelaudit check` (check.py) and its CI renderings (ci.py: JUnit, GitHub, JSON)."""

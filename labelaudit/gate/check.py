@@ -1,8 +1,9 @@
 """`labelaudit check`: score incoming annotations and decide pass or fail (never torch).
 
 INCOMING is scored with a run folder's ONNX graphs, always with the ensemble of the run's models (incoming
-data is new data), reusing cached scores of unchanged cases when a cache is given. The decision is the one
-flag rule (gate/decide.py); the gate fails when more cases are flagged than `max_flagged` allows.
+data is new data), or with the probabilities given for its cases (--probabilities, flagged with the thresholds
+of a calibration folder), reusing cached scores of unchanged cases when a cache is given. The decision is the
+one flag rule (score/decide.py); the gate fails when more cases are flagged than `max_flagged` allows.
 
 Exit codes (interface.md): 0 pass, 1 flagged (only ever from a completed check), 2 usage, 3 input,
 4 model (missing, invalid, or fit on other labels / channels), 5 missing install, 70 bug.
@@ -21,8 +22,8 @@ from ..data import Track, discover_dataset, no_track, raise_fatal
 from ..errors import InputError, UsageError
 from ..formats.cache import CacheEntry, ScoreCache, case_key, model_hash
 from ..formats.run import load_run
-from ..types import Audit, AuditDataset, CaseScore, SliceScore, Threshold
-from .decide import decide, resolve_threshold
+from ..types import Audit, AuditDataset, CaseScore, Dataset, SliceScore, Threshold
+from ..score.decide import decide, resolve_threshold
 
 #: Flagged slices named per case in every output (the worst first).
 WORST_SLICES = 3
@@ -114,56 +115,120 @@ def _entry(case: CaseScore, slices: list[SliceScore]) -> CacheEntry:
                       tuple(s.error_kind for s in slices), case.error_kind, float(case.disagreement), case.model)
 
 
+class _OnnxGate:
+    """The run folder's ONNX models (ONNX Runtime must be installed)."""
+
+    def __init__(self, config: CheckConfig) -> None:
+        from .. import __version__
+        from ..score.inference import pixel_score_of
+        from ..score.providers import require_onnxruntime
+
+        require_onnxruntime()
+        if config.run_dir is None:
+            raise UsageError("no run folder given", hint="pass --model RUN_DIR, or --probabilities SRC")
+        self.run_dir = Path(config.run_dir)
+        self.info = info = load_run(self.run_dir)
+        self.threshold = resolve_threshold(info.threshold, config.threshold)
+        self.model = CheckedModel(str(self.run_dir), info.method, info.created, info.dataset.name, len(info.models))
+        self.settings = {"pixel_score": pixel_score_of(info).value, "perturbations": info.perturbations.k,
+                         "labelaudit": __version__, "routing": "ensemble"}
+        self.notes: list[str] = []
+
+    def matches(self, dataset: Dataset) -> None:
+        from ..score.routing import check_run_matches
+
+        check_run_matches(self.info, dataset, self.run_dir)
+
+    def cache_model(self) -> str:
+        return model_hash(self.run_dir, [p for m in self.info.models for p in (m.segmenter, m.meta_weight) if p])
+
+    def case_files(self, case_id: str) -> list[Path]:
+        return []
+
+
+class _GivenGate:
+    """Probabilities given per case (score/sources.py), with the thresholds of a calibration folder if any."""
+
+    def __init__(self, config: CheckConfig) -> None:
+        from .. import __version__
+        from ..formats.probability_run import read_probability_run
+        from ..score.sources import given_pixel_score
+
+        self.config = config
+        self.calibration = read_probability_run(config.run_dir) if config.run_dir is not None else None
+        calibrated = self.calibration.threshold if self.calibration is not None else None
+        self.threshold = resolve_threshold(calibrated, config.threshold)
+        self.notes = [] if calibrated is not None or config.threshold is not None else [
+            f"no calibration given (--model): flagging at the default threshold {self.threshold.slice:g}; calibrate "
+            "with `labelaudit score TRAINING_DATASET --probabilities SRC` and pass --model AUDIT_DIR/calibration"]
+        self.settings = {"pixel_score": given_pixel_score(None, self.calibration, []).value, "perturbations": 1,
+                         "labelaudit": __version__, "routing": "given",
+                         "probabilities": [str(Path(p).resolve()) for p in config.probabilities]}
+        self.given = None
+
+    def matches(self, dataset: Dataset) -> None:
+        from ..score.sources import open_given
+
+        self.given = open_given(self.config.probabilities, dataset, self.config.run_dir)
+        self.given.require([r.case_id for r in dataset.cases], dataset.root)
+
+    @property
+    def model(self) -> CheckedModel:
+        given, calibration = self.given, self.calibration
+        path = self.config.run_dir if calibration is not None else given.folders[0].path
+        return CheckedModel(str(path), given.method, calibration.created if calibration else given.created(),
+                            calibration.dataset.name if calibration else given.trained_on(), len(given.names))
+
+    def cache_model(self) -> str:
+        return model_hash(self.config.run_dir, []) if self.calibration is not None else "no calibration"
+
+    def case_files(self, case_id: str) -> list[Path]:
+        return [path for _, path in self.given.files_of(case_id)]
+
+
 def run_check(config: CheckConfig, track: Track = no_track) -> CheckResult:
     """Score INCOMING (only the new or changed cases when a cache is given) and decide pass or fail.
 
     Any problem with a case (unreadable file, missing label, label values outside the model's, scores that are
     not finite) is an InputError (exit 3) naming every such case: a gate must not pass what it could not check.
     """
-    from .. import __version__
-    from ..score.inference import pixel_score_of
     from ..score.pipeline import score_dataset
-    from ..score.providers import require_onnxruntime
-    from ..score.routing import check_run_matches
 
     started = time.perf_counter()
     if config.max_flagged < 0:
         raise UsageError(f"--max-flagged {config.max_flagged}: expected 0 or more")
-    require_onnxruntime()
-    run_dir = Path(config.run_dir)
-    info = load_run(run_dir)
-    threshold = resolve_threshold(info.threshold, config.threshold)
+    gate = _GivenGate(config) if config.probabilities else _OnnxGate(config)
+    threshold = gate.threshold
     dataset = discover_dataset(config.incoming)
     raise_fatal(dataset, strict=False)
     # every case problem is collected (discovery now, reading while scoring) and raised at the end, at once
     problems = {case: [str(p) for p in found] for case, found in dataset.skipped.items()}
-    check_run_matches(info, dataset, run_dir)
+    gate.matches(dataset)
 
     refs = {ref.case_id: ref for ref in dataset.cases}
     cache = ScoreCache(config.cache_dir) if config.cache_dir is not None else None
     keys: dict[str, str] = {}
     entries: dict[str, CacheEntry] = {}
     if cache is not None:
-        model = model_hash(run_dir, [p for m in info.models for p in (m.segmenter, m.meta_weight) if p])
-        settings = {"pixel_score": pixel_score_of(info).value, "perturbations": info.perturbations.k,
-                    "labelaudit": __version__, "routing": "ensemble"}
-        for case_id, ref in refs.items():
-            keys[case_id] = case_key(ref.image_paths, ref.label_path, model, settings)
+        model = gate.cache_model()
+        for case_id, ref in refs.items():  # given probabilities: their files are part of the case
+            keys[case_id] = case_key([*ref.image_paths, *gate.case_files(case_id)], ref.label_path, model,
+                                     gate.settings)
             hit = cache.get(keys[case_id])
             if hit is not None and hit.case_id == case_id:
                 entries[case_id] = hit
     cached = set(entries)
     to_score = tuple(case_id for case_id in refs if case_id not in cached)
 
-    provider, notes = "cache", []
+    provider, notes = "cache", list(gate.notes)
     if to_score:
         audit = score_dataset(ScoreConfig(
-            run_dir=run_dir, dataset=Path(config.incoming), write=False, device=config.device,
+            run_dir=config.run_dir, dataset=Path(config.incoming), write=False, device=config.device,
             batch_size=config.batch_size, threshold=config.threshold, out_of_fold=False, strict=False,
-            cases=to_score if cached else None), track=track)
+            cases=to_score if cached else None, probabilities=config.probabilities), track=track)
         for case, found in audit.skipped.items():
             problems.setdefault(case, found)
-        provider, notes = audit.provider, audit.notes
+        provider, notes = audit.provider, notes + audit.notes
         _collect(audit, entries, cache, keys)
 
     if problems:
@@ -172,7 +237,7 @@ def run_check(config: CheckConfig, track: Track = no_track) -> CheckResult:
     cases.sort(key=lambda c: (-c.noise_score, c.case_id))
     return CheckResult(
         dataset=AuditDataset(dataset.name, str(dataset.root), dataset.layout, False),
-        model=CheckedModel(str(run_dir), info.method, info.created, info.dataset.name, len(info.models)),
+        model=gate.model,
         provider=provider, threshold=threshold, max_flagged=config.max_flagged, cases=cases,
         scored=len(to_score), cached=len(cached), seconds=time.perf_counter() - started,
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"), notes=notes,

@@ -19,6 +19,9 @@ Noise models (the seed papers' and the public generators', research/algorithms.m
 - ``missing``: the class erased on the slice.
 - ``spurious``: a disk-shaped blob of the class painted on background, near or away from the
   existing structure.
+- ``wrong_class`` (multi-class data only): one connected component of a class relabelled to another
+  foreground class (level case: the whole class), never to the class that surrounds it — that
+  label would be the same as a ``missing`` one.
 
 How one class is changed while the others stay consistent: the operation acts on the class's
 *envelope* F (its mask with holes filled, so a class that encloses another, e.g. liver around
@@ -176,14 +179,71 @@ def sample_corruption(label: np.ndarray, kind: NoiseKind | str, classes: Sequenc
         label_class = int(rng.choice(choices))
         blob = _sample_blob(label, rng, params)
         return None if blob is None else Corruption(kind, label_class, blob)
+    if kind is NoiseKind.WRONG_CLASS:
+        _require_classes(classes, present)
     if not present:
         return None
     label_class = int(rng.choice(present))
+    if kind is NoiseKind.WRONG_CLASS:
+        return _sample_relabel(label, label_class, classes, rng)
     mask = label == label_class
     if kind is NoiseKind.MCPM:
         op = str(rng.choice(MCPM_OPS))
         return Corruption(kind, label_class, {"op": op, **_sample_op(op, mask, rng, params)})
     return Corruption(kind, label_class, _sample_op(kind.value, mask, rng, params))
+
+
+def _require_classes(classes: Sequence[int], present: Sequence[int]) -> None:
+    """wrong_class needs two foreground classes (declared, or on the slice); else a UsageError (exit 2)."""
+    if len({int(c) for c in (*classes, *present) if c != 0}) < 2:
+        raise UsageError("--kinds wrong_class needs multi-class data (two or more foreground classes); this "
+                         "dataset has one", hint="drop wrong_class from --kinds")
+
+
+def _targets(label: np.ndarray, mask: np.ndarray, label_class: int, classes: Sequence[int]) -> list[int]:
+    """The classes the component `mask` of `label_class` may be relabelled to: any other foreground class
+    but the one around it (which `missing` would give)."""
+    surrounding = int(np.bincount(_surrounding_fill(label, _envelope(mask))[mask].astype(np.int64)).argmax())
+    return sorted({int(c) for c in classes if c not in (0, label_class, surrounding)})
+
+
+def _sample_relabel(label: np.ndarray, label_class: int, classes: Sequence[int], rng: np.random.Generator,
+                    whole_class: bool = False) -> Corruption | None:
+    """wrong_class: a component of `label_class` (tried in random order, weighted by area; then the other classes)
+    and a target class; params {"to": class, "at": [row, col] of one pixel of the component}, or only
+    {"to": class} for the whole class (`whole_class`, level case)."""
+    present = classes_on(label)
+    others = [int(c) for c in rng.permutation([c for c in present if c != label_class])] if len(present) > 1 else []
+    for value in [label_class, *others]:
+        mask = label == value
+        if whole_class:
+            targets = _targets(label, mask, value, classes) if mask.any() else []
+            if targets:
+                return Corruption(NoiseKind.WRONG_CLASS, value, {"to": int(rng.choice(targets))})
+            continue
+        components, count = ndimage.label(mask)
+        area = np.bincount(components.ravel(), minlength=count + 1)[1:].astype(np.float64)
+        # larger components first, by chance: a relabelled speck of a few pixels is no error worth finding
+        for index in (rng.choice(count, size=count, replace=False, p=area / area.sum()) + 1 if count else []):
+            part = components == index
+            targets = _targets(label, part, value, classes)
+            if targets:
+                row, col = (int(v[0]) for v in np.nonzero(part))
+                return Corruption(NoiseKind.WRONG_CLASS, value, {"to": int(rng.choice(targets)), "at": [row, col]})
+    return None
+
+
+def _relabel(label: np.ndarray, label_class: int, params: dict) -> np.ndarray:
+    """Apply wrong_class: the component of `label_class` at params["at"] (or all of it) becomes params["to"]."""
+    out = label.copy()
+    mask = label == label_class
+    if params.get("at") is not None:
+        row, col = (int(v) for v in params["at"])
+        components, _ = ndimage.label(mask)
+        index = components[row, col] if 0 <= row < label.shape[0] and 0 <= col < label.shape[1] else 0
+        mask = components == index if index else np.zeros_like(mask)
+    out[mask] = int(params["to"])
+    return out
 
 
 def _sample_op(op: str, mask: np.ndarray, rng: np.random.Generator, params: NoiseParams) -> dict:
@@ -255,6 +315,8 @@ def apply_corruption(label: np.ndarray, corruption: Corruption) -> np.ndarray:
         blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         out[blob & (label == 0)] = c
         return out
+    if corruption.kind is NoiseKind.WRONG_CLASS:
+        return _relabel(label, c, params)
     mask = label == c
     if not mask.any():
         return out
@@ -328,7 +390,11 @@ def sample_systematic(stack: np.ndarray, kinds: Sequence[NoiseKind | str], class
                 label_class = int(rng.choice(present))
                 reference = int(np.argmax((stack == label_class).reshape(stack.shape[0], -1).sum(axis=1)))
                 ref_slice = np.where(stack[reference] == label_class, stack[reference], 0)
-            corruption = sample_corruption(ref_slice, kind, classes, rng, params)
+            if kind is NoiseKind.WRONG_CLASS:  # the whole class, judged on the full slice (what surrounds it)
+                _require_classes(classes, present)
+                corruption = _sample_relabel(stack[reference], label_class, classes, rng, whole_class=True)
+            else:
+                corruption = sample_corruption(ref_slice, kind, classes, rng, params)
             if corruption is None:
                 break
             noisy = stack.copy()

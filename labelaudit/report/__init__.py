@@ -1,7 +1,10 @@
 """The self-contained HTML audit report (`labelaudit score --report FILE.html`).
 
     views.py    what to show of each case, gathered while scoring streams cases (ViewCollector)
-    page.py     the page: facts, counts, histogram, the ranked list with thumbnails, where to look
+    page.py     the page: facts, counts, the class legend, the ranked list with thumbnails, what to fix, where
+                to look
+    picture.py  one slice's picture: image, noise overlay, outlines in a colour per class (Okabe-Ito)
+    histogram.py  the histogram of slice noise scores
     png.py      a tiny PNG encoder for the inline thumbnails
     report.html, report.css, report.js   the template, inlined into every page
 

@@ -8,7 +8,8 @@ sets textContent only, never innerHTML with data. A Content-Security-Policy forb
 from __future__ import annotations
 
 import html
-import math
+import json
+import os
 import re
 import shlex
 from collections import defaultdict
@@ -20,11 +21,10 @@ import numpy as np
 
 from .. import __version__
 from ..diagnosis import KIND_HELP, ErrorKind
-from .png import png_data_uri
+from .histogram import histogram_svg
+from .picture import HEAT_RGB, class_palette, contour_path, heat_rgba, thumbnail_html  # noqa: F401 - re-exported
 from .views import CaseView, ReportConfig, SliceView
 
-HEAT_RGB = (204, 121, 167)  # Okabe-Ito reddish purple: the noise map (alpha follows the score)
-BAR_COLOUR, FLAGGED_BAR_COLOUR = "#7A8FA6", "#D55E00"
 
 
 def _e(value) -> str:
@@ -40,104 +40,6 @@ def _kind(value) -> ErrorKind:
         return ErrorKind(value)
     except ValueError:
         return ErrorKind.NONE
-
-
-# ----------------------------------------------------------------------------- images
-
-def heat_rgba(noise: np.ndarray) -> np.ndarray:
-    """uint8 noise (h, w) -> RGBA (h, w, 4): reddish purple, opacity rising with the score, clear below 0.1."""
-    score = noise.astype(np.float32) / 255.0
-    alpha = np.where(score < 0.1, 0.0, 0.25 + 0.65 * score)
-    rgba = np.empty((*noise.shape, 4), dtype=np.uint8)
-    rgba[..., :3] = HEAT_RGB
-    rgba[..., 3] = np.round(alpha * 255).astype(np.uint8)
-    return rgba
-
-
-def _runs(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of True along the last axis of bool (n, m): (line index, start, stop) arrays, row-major order."""
-    step = np.diff(np.pad(edges.astype(np.int8), ((0, 0), (1, 1))), axis=1)
-    line, start = np.nonzero(step == 1)
-    _, stop = np.nonzero(step == -1)
-    return line, start, stop
-
-
-def contour_path(labels: np.ndarray) -> str:
-    """SVG path data of the pixel-exact outline of every foreground class region of labels (h, w).
-
-    Pixel (r, c) covers [c, c+1] x [r, r+1]: the outline follows pixel edges, as the label is drawn in a
-    viewer; runs of edges along a row or column are merged into one segment. Pure numpy.
-    """
-    parts = []
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        mask = np.pad(labels == value, 1)
-        rows, x0, x1 = _runs((mask[1:] != mask[:-1])[:, 1:-1])  # horizontal edges at y = row
-        parts.extend(f"M{a} {y}H{b}" for y, a, b in zip(rows, x0, x1))
-        cols, y0, y1 = _runs(((mask[:, 1:] != mask[:, :-1])[1:-1]).T)  # vertical edges at x = col
-        parts.extend(f"M{x} {a}V{b}" for x, a, b in zip(cols, y0, y1))
-    return "".join(parts)
-
-
-def thumbnail_html(view: SliceView, alt: str) -> str:
-    """The layered picture of one slice: image, heat overlay (hidden until toggled), label and prediction."""
-    h, w = view.image.shape
-    ratio = w / (h * view.pixel_aspect)
-    return (f'<div class="view" style="aspect-ratio:{ratio:.4f}">'
-            f'<img class="base" src="{png_data_uri(view.image)}" alt="{_e(alt)}">'
-            f'<img class="heat" src="{png_data_uri(heat_rgba(view.noise))}" alt="">'
-            f'<svg viewBox="0 0 {w} {h}" preserveAspectRatio="none" aria-hidden="true">'
-            f'<path class="lab" d="{contour_path(view.label)}"/><path class="pred" d="{contour_path(view.pred)}"/>'
-            f'</svg></div>')
-
-
-# ----------------------------------------------------------------------------- the histogram
-
-def _nice_top(value: float) -> float:
-    """Round up to 0.05 steps below 0.5, else 0.1 steps; at most 1."""
-    step = 0.05 if value < 0.5 else 0.1
-    return min(1.0, max(step, math.ceil(value / step - 1e-9) * step))
-
-
-def histogram_svg(scores: np.ndarray, threshold: float, bins: int = 40) -> str:
-    """Inline SVG histogram of slice scores with the threshold marked; bars at or past it in vermillion."""
-    scores = np.asarray(scores, dtype=float)
-    top = _nice_top(max(float(scores.max()) if scores.size else 0.0, threshold) * 1.02)
-    counts, edges = np.histogram(np.clip(scores, 0, top), bins=bins, range=(0.0, top))
-    width, height, left, right, bottom, head = 440, 150, 34, 18, 30, 14
-    plot_w, plot_h = width - left - right, height - bottom - head
-    peak = max(1, int(counts.max()) if counts.size else 1)
-
-    def x(v: float) -> float:
-        return left + plot_w * v / top
-
-    bars = []
-    for count, lo, hi in zip(counts, edges[:-1], edges[1:]):
-        if count == 0:
-            continue
-        bar_h = max(1.0, plot_h * count / peak)
-        colour = FLAGGED_BAR_COLOUR if lo >= threshold - 1e-12 else BAR_COLOUR
-        bars.append(f'<rect x="{x(lo) + 0.5:.1f}" y="{head + plot_h - bar_h:.1f}" width="{max(0.5, x(hi) - x(lo) - 1):.1f}"'
-                    f' height="{bar_h:.1f}" fill="{colour}"><title>{lo:.3f}–{hi:.3f}: {count} slices</title></rect>')
-    ticks = []
-    step = 0.05 if top <= 0.3 else 0.1 if top <= 0.6 else 0.2
-    for v in np.arange(0.0, top + 1e-9, step):
-        ticks.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{head + plot_h}" y2="{head + plot_h + 4}"/>'
-                     f'<text x="{x(v):.1f}" y="{head + plot_h + 16}" text-anchor="middle">{v:.2f}</text>')
-    y_ticks = (f'<text x="{left - 6}" y="{head + 4}" text-anchor="end">{peak}</text>'
-               f'<text x="{left - 6}" y="{head + plot_h}" text-anchor="end">0</text>')
-    tx = x(threshold)
-    anchor = "end" if tx > left + plot_w * 0.7 else "start"
-    label_x = tx - 4 if anchor == "end" else tx + 4
-    return (f'<svg class="histogram" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="Histogram of {scores.size} slice noise scores; flagging threshold {threshold:.3f}">'
-            f'<g class="axis"><line x1="{left}" x2="{left + plot_w}" y1="{head + plot_h}" y2="{head + plot_h}"/>'
-            f'{"".join(ticks)}{y_ticks}</g>{"".join(bars)}'
-            f'<line class="threshold" x1="{tx:.1f}" x2="{tx:.1f}" y1="{head - 6}" y2="{head + plot_h}"/>'
-            f'<text class="threshold-label" x="{label_x:.1f}" y="{head + 4}" text-anchor="{anchor}">'
-            f'threshold {threshold:.3f}</text>'
-            f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" text-anchor="middle">slice noise score</text></svg>')
 
 
 # ----------------------------------------------------------------------------- pieces of the page
@@ -179,8 +81,8 @@ def _facts(audit, config: ReportConfig, views: dict[str, CaseView]) -> str:
                     f"({_e(dataset.layout)} layout)"),
         ("model", f"<b>{_e(run.method)}</b>, trained {_e(_fmt_time(run.created))} on "
                   f"{_e(trained_on)}; {_e(folds)} <code>{_e(run.path)}</code>"),
-        ("scoring", f"{_e(audit.pixel_score)} pixel score, {_e(audit.perturbations)} perturbed passes, ONNX Runtime "
-                    f"{_e(audit.provider)}"),
+        ("scoring", f"{_e(audit.pixel_score)} pixel score, {_e(audit.perturbations)} perturbed passes, "
+                    + ("" if audit.run.source else "ONNX Runtime ") + f"{_e(audit.provider)}"),
         ("threshold", f"slice <b>{threshold.slice:.3f}</b>, case <b>{threshold.case:.3f}</b> "
                       f"({_e(threshold.source.value)})"),
         ("audit folder", f"<code>{_e(audit.out_dir) if audit.out_dir is not None else '(not written)'}</code>"),
@@ -199,8 +101,12 @@ def _counts(audit) -> str:
     return f'<div class="counts">{cells}</div>'
 
 
+def _abs(rel: str | None, out_dir: str | None) -> str:
+    return str(Path(out_dir) / rel) if out_dir and rel else (rel or "")
+
+
 def _where(case, view: CaseView | None, audit, slice_list: list[int]) -> str:
-    """The 'Open in 3D Slicer / ITK-SNAP' block: the four files, the axis and the slices to visit."""
+    """The 'Open in 3D Slicer / ITK-SNAP' block: the files, the axis and the slices to visit, two commands."""
     dataset_root = audit.dataset.path
     out_dir = str(audit.out_dir) if audit.out_dir is not None else None
     files = []
@@ -210,12 +116,12 @@ def _where(case, view: CaseView | None, audit, slice_list: list[int]) -> str:
         files.append((f"image{f' (channel {i})' if len(images) > 1 else ''}", _rel(path, dataset_root), path))
     if label:
         files.append(("label", _rel(label, dataset_root), label))
-    noise_abs = str(Path(out_dir) / case.noise_map) if out_dir and case.noise_map else (case.noise_map or "")
-    pred_abs = str(Path(out_dir) / case.pred_map) if out_dir and case.pred_map else (case.pred_map or "")
-    if case.noise_map:
-        files.append(("noise map", case.noise_map, noise_abs))
-    if case.pred_map:
-        files.append(("suggested correction", case.pred_map, pred_abs))
+    fixed = view.fixed_map if view else ""
+    noise_abs, pred_abs, fixed_abs = (_abs(r, out_dir) for r in (case.noise_map, case.pred_map, fixed))
+    for name, short, full in (("noise map", case.noise_map, noise_abs), ("robust prediction", case.pred_map, pred_abs),
+                              ("fixed label", fixed, fixed_abs)):
+        if short:
+            files.append((name, short, full))
     rows = "".join(f'<dt>{_e(k)}</dt><dd><code title="{_e(full)}">{_e(short)}</code></dd>' for k, short, full in files)
     if view is not None and view.orientation.itk_axis >= 0:
         o = view.orientation
@@ -225,19 +131,78 @@ def _where(case, view: CaseView | None, audit, slice_list: list[int]) -> str:
         axis = f"slice index: {', '.join(str(i) for i in slice_list) or '—'}"
     commands = ""
     if images and label:
-        overlays = " ".join(shlex.quote(p) for p in (noise_abs, pred_abs) if p)
-        itksnap = f"itksnap -g {shlex.quote(images[0])} -s {shlex.quote(label)}" + (f" -o {overlays}" if overlays else "")
-        commands = f'<p class="cmd-label">ITK-SNAP:</p><pre class="cmd">{_e(itksnap)}</pre>'
+        image, label, noise_abs, fixed_abs = (os.path.abspath(p) if p else "" for p in (images[0], label, noise_abs,
+                                                                                       fixed_abs))
+        overlays = " ".join(shlex.quote(p) for p in (noise_abs, fixed_abs) if p)
+        itksnap = f"itksnap -g {shlex.quote(image)} -s {shlex.quote(label)}" + (f" -o {overlays}" if overlays else "")
+        loads = [f"slicer.util.loadVolume({json.dumps(image)})", f"slicer.util.loadLabelVolume({json.dumps(label)})"]
+        loads += [f"slicer.util.loadLabelVolume({json.dumps(fixed_abs)})"] if fixed_abs else []
+        slicer = "Slicer --python-code " + shlex.quote("; ".join(loads))
+        commands = (f'<p class="cmd-label">ITK-SNAP (image, label; noise map and fixed label as overlays):</p>'
+                    f'<pre class="cmd">{_e(itksnap)}</pre><p class="cmd-label">3D Slicer (image, label and fixed '
+                    f'label):</p><pre class="cmd">{_e(slicer)}</pre>')
     return (f'<details class="where"><summary>Open in 3D Slicer / ITK-SNAP</summary><dl>{rows}</dl>'
             f'<p class="axis">{_e(axis)}</p>{commands}</details>')
 
 
-def _tile(s, view: SliceView | None, case_id: str, threshold: float, orientation_text: str) -> str:
+def _slice_range(indices: list[int], limit: int = 6) -> str:
+    """`slice 3`, `slices 3–5, 9`: the slices, runs of neighbours joined, at most `limit` pieces."""
+    values = sorted(set(indices))
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    pieces = [str(a) if a == b else f"{a}–{b}" for a, b in runs]
+    text = ", ".join(pieces[:limit]) + (" …" if len(pieces) > limit else "")
+    return ("slice " if len(values) == 1 else "slices ") + text
+
+
+def _fix_line(case, view: CaseView | None, names: dict[int, str], palette: dict[int, str]) -> str:
+    """The case's one line "what to fix": the weightiest kind and class of its regions judged wrong, where,
+    and the fixed label that corrects them."""
+    regions = view.regions if view is not None else ()
+    if not regions:
+        if not case.flagged:
+            return ""
+        return ('<p class="fix none">What to fix: no region of its flagged slices is sure enough to fix '
+                'automatically; compare label and prediction on the slices shown.</p>')
+    groups: dict[tuple[str, int, int], list] = {}
+    for r in regions:
+        row = groups.setdefault((r.kind, r.label_class, r.pred_value if r.kind == "wrong_class" else 0), [0.0, 0, []])
+        row[0] += r.pixels * r.score
+        row[1] += r.pixels
+        row[2].append(r.slice_index)
+
+    def phrase(key) -> str:
+        kind, value, seen = key
+        name = f'<span class="cls" style="--c:{palette.get(value, "#000000")}">{_e(names.get(value, value))}</span>'
+        if kind == ErrorKind.WRONG_CLASS.value:
+            return (f'{_badge(ErrorKind(kind))} {name} where the model sees '
+                    f'<span class="cls" style="--c:{palette.get(seen, "#000000")}">{_e(names.get(seen, seen))}</span>')
+        return f"{_badge(_kind(kind))} of {name}"
+
+    ranked = sorted(groups, key=lambda k: -groups[k][0])
+    top = ranked[0]
+    _, pixels, slices = groups[top]
+    count = sum(1 for r in regions if (r.kind, r.label_class) == top[:2])
+    more = "; also " + ", ".join(f"{phrase(k)} ({_e(_slice_range(groups[k][2]))})" for k in ranked[1:3]) \
+        if len(ranked) > 1 else ""
+    more += f" and {len(ranked) - 3} more" if len(ranked) > 3 else ""
+    fixed = (f' · fixed label: <code>{_e(view.fixed_map)}</code>' if view is not None and view.fixed_map else "")
+    return (f'<p class="fix"><b>What to fix:</b> {phrase(top)}, {_e(_slice_range(slices))} '
+            f'({count} region{"s" if count > 1 else ""}, {pixels} px){more}{fixed}</p>')
+
+
+def _tile(s, view: SliceView | None, case_id: str, threshold: float, orientation_text: str,
+          palette: dict[int, str], heat: bool) -> str:
     kind = _kind(getattr(s, "error_kind", "none"))
     doubt = f"{s.doubt_fraction:.0%} in doubt" if s.label_pixels else "nothing labelled"
     flagged = " flagged" if s.flagged else ""
     alt = f"case {case_id}, slice {s.slice_index}"
-    picture = thumbnail_html(view, alt) if view is not None else '<div class="view none">no thumbnail</div>'
+    picture = thumbnail_html(view, alt, palette, heat) if view is not None else \
+        '<div class="view none">no thumbnail</div>'
     return (f'<figure class="tile{flagged}" tabindex="0" role="button" data-slice="{s.slice_index}" '
             f'data-score="{s.noise_score:.6f}" data-kind="{kind.value}" data-doubt="{s.doubt_fraction:.6f}" '
             f'aria-label="{_e(alt)}, noise score {s.noise_score:.3f}, {_e(kind.label)}">'
@@ -247,7 +212,8 @@ def _tile(s, view: SliceView | None, case_id: str, threshold: float, orientation
             f'{doubt}</span>{_badge(kind)}<span class="orient">{_e(orientation_text)}</span></figcaption></figure>')
 
 
-def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, config: ReportConfig) -> str:
+def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, config: ReportConfig,
+                  names: dict[int, str], palette: dict[int, str]) -> str:
     threshold = audit.threshold.slice
     shown = [s for s in slices if s.label_pixels or s.pred_pixels][:config.top_slices]
     more = [s.slice_index for s in slices if s.flagged and s not in shown]
@@ -257,9 +223,11 @@ def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, c
     orientation_text = ""
     if view is not None and view.orientation.itk_axis >= 0:
         orientation_text = f"{view.orientation.plane}, {view.orientation.axis_name} = "
+    # the noise overlay is on by default on the worst slices: the case's worst, and every flagged one
     tiles = "".join(_tile(s, view.slices.get(s.slice_index) if view else None, case.case_id, threshold,
-                          f"{orientation_text}{s.slice_index}" if orientation_text else "")
-                    for s in shown)
+                          f"{orientation_text}{s.slice_index}" if orientation_text else "", palette,
+                          case.flagged and (i == 0 or s.flagged))
+                    for i, s in enumerate(shown))
     if not shown:
         tiles = '<p class="empty">no slice with labelled or predicted structure</p>'
     extra = ""
@@ -281,27 +249,40 @@ def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, c
             f'<b>{case.noise_score:.3f}</b> noise score</span>{_badge(kind)}{flag}'
             f'<span class="dice" title="1 − Dice of the label against the robust prediction, whole case">'
             f'1 − Dice {case.disagreement:.2f}</span></header>'
-            f'<div class="tiles">{tiles}</div>{extra}{_where(case, view, audit, [s.slice_index for s in shown])}'
-            f'</section>')
+            f'<div class="tiles">{tiles}</div>{_fix_line(case, view, names, palette)}{extra}'
+            f'{_where(case, view, audit, [s.slice_index for s in shown])}</section>')
 
 
-def _legend(config: ReportConfig) -> str:
+def _classes(names: dict[int, str], palette: dict[int, str]) -> str:
+    items = "".join(f'<span class="class-key" style="--c:{palette[v]}"><span class="swatch lab"></span>'
+                    f'<span class="swatch pred"></span>{_e(names.get(v, f"label {v}"))} <small>({v})</small></span>'
+                    for v in palette)
+    return f'<p class="classes"><span class="key-title">classes:</span> {items}</p>' if items else ""
+
+
+def _legend(config: ReportConfig, names: dict[int, str], palette: dict[int, str]) -> str:
     kinds = "".join(f"<li>{_badge(k)} {_e(KIND_HELP[k])}</li>" for k in ErrorKind if k is not ErrorKind.NONE)
-    return (f'<div class="legend"><p><span class="swatch lab"></span>given label '
-            f'<span class="swatch pred"></span>robust prediction (the suggested correction) '
-            f'<span class="swatch heat"></span>noise map (toggle with <kbd>o</kbd>)</p>'
+    return (f'<div class="legend">{_classes(names, palette)}<p><span class="swatch lab mono"></span>given label '
+            f'(solid) <span class="swatch pred mono"></span>robust prediction (dashed), each in its class\'s colour '
+            f'<span class="swatch heat"></span>noise map (on for each case\'s worst slices; <kbd>o</kbd>: all, '
+            f'none)</p>'
             f'<p class="note">Every case is listed, worst first, with its {config.top_slices} worst slices; thumbnails '
             f'for the {config.top_slices} worst slices of the {config.top_cases} worst cases, cropped around the '
-            f'structure, displayed with the patient\'s right on the left. Noise scores are in [0, 1]: the estimated '
-            f'share of the structure that is mislabelled, higher is worse.</p>'
+            f'structure, displayed with the patient\'s right on the left; click one to enlarge it. Noise scores are '
+            f'in [0, 1]: the estimated share of the structure that is mislabelled, higher is worse. '
+            f'"What to fix" names the likely error of the regions judged wrong (a region of a flagged slice where '
+            f'label and prediction disagree, the model being sure) and the <b>fixed label</b> '
+            f'(<code>maps/&lt;case&gt;_fixed</code>): the label with those regions replaced by the robust '
+            f'prediction (<code>maps/&lt;case&gt;_pred</code>, the prediction everywhere); '
+            f'<code>labelaudit fix</code> writes the whole corrected dataset.</p>'
             f'<details><summary>Where to look in 3D Slicer / ITK-SNAP</summary><p class="note">Each case names '
-            f'its image, label, noise map and suggested correction, and the slices (voxel index along the slicing '
-            f'axis, 0-based). In 3D Slicer drag the files in, load the label and the suggested correction as '
-            f'segmentations and show the noise map as foreground with a heat colour table (0 to 1); ITK-SNAP opens '
-            f'them with the command shown.</p></details>'
+            f'its image, label, noise map, robust prediction and fixed label, and the slices (voxel index along the '
+            f'slicing axis, 0-based). The commands shown open image, label and fixed label together; in 3D Slicer '
+            f'show the noise map as foreground with a heat colour table (0 to 1).</p></details>'
             f'<details><summary>Kinds of error</summary><ul class="kinds">{kinds}</ul>'
-            f'<p class="note">From comparing the label with the robust prediction on the slice; "none" when they '
-            f'differ by less than a tenth of the structure.</p></details></div>')
+            f'<p class="note">From the regions where label and robust prediction disagree on the slice (the one the '
+            f'model is surest of names it); "none" when they differ by less than a tenth of the structure.</p>'
+            f'</details></div>')
 
 
 def _skipped(audit) -> str:
@@ -323,13 +304,38 @@ def _toolbar(kinds_present: list[ErrorKind]) -> str:
 <option value="doubt">share in doubt</option><option value="nflagged">flagged slices</option>
 <option value="case">case id</option></select></label>
 <button id="sort-dir" type="button" aria-label="reverse the order" title="reverse the order">↓</button>
-<label class="check"><input id="heat" type="checkbox"> noise map</label>
+<label>noise map <select id="heat" title="o cycles through these"><option value="worst">worst slices</option>
+<option value="all">all slices</option><option value="off">off</option></select></label>
 <span id="shown" aria-live="polite"></span>
 <button id="help" type="button" title="keyboard shortcuts">?</button>
 </div>'''
 
 
 # ----------------------------------------------------------------------------- the page
+
+def class_names(audit, views: dict[str, CaseView]) -> dict[int, str]:
+    """{label value: name} of the foreground classes: `audit.class_names` when it has them, else the dataset's
+    dataset.json; values seen in the thumbnails but not declared are named "label N"."""
+    names = dict(getattr(audit, "class_names", None) or {})
+    if not names:
+        from ..errors import LabelauditError
+        from ..formats.dataset_json import read_dataset_json
+
+        path = Path(audit.dataset.path) / "dataset.json"
+        try:
+            if path.is_file():
+                declared = read_dataset_json(path, layout=audit.dataset.layout).labels
+                names = {v: k for k, v in declared.items()}
+        except (LabelauditError, OSError):
+            names = {}
+    seen: set[int] = set()
+    for view in views.values():
+        for s in view.slices.values():
+            seen |= {int(v) for v in np.unique(s.label)} | {int(v) for v in np.unique(s.pred)}
+        seen |= {r.label_class for r in view.regions} | {r.pred_value for r in view.regions}
+    names.update({v: f"label {v}" for v in seen if v not in names})
+    return {v: names[v] for v in sorted(names) if v != 0}
+
 
 def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
     """The report page for an Audit (scoring.Audit or anything with its fields) as one HTML string.
@@ -343,7 +349,10 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
         by_case[s.case_id].append(s)
     for rows in by_case.values():
         rows.sort(key=lambda s: (-s.noise_score, s.slice_index))
-    sections = [_case_section(rank, case, by_case.get(case.case_id, []), views.get(case.case_id), audit, config)
+    names = class_names(audit, views)
+    palette = class_palette(names)
+    sections = [_case_section(rank, case, by_case.get(case.case_id, []), views.get(case.case_id), audit, config,
+                              names, palette)
                 for rank, case in enumerate(audit.cases, start=1)]
     structure_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels])
     empty = sum(1 for s in audit.slices if not (s.label_pixels or s.pred_pixels))
@@ -363,7 +372,7 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
         "counts": _counts(audit),
         "histogram": histogram_svg(structure_scores, audit.threshold.slice, config.histogram_bins),
         "histnote": _e(hist_note),
-        "legend": _legend(config),
+        "legend": _legend(config, names, palette),
         "toolbar": _toolbar(kinds_present),
         "cases": "".join(sections) or '<p class="empty">No case was scored.</p>',
         "skipped": _skipped(audit),

@@ -125,9 +125,12 @@
     if (!zoom.open) { zoom.showModal(); }
   }
 
-  function toggleHeat(on) {
-    document.body.classList.toggle("heat-on", on);
-    heat.checked = on;
+  // the noise overlay: on the worst slices (the default), on every slice, or off; `o` goes round
+  var HEAT = ["worst", "all", "off"];
+  function setHeat(state) {
+    document.body.classList.toggle("heat-on", state === "all");
+    document.body.classList.toggle("heat-off", state === "off");
+    heat.value = state;
   }
 
   [fCase, fScore, fKind, fFlagged].forEach(function (el) {
@@ -139,7 +142,7 @@
     applySort();
   });
   sortDir.addEventListener("click", function () { descending = !descending; applySort(); });
-  heat.addEventListener("change", function () { toggleHeat(heat.checked); });
+  heat.addEventListener("change", function () { setHeat(heat.value); });
   $("help").addEventListener("click", function () { $("keys").showModal(); });
   $("zoom-close").addEventListener("click", function () { zoom.close(); });
   $("zoom-prev").addEventListener("click", function () { moveTile(-1); });
@@ -172,7 +175,7 @@
         if (ev.target.closest && ev.target.closest("summary, button")) { handled = false; break; }
         if (zoom.open) { zoom.close(); } else { openZoom(activeTile || (activeCase && visibleTiles(activeCase)[0])); }
         break;
-      case "o": toggleHeat(!document.body.classList.contains("heat-on")); break;
+      case "o": setHeat(HEAT[(HEAT.indexOf(heat.value) + 1) % HEAT.length]); break;
       case "/": fCase.focus(); break;
       case "?": $("keys").showModal(); break;
       case "Escape": if (zoom.open) { zoom.close(); } else { setActive(null, null); } break;

@@ -12,6 +12,7 @@ Array legend: S slices, H x W one native slice; h x w one thumbnail (after orien
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,15 +111,33 @@ class SliceView:
     factor: int  # downsampling factor
 
 
+@dataclass(frozen=True)
+class RegionNote:
+    """One region judged wrong (fix/rule.py), as the report's "what to fix" line needs it."""
+
+    slice_index: int
+    kind: str  # a diagnosis.ErrorKind value
+    label_class: int
+    label_value: int
+    pred_value: int
+    pixels: int
+    score: float
+
+
 @dataclass
 class CaseView:
-    """Where to look at one case, and the thumbnails of its worst slices (empty outside the worst cases)."""
+    """Where to look at one case, and the thumbnails of its worst slices (empty outside the worst cases).
+
+    fixed_map: the `_fixed` map's path relative to the audit folder; regions: the regions judged wrong in it.
+    """
 
     case_id: str
     images: tuple[str, ...]
     label: str
     orientation: Orientation
     slices: dict[int, SliceView] = field(default_factory=dict)
+    fixed_map: str = ""
+    regions: tuple[RegionNote, ...] = ()
 
 
 def crop_box(mask: np.ndarray, min_crop: int = MIN_CROP, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
@@ -206,15 +225,19 @@ class ViewCollector:
         return self._rank_key(case_id, score) < self._rank_key(worst, self._kept[worst])
 
     def add(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, scores: np.ndarray,
-            structure: np.ndarray, case_score: float) -> CaseView:
+            structure: np.ndarray, case_score: float, judged: Sequence = (), fixed_map: str = "") -> CaseView:
         """Record one scored case.
 
         noise float32 (S, H, W); pred (S, H, W) label values; scores float (S,) slice noise scores;
-        structure bool (S,) whether the slice has labelled or predicted foreground; case_score its score.
+        structure bool (S,) whether the slice has labelled or predicted foreground; case_score its score;
+        judged: its regions judged wrong (fix.rule.JudgedRegion); fixed_map: where its `_fixed` map is.
         """
         orientation = orientation_of(case.geometry)
+        notes = tuple(RegionNote(j.region.slice_index, j.region.kind.value, j.region.label_class,
+                                 j.region.label_value, j.region.pred_value, j.region.pixels, j.score) for j in judged)
         view = CaseView(ref.case_id, tuple(str(p) for p in ref.image_paths),
-                        str(ref.label_path) if ref.label_path else "", orientation)
+                        str(ref.label_path) if ref.label_path else "", orientation, fixed_map=fixed_map,
+                        regions=notes)
         self.views[ref.case_id] = view
         if self.config.top_cases <= 0 or self.config.top_slices <= 0 or not self._admits(ref.case_id, case_score):
             return view

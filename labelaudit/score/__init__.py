@@ -1,1 +1,2 @@
-"""Scoring on ONNX Runtime (never torch): the formulas, inference, calibration and the dataset pipeline."""
+"""Scoring (never torch): probability sources (ONNX Runtime, or the user's own), the formulas, the flag rule,
+calibration and the dataset pipeline."""

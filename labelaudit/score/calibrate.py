@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ScoreConfig
-from ..data import Track, discover_dataset, no_track
+from ..data import Track, discover_dataset, fingerprint, no_track
 from ..errors import ImageReadError
-from ..formats.run import load_run
-from ..gate.decide import decide
+from ..formats.run import DatasetRecord, load_run
+from .decide import decide, resolve_threshold
 from ..io import read_volume
 from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
 from .formulas import STRUCTURE_PRIOR
@@ -40,6 +40,11 @@ THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = 
 #: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+#: How A₀ was measured, stored with it.
+PRIOR_RULE = (f"{STRUCTURE_PRIOR} x the median labelled area of the training slices with structure (A0 of the "
+              "slice score)")
 
 
 def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
@@ -105,9 +110,46 @@ def calibrate_run(run_dir: Path | str, device: str = "auto", track: Track = no_t
         prior = structure_prior(discover_dataset(fit_dataset_path(info, Path(run_dir))))
     audit = score_dataset(ScoreConfig(run_dir=Path(run_dir), write=False, device=device, batch_size=batch_size,
                                       structure_prior_mm2=prior), track=track)
-    return replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=(
-        f"{STRUCTURE_PRIOR} x the median labelled area of the training slices with structure (A0 of the slice "
-        "score)"))
+    return replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=PRIOR_RULE)
+
+
+def score_probabilities(config: ScoreConfig, track: Track = no_track) -> Audit:
+    """`score --probabilities`: flag with the calibration folder config.run_dir when one is given; else derive
+    the thresholds from this very audit with fit's rule (on the training data's out-of-fold probabilities, as
+    fit calibrates on its own), flag with them, and save them to AUDIT_DIR/calibration for `check --model`."""
+    from datetime import datetime, timezone
+
+    from .. import __version__
+    from ..formats.probability_run import CALIBRATION_FOLDER, ProbabilityRun, SourceRecord, save_probability_run
+    from .sources import open_given
+
+    if config.run_dir is not None or config.dataset is None:
+        return score_dataset(config, track)
+    dataset = discover_dataset(config.dataset)
+    given = open_given(config.probabilities, dataset)  # its label set goes with the thresholds
+    prior = config.structure_prior_mm2 if config.structure_prior_mm2 is not None else structure_prior(dataset)
+    config = replace(config, structure_prior_mm2=prior)
+    derived: list[Calibration] = []
+
+    def calibrate(audit: Audit) -> Threshold:
+        calibration = replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=PRIOR_RULE)
+        if not given.out_of_fold:
+            calibration = replace(calibration, scored="given probabilities (not known to be out-of-fold)")
+            audit.notes.append("thresholds derived from probabilities that are not nnU-Net's out-of-fold validation: "
+                               "a model trained on these labels agrees with them too well, so they come out low")
+        derived.append(calibration)
+        return resolve_threshold(calibration, config.threshold)
+
+    audit = score_dataset(config, track, calibrate=calibrate)
+    if config.write and derived and audit.out_dir is not None:
+        record = DatasetRecord(str(dataset.root.resolve()), dataset.name, dataset.layout, dataset.file_ending,
+                               fingerprint(dataset), tuple(c.case_id for c in audit.cases))
+        run = ProbabilityRun(given.label_map, derived[0], SourceRecord(
+            given.describe(), tuple(str(Path(p).resolve()) for p in config.probabilities), given.routing.value),
+            record, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            {"labelaudit": __version__, **audit.versions})
+        audit.files["calibration"] = str(save_probability_run(Path(audit.out_dir) / CALIBRATION_FOLDER, run).parent)
+    return audit
 
 
 def structure_prior_of(labels: Iterable[Volume], prior: float = STRUCTURE_PRIOR) -> float | None:

@@ -1,4 +1,5 @@
-"""ONNX Runtime inference for one case at a time: the fold models' mean softmax, uncertainty and meta weight.
+"""The run's ONNX Runtime models as a probability source: the fold models' mean softmax over K perturbed passes,
+its uncertainty and (MCPM) the meta weight, for one case at a time (score/scorer.py scores them).
 
 Array legend: S slices of one case, b slices of one batch, C classes, C_in input channels, K perturbations,
 H x W the case's native in-plane pixels, h x w the network's (after resampling), Hp x Wp padded to the run's
@@ -19,23 +20,9 @@ from ..errors import ModelError, UsageError
 from ..formats.run import RunInfo, perturbation_noise
 from ..preprocess import LabelMap, pad_to_multiple, prepare_case, resample_slices, restore_in_plane
 from ..types import Case, Routing
-from .formulas import (
-    MCPM_PIXEL_SCORE, PIXEL_SCORE, SLICE_EPS, SliceStats, concat_stats, given_class_probability,
-    normalised_entropy, pixel_noise_score, roi_radius, slice_stats,
-)
-
-
-@dataclass(frozen=True)
-class ProbabilityBatch:
-    """Slices start:stop of one case: the given label's class indices int64 (b, H, W), the mean softmax float32
-    (b, C, H, W), its uncertainty float32 (b, H, W) and, for MCPM runs scored with R, the meta weight (b, H, W)."""
-
-    start: int
-    stop: int
-    classes: np.ndarray
-    prob: np.ndarray
-    uncertainty: np.ndarray
-    weight: np.ndarray | None = None
+from .formulas import MCPM_PIXEL_SCORE, PIXEL_SCORE, normalised_entropy
+from .routing import model_name, route_case
+from .scorer import ProbabilityBatch, Route
 
 
 @dataclass(frozen=True)
@@ -60,29 +47,28 @@ def pixel_score_of(info: RunInfo) -> PixelScore:
 MAX_PIXELS_PER_CALL = 1 << 22
 
 
-class CaseScorer:
-    """Runs the fold models on one case at a time and turns their output into noise maps and slice stats."""
+class OnnxSource:
+    """The run's fold models on ONNX Runtime: routes each case (out-of-fold on the fit dataset) and runs them."""
 
     def __init__(self, info: RunInfo, run_dir: Path, device: str = "auto", batch_size: int = 16,
                  perturbations: int | None = None, pixel_score: PixelScore | None = None,
-                 structure_prior_mm2: float | None = None) -> None:
+                 fit_dataset: bool = False, out_of_fold: bool = True) -> None:
         from .providers import MetaWeighter, Segmenter, choose_device
 
         calibration = info.threshold
-        if structure_prior_mm2 is None and calibration is not None:
-            structure_prior_mm2 = calibration.structure_prior_mm2
-        self.structure_prior_mm2 = float(structure_prior_mm2) if structure_prior_mm2 else None
         self.notes: list[str] = []
+        self.fit_dataset, self.out_of_fold = fit_dataset, out_of_fold
 
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size}: expected at least 1")
         self.info = info
         self.label_map: LabelMap = info.label_map
         self.prep = info.preprocessing
-        self.perturbations = info.perturbations if perturbations is None else replace(info.perturbations,
-                                                                                      k=int(perturbations))
-        if self.perturbations.k < 1:
-            raise UsageError(f"perturbations K={self.perturbations.k}: expected at least 1")
+        self.noise_params = info.perturbations if perturbations is None else replace(info.perturbations,
+                                                                                     k=int(perturbations))
+        if self.noise_params.k < 1:
+            raise UsageError(f"perturbations K={self.noise_params.k}: expected at least 1")
+        self.perturbations = self.noise_params.k
         self.batch_size = batch_size
         self.choice = choose_device(device)
         c_in = len(self.prep.channels)
@@ -121,7 +107,7 @@ class CaseScorer:
     def noise_bank(self, height: int, width: int) -> np.ndarray:
         key = (height, width)
         if key not in self._noise:
-            self._noise = {key: perturbation_noise(self.perturbations, len(self.prep.channels), height, width)}
+            self._noise = {key: perturbation_noise(self.noise_params, len(self.prep.channels), height, width)}
         return self._noise[key]
 
     def predict(self, image: np.ndarray, chosen: list[int], label: np.ndarray | None = None
@@ -153,24 +139,24 @@ class CaseScorer:
         self.seconds["inference"] += time.perf_counter() - start
         return prob, unc, weight
 
-    def prior_pixels(self, in_plane_spacing: tuple[float, float]) -> float:
-        """A₀ in pixels of a slice with this spacing (mm); SLICE_EPS for runs calibrated without it."""
-        if not self.structure_prior_mm2:
-            return SLICE_EPS
-        return max(SLICE_EPS, self.structure_prior_mm2 / max(in_plane_spacing[0] * in_plane_spacing[1], 1e-12))
+    def route(self, case_id: str) -> Route:
+        """The fold model(s) that held the case out on the fit dataset, else the ensemble (routing.route_case)."""
+        chosen, routing = route_case(case_id, self.info.models, self.fit_dataset, self.out_of_fold)
+        return Route(tuple(chosen), model_name(self.info.models, chosen), routing)
 
-    def batches(self, case: Case, chosen: list[int]) -> Iterator[ProbabilityBatch]:
-        """The chosen models' output for `case`, a few slices at a time, on the case's native in-plane grid.
+    def batches(self, case: Case, route: Route) -> Iterator[ProbabilityBatch]:
+        """The routed models' output for `case`, a few slices at a time, on the case's native in-plane grid.
 
         Memory stays bounded by MAX_PIXELS_PER_CALL whatever the case's size. Raises InputError when the
         label holds values outside the run's classes.
         """
+        chosen = list(route.parts)
         labels = case.label_slices()  # (S, H, W) native label values, a view; encoded per batch (int64 is big)
         image, _ = prepare_case(case, self.prep)  # (S, C_in, h, w)
         num_slices, native = labels.shape[0], labels.shape[1:]
         h, w = image.shape[-2:]
         factor = self.prep.resample_factor(case)
-        pixels_per_slice = self.perturbations.k * _ceil_to(h, self.prep.divisor) * _ceil_to(w, self.prep.divisor)
+        pixels_per_slice = self.perturbations * _ceil_to(h, self.prep.divisor) * _ceil_to(w, self.prep.divisor)
         step = max(1, min(self.batch_size, MAX_PIXELS_PER_CALL // pixels_per_slice))
         for start in range(0, num_slices, step):
             stop = min(num_slices, start + step)
@@ -192,26 +178,6 @@ class CaseScorer:
             self.seconds["scoring"] += time.perf_counter() - t0
             yield ProbabilityBatch(start, stop, given, prob, unc, weight)
 
-    def score_case(self, case: Case, chosen: list[int]) -> tuple[SliceStats, np.ndarray, np.ndarray]:
-        """Score one case: (slice stats over its S slices, noise (S, H, W) float32, pred (S, H, W) class indices)."""
-        labels = case.label_slices()
-        num_slices, native = labels.shape[0], labels.shape[1:]
-        radius = roi_radius(case.geometry.in_plane_spacing())
-        eps = self.prior_pixels(case.geometry.in_plane_spacing())
-        noise_map = np.empty((num_slices, *native), dtype=np.float32)
-        pred_map = np.empty((num_slices, *native), dtype=np.uint8 if self.label_map.num_classes <= 256 else np.int32)
-        parts = []
-        for batch in self.batches(case, chosen):
-            t0 = time.perf_counter()
-            pred = batch.prob.argmax(axis=1)
-            noise = pixel_noise_score(given_class_probability(batch.prob, batch.classes), batch.uncertainty,
-                                      self.pixel_score, batch.weight)
-            noise_map[batch.start:batch.stop] = noise
-            pred_map[batch.start:batch.stop] = pred
-            parts.append(slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps))
-            self.seconds["scoring"] += time.perf_counter() - t0
-        return concat_stats(parts), noise_map, pred_map
-
 
 def _ceil_to(n: int, divisor: int) -> int:
     return -(-n // divisor) * divisor
@@ -225,15 +191,16 @@ def dataset_probabilities(run_dir: Path | str, dataset_dir: Path | str, device: 
     """
     from ..data import discover_dataset, iter_cases
     from ..formats.run import load_run
-    from .routing import is_fit_dataset, route_case
+    from .routing import is_fit_dataset
 
     info = load_run(run_dir)
     dataset = discover_dataset(dataset_dir)
-    scorer = CaseScorer(info, Path(run_dir), device=device)
-    fit = is_fit_dataset(info, dataset)
+    source = OnnxSource(info, Path(run_dir), device=device, fit_dataset=is_fit_dataset(info, dataset),
+                        out_of_fold=out_of_fold)
     for case, _ in iter_cases(dataset):
-        chosen, routing = route_case(case.case_id, info.models, fit, out_of_fold)
-        parts = list(scorer.batches(case, chosen))
+        route = source.route(case.case_id)
+        routing = route.routing
+        parts = list(source.batches(case, route))
         yield CaseProbabilities(case.case_id, np.concatenate([b.classes for b in parts]),
                                 np.concatenate([b.prob for b in parts]).astype(np.float32, copy=False),
                                 np.concatenate([b.uncertainty for b in parts]).astype(np.float32, copy=False), routing)

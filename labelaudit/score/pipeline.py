@@ -1,14 +1,17 @@
-"""`labelaudit score`: stream a dataset's cases through the run's models into an audit (no torch on this path).
+"""`labelaudit score`: stream a dataset's cases through a probability source into an audit (no torch on this path).
+
+The source is the run's ONNX models (`_onnx_plan`), or the probabilities the user brings (sources.py); the
+scoring, the maps, the tables and the report are the same for both.
 
 Flags: a slice is flagged when its score reaches the slice threshold; a case when its score reaches the case
-threshold or any of its slices is flagged (gate/decide.py, the one rule). Thresholds come from run.json
+threshold or any of its slices is flagged (score/decide.py, the one rule). Thresholds come from run.json
 (fit's calibration), an override, or DEFAULT_THRESHOLD (score/calibrate.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,16 +20,21 @@ import numpy as np
 from ..config import ScoreConfig
 from ..data import CaseInfo, Track, check_case, discover_dataset, no_track, raise_fatal
 from ..diagnosis import ErrorKind, classify_slices, dominant_kind
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, UsageError
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
-from ..gate.decide import decide, resolve_threshold
+from .decide import decide, resolve_threshold
 from ..types import (
     Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
 )
 from .formulas import CASE_TOP_SLICES, SliceStats, case_noise_score, dice_disagreement
-from .inference import CaseScorer
-from .routing import check_run_matches, is_fit_dataset, model_name, route_case
+from .inference import OnnxSource
+from .routing import check_run_matches, is_fit_dataset, model_name
+from .scorer import CaseScorer, ScoringPlan
+from .sources import probability_plan
+
+#: score_dataset's `calibrate`: thresholds derived from the finished audit itself (score --probabilities).
+Calibrate = Callable[[Audit], Threshold]
 
 
 def _prefetched(refs: list[CaseRef], declared, track: Track, pool: ThreadPoolExecutor
@@ -41,16 +49,19 @@ def _prefetched(refs: list[CaseRef], declared, track: Track, pool: ThreadPoolExe
         yield ref, case, info, problems
 
 
-def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
-    """Score every case of the dataset with the run's ONNX graphs; write the audit folder unless `write` is False.
+def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calibrate | None = None) -> Audit:
+    """Score every case of the dataset with the run's ONNX graphs, or with the probabilities config names;
+    write the audit folder unless `write` is False.
 
     Streams one case at a time (the next one is read in the background); each case's maps are written as soon
     as it is done. Case-level problems skip the case (recorded in the audit), or are fatal with `strict`. The
     audit folder replaces an earlier one only once complete (AuditFolder.commit); any failure drops it.
+    `calibrate`: derives the thresholds from the scored audit itself; every case and slice is then flagged
+    again with them, before anything is written.
     """
     folders: list[AuditFolder] = []
     try:
-        audit = _score_dataset(config, track, folders)
+        audit = _score_dataset(config, track, folders, calibrate)
     except BaseException:
         for folder in folders:
             folder.abort()
@@ -60,8 +71,10 @@ def score_dataset(config: ScoreConfig, track: Track = no_track) -> Audit:
     return audit
 
 
-def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]) -> Audit:
-    started = time.perf_counter()
+def _onnx_plan(config: ScoreConfig) -> ScoringPlan:
+    """The run folder's ONNX models: its dataset, classes, calibrated threshold and A₀."""
+    if config.run_dir is None:
+        raise UsageError("no run folder given", hint="pass --model RUN_DIR, or --probabilities SRC")
     run_dir = Path(config.run_dir)
     info = load_run(run_dir)
     dataset_root = Path(config.dataset) if config.dataset is not None else fit_dataset_path(info, run_dir)
@@ -70,23 +83,41 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     check_run_matches(info, dataset, run_dir)
     threshold = resolve_threshold(info.threshold, config.threshold)
     fit_dataset = is_fit_dataset(info, dataset)
+    prior = config.structure_prior_mm2
+    if prior is None and info.threshold is not None:
+        prior = info.threshold.structure_prior_mm2
+    run = AuditRun(str(run_dir.resolve()), info.method, info.created,
+                   tuple(model_name(info.models, [i]) for i in range(len(info.models))), info.dataset.name,
+                   len(info.dataset.cases))
+    return ScoringPlan(
+        dataset=dataset, threshold=threshold, run=run, fit_dataset=fit_dataset, label_map=info.label_map,
+        open_source=lambda: OnnxSource(info, run_dir, config.device, config.batch_size, config.perturbations,
+                                       config.pixel_score, fit_dataset, config.out_of_fold),
+        structure_prior_mm2=prior, model_path=run_dir, classes="the run's classes",
+        fit_on=f"run fit on {info.dataset.name}",
+        label_hint="this run folder was fit on another label set; pass --model with a run fit on this dataset")
+
+
+def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder],
+                   calibrate: Calibrate | None = None) -> Audit:
+    started = time.perf_counter()
+    plan = probability_plan(config) if config.probabilities else _onnx_plan(config)
+    dataset, threshold, label_map = plan.dataset, plan.threshold, plan.label_map
 
     folder = None
     if config.write:
         out_dir = Path(config.out_dir) if config.out_dir is not None else Path("audits") / dataset.name
-        folder = AuditFolder(out_dir, dataset, run_dir, config.report)
+        folder = AuditFolder(out_dir, dataset, plan.model_path, config.report)
         folders.append(folder)
 
-    scorer = CaseScorer(info, run_dir, config.device, config.batch_size, config.perturbations, config.pixel_score,
-                        config.structure_prior_mm2)
+    source = plan.open_source()
+    scorer = CaseScorer(source, plan.structure_prior_mm2)
     audit = Audit(
-        dataset=AuditDataset(dataset.name, str(dataset.root.resolve()), dataset.layout, fit_dataset),
-        run=AuditRun(str(run_dir.resolve()), info.method, info.created,
-                     tuple(model_name(info.models, [i]) for i in range(len(info.models))), info.dataset.name,
-                     len(info.dataset.cases)),
-        provider=scorer.provider, device=scorer.device, device_reason=scorer.reason, versions=scorer.versions,
-        pixel_score=scorer.pixel_score.value, threshold=threshold, perturbations=scorer.perturbations.k,
-        out_dir=folder.path if folder is not None else None, notes=list(scorer.notes),
+        dataset=AuditDataset(dataset.name, str(dataset.root.resolve()), dataset.layout, plan.fit_dataset),
+        run=plan.run, provider=source.provider, device=source.device, device_reason=source.reason,
+        versions=source.versions, pixel_score=source.pixel_score.value, threshold=threshold,
+        perturbations=source.perturbations, out_dir=folder.path if folder is not None else None,
+        notes=list(source.notes) + plan.notes,
     )
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0, "write": 0.0}
@@ -96,15 +127,15 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         refs = [r for r in dataset.cases if config.cases is None or r.case_id in config.cases]
         for ref, case, case_info, problems in _prefetched(refs, declared, track, pool):
             seconds["read"] += time.perf_counter() - wait
-            unknown = sorted(set(case_info.label_counts) - set(info.label_map.values)) if case_info else []
+            unknown = sorted(set(case_info.label_counts) - set(label_map.values)) if case_info else []
             if unknown and not problems:
                 label_set_failures += 1
-                problems = [Problem(f"label values {unknown} are not among the run's classes "
-                                    f"{list(info.label_map.values)} (run fit on {info.dataset.name})",
+                problems = [Problem(f"label values {unknown} are not among {plan.classes} "
+                                    f"{list(label_map.values)} ({plan.fit_on})",
                                     ref.case_id, ref.label_path)]
             if not problems:
-                chosen, routing = route_case(ref.case_id, info.models, fit_dataset, config.out_of_fold)
-                stats, noise_map, pred_map = scorer.score_case(case, chosen)
+                route = source.route(ref.case_id)
+                stats, noise_map, pred_map = scorer.score_case(case, route)
                 if not np.isfinite(stats.noise_score).all():
                     problems = [Problem("its noise scores are not finite (NaN or Inf): the image's intensities "
                                         "overflow the network's float32 arithmetic; check the image's values and "
@@ -117,10 +148,10 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                 audit.problems.extend(str(p) for p in problems)
                 wait = time.perf_counter()
                 continue
-            pred_values = info.label_map.decode(pred_map)
+            pred_values = label_map.decode(pred_map)
             kinds = classify_slices(case.label_slices(), pred_values)
-            result = _case_result(ref.case_id, stats, threshold, model_name(info.models, chosen), routing, audit,
-                                  kinds, case.geometry.slicing_axis())
+            result = _case_result(ref.case_id, stats, threshold, route.name, route.routing, audit, kinds,
+                                  case.geometry.slicing_axis())
             if folder is not None:
                 t0 = time.perf_counter()
                 folder.add_case(ref, case, noise_map, pred_values, stats, result)
@@ -128,14 +159,15 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
             del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()
     if label_set_failures and not audit.cases:
-        raise ModelError(f"{run_dir}: no case of {dataset.root} could be scored: its labels hold values outside "
-                         f"the run's classes {list(info.label_map.values)}",
-                         hint="this run folder was fit on another label set; pass --model with a run fit on "
-                              "this dataset")
+        raise ModelError(f"{plan.model_path}: no case of {dataset.root} could be scored: its labels hold values "
+                         f"outside {plan.classes} {list(label_map.values)}", hint=plan.label_hint)
     for ref_id, problems in dataset.skipped.items():  # discovery-time problems (missing label, duplicates …)
         audit.skipped.setdefault(ref_id, [str(p) for p in problems])
     audit.cases.sort(key=lambda c: (-c.noise_score, c.case_id))
     audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
+    if calibrate is not None:
+        audit.threshold = calibrate(audit)
+        _decide_again(audit)
     num_slices = sum(c.n_slices for c in audit.cases)
     audit.timings = {"total_s": 0.0, "read_s": seconds["read"], "inference_s": scorer.seconds["inference"],
                      "scoring_s": scorer.seconds["scoring"], "write_s": seconds["write"]}
@@ -160,6 +192,19 @@ def fit_dataset_path(info: RunInfo, run_dir: Path) -> Path:
         raise InputError(f"{recorded}: the dataset the run was fit on is no longer there",
                          hint="pass the DATASET argument")
     return Path(recorded)
+
+
+def _decide_again(audit: Audit) -> None:
+    """Flag every case and slice again with audit.threshold (the one rule, score/decide.py)."""
+    by_case: dict[str, list[SliceScore]] = {}
+    for s in audit.slices:
+        by_case.setdefault(s.case_id, []).append(s)
+    for case in audit.cases:
+        slices = sorted(by_case.get(case.case_id, []), key=lambda s: s.slice_index)
+        decision = decide(case.noise_score, [s.noise_score for s in slices], audit.threshold)
+        for s, flag in zip(slices, decision.slice_flags):
+            s.flagged = bool(flag)
+        case.flagged, case.n_flagged_slices = decision.flagged, decision.n_flagged_slices
 
 
 def _case_result(case_id: str, stats: SliceStats, threshold: Threshold, model: str, routing: Routing,

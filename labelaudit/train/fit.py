@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,17 +20,19 @@ import numpy as np
 
 from ..config import FitConfig, Method
 from ..data import no_track
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from ..formats.run import DatasetRecord, FoldModel, RunInfo, record_latest, save_run
 from .extra import require_training_extra
+from .progress import ProgressFn
 from .registry import METHODS, MethodSpec
 
 log = logging.getLogger(__name__)
 
-#: progress(description, completed, total, status): the training progress callback (the CLI draws Rich bars)
-ProgressFn = Callable[[str, int, int, str], None]
+#: The U-Net's divisor (train/nets.py, which imports torch): the smallest patch side.
+DIVISOR = 16
+
 #: Fields that may differ between the stored configuration and a --resume invocation.
-_RUNTIME_FIELDS = {"device", "resume", "force", "calibrate", "out", "strict", "dataset"}
+_RUNTIME_FIELDS = {"device", "resume", "force", "calibrate", "out", "strict", "dataset", "preprocessed"}
 
 
 def _no_progress(description: str, completed: int, total: int, status: str) -> None:
@@ -59,97 +62,119 @@ def default_run_dir(dataset_name: str, method: Method | str) -> Path:
 
 def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = no_track,
                 progress: ProgressFn = _no_progress) -> Path:
-    """Train config.method on config.dataset, fold by fold; export, calibrate, and return the run folder."""
+    """Train config.method on config.dataset, fold by fold; export, calibrate, and return the run folder.
+
+    Under torchrun the folds are spread over the processes (train/distributed.py); only rank 0 reports progress.
+    """
     require_training_extra()
     _check_config(config)
+    from .distributed import current_ranks, process_group
+
+    ranks = current_ranks()
+    if not ranks.primary:
+        track, progress = no_track, _no_progress
+    with process_group(ranks) as group:
+        return _fit(config, track, progress, group)
+
+
+def _fit(config: FitConfig, track: Callable[[Iterable, str], Iterable], progress: ProgressFn, group) -> Path:
     from .. import __version__
-    from ..data import discover_dataset, fingerprint, iter_cases
-    from ..preprocess import LabelMap, fit_preprocessing, prepare_case
-    from ..score.calibrate import structure_prior_of
+    from ..data import discover_dataset, fingerprint
+    from .distributed import Ranks, rank_device
+    from .prepare import dataset_entry, preprocessed_root
+    from .progress import FoldsProgress
 
     spec = METHODS[config.method]
     dataset = discover_dataset(config.dataset)
     run_dir = Path(config.out) if config.out else default_run_dir(dataset.name, config.method)
-    config = _claim_run_dir(run_dir, config)
+    if group.primary:
+        config = _claim_run_dir(run_dir, config)
+    config = group.broadcast(config)
+    root = preprocessed_root(config, run_dir)
+    with ExitStack() as stack:
+        entry = stack.enter_context(dataset_entry(config, dataset, root, track, group.primary, group.barrier))
+        case_ids = sorted(c.case_id for c in entry.cases)
+        meta, meta_cases = None, []
+        if spec.meta_net:
+            meta, meta_cases = _resolve_meta_set(config, entry, root, track, group, stack)
+        train_pool = [c for c in case_ids if meta is None or c not in meta.excluded]
+        groups = split_folds(train_pool, config.folds, config.seed)
+        if config.resume:
+            stored = json.loads((run_dir / "run.json").read_text()).get("folds")
+            if stored is not None and stored != groups:
+                raise UsageError(f"{run_dir}: the dataset's readable cases changed since this run started, "
+                                 "so its folds no longer match", hint="start over with --force")
 
-    cases, infos = [], []
-    for case, info in iter_cases(dataset, strict=config.strict, track=track):
-        cases.append(case)
-        infos.append(info)
-    if not cases:
-        raise InputError(f"{config.dataset}: no readable case to train on",
-                         hint="run `labelaudit inspect` on the dataset to see the problems")
-    found = sorted({v for info in infos for v in info.label_counts})
-    label_map = LabelMap.from_declared(dataset.labels, found)
-    channels = cases[0].image_slices().shape[1]
-    if dataset.channel_names and len(dataset.channel_names) == channels:
-        channel_names = [dataset.channel_names[k] for k in sorted(dataset.channel_names, key=int)]
-    else:
-        channel_names = ["unknown"] * channels
-    spacing = (config.target_spacing, config.target_spacing) if config.target_spacing else None
-    prep = fit_preprocessing(cases, channel_names, label_map, spacing, seed=config.seed)
-    prepared = {}
-    for case in track(cases, "preprocessing"):
-        prepared[case.case_id] = prepare_case(case, prep, label_map)
-    prior = structure_prior_of(case.label for case in cases)  # A₀ for calibration, from the labels in memory
-    del cases
-    case_ids = sorted(prepared)
-    meta, meta_cases = None, []
-    if spec.meta_net:
-        meta, meta_cases = _resolve_meta_set(config, case_ids, prepared, prep, label_map, channels, track)
-    train_pool = [c for c in case_ids if meta is None or c not in meta.excluded]
-    groups = split_folds(train_pool, config.folds, config.seed)
-    if config.resume:
-        stored = json.loads((run_dir / "run.json").read_text()).get("folds")
-        if stored is not None and stored != groups:
-            raise UsageError(f"{run_dir}: the dataset's readable cases changed since this run started, "
-                             "so its folds no longer match", hint="start over with --force")
+        import onnx
+        import torch
 
-    import onnx
-    import torch
+        from .loop import resolve_device
 
-    info = RunInfo(
-        method=config.method.value, label_map=label_map, channel_names=channel_names, preprocessing=prep,
-        perturbations=config.perturbations, models=[], config=config.to_json(), log={},
-        dataset=DatasetRecord(
-            path=str(Path(config.dataset).resolve()), name=dataset.name, layout=dataset.layout,
-            file_ending=dataset.file_ending, fingerprint=fingerprint(dataset), cases=tuple(case_ids),
-            skipped={cid: [str(p) for p in problems] for cid, problems in dataset.skipped.items()}),
-        versions={"labelaudit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": _installed_version("onnxruntime")},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        status="training", folds=groups, meta_set=meta.to_json() if meta is not None else None,
-    )
-    save_run(run_dir, info)  # the folds, for --resume
+        label_map = entry.label_map
+        info = RunInfo(
+            method=config.method.value, label_map=label_map, channel_names=list(entry.channel_names),
+            preprocessing=entry.preprocessing, perturbations=config.perturbations, models=[],
+            config=config.to_json(), log={},
+            dataset=DatasetRecord(
+                path=str(Path(config.dataset).resolve()), name=dataset.name, layout=dataset.layout,
+                file_ending=dataset.file_ending, fingerprint=fingerprint(dataset), cases=tuple(case_ids),
+                skipped=entry.skipped),
+            versions={"labelaudit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                      "onnxruntime": _installed_version("onnxruntime")},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            status="training", folds=groups, meta_set=meta.to_json() if meta is not None else None,
+        )
+        mine = group.ranks.folds(len(groups))
+        if group.world > 1:
+            info.extra["distributed"] = {"processes": group.world, "backend": "gloo",
+                                         "folds_by_rank": [Ranks(r, group.world).folds(len(groups))
+                                                           for r in range(group.world)]}
+            if len(groups) < group.world:
+                log.warning("%d processes but %d fold(s): ranks %d-%d have no fold to train", group.world,
+                            len(groups), len(groups), group.world - 1)
+        if group.primary:
+            save_run(run_dir, info)  # the folds, for --resume
+        device = resolve_device(rank_device(config.device, group.ranks))
+        info.device = str(device)
+        clock = FoldsProgress(progress, len(mine), config.loop.total_iterations)
+        records: dict[int, dict] = {}
+        for fold in mine:
+            held_out = groups[fold]
+            train_ids = [c for c in train_pool if c not in held_out] if len(groups) > 1 else train_pool
+            records[fold] = _fit_fold(config, spec, run_dir, fold, len(groups), [entry.case(c) for c in train_ids],
+                                      label_map.num_classes, device, clock, meta_cases)
+            if group.primary and fold != mine[-1]:
+                _add_models(info, records, groups)
+                save_run(run_dir, info)  # progress; after the last fold, the complete run below is written instead
+        for part in group.gather(records):
+            records.update(part)
+        if group.primary:
+            _add_models(info, records, groups)
+            info.status = None
+            save_run(run_dir, info)  # complete: calibration reads it
+            if config.calibrate:
+                from ..score.calibrate import calibrate_run
 
-    from .loop import resolve_device
+                # the training device says where torch runs; ONNX Runtime may lack that provider (a CPU-only
+                # onnxruntime beside CUDA torch), so calibration takes whatever ONNX Runtime can actually run
+                info.threshold = calibrate_run(run_dir, device="cpu" if config.device == "cpu" else "auto",
+                                               track=track, structure_prior_mm2=entry.structure_prior_mm2)
+                save_run(run_dir, info)
+            record_latest(run_dir)
+        group.barrier()  # the others return once the run folder is complete
+    return run_dir
 
-    device = resolve_device(config.device)
-    info.device = str(device)
-    models = []
-    for fold, held_out in enumerate(groups):
-        train_ids = [c for c in train_pool if c not in held_out] if len(groups) > 1 else train_pool
-        record = _fit_fold(config, spec, run_dir, fold, len(groups), [prepared[c] for c in train_ids],
-                           label_map.num_classes, device, progress, meta_cases)
+
+def _add_models(info: RunInfo, records: dict[int, dict], groups: list[list[str]]) -> None:
+    """Set info.models, .log and .mcpm_cost from the fold records so far (in fold order)."""
+    info.models = []
+    for fold in sorted(records):
+        record = dict(records[fold])
         if "mcpm_cost" in record:
             info.mcpm_cost = {**(info.mcpm_cost or {}), f"fold_{fold}": record.pop("mcpm_cost")}
         info.log[f"fold_{fold}"] = record.pop("log")
-        models.append(FoldModel(fold=fold if len(groups) > 1 else -1, held_out=held_out if len(groups) > 1 else [],
-                                **record))
-        if fold < len(groups) - 1:
-            save_run(run_dir, info)  # progress; after the last fold, the complete run below is written instead
-    info.models, info.status = models, None
-    save_run(run_dir, info)  # complete: calibration reads it
-    if config.calibrate:
-        from ..score.calibrate import calibrate_run
-
-        # the training device says where torch runs; ONNX Runtime may lack that provider (a CPU-only
-        # onnxruntime beside CUDA torch), so calibration takes whatever ONNX Runtime can actually run
-        info.threshold = calibrate_run(run_dir, device="cpu" if config.device == "cpu" else "auto", track=track,
-                                       structure_prior_mm2=prior)
-        save_run(run_dir, info)
-    record_latest(run_dir)
-    return run_dir
+        several = len(groups) > 1
+        info.models.append(FoldModel(fold=fold if several else -1, held_out=groups[fold] if several else [], **record))
 
 
 def _installed_version(module: str) -> str:
@@ -176,6 +201,13 @@ def _check_config(config: FitConfig) -> None:
         raise UsageError("--epochs, --iterations-per-epoch and --batch-size must be 1 or more")
     if config.target_spacing is not None and config.target_spacing <= 0:
         raise UsageError(f"--target-spacing {config.target_spacing}: expected a positive size in mm")
+    if config.loop.patch_size is not None and config.loop.patch_size < DIVISOR:
+        raise UsageError(f"--patch-size {config.loop.patch_size}: expected {DIVISOR} or more (the U-Net halves "
+                         "a patch four times)")
+    problems = config.net.problems()
+    if problems:
+        features = ",".join(str(f) for f in config.net.features)
+        raise UsageError(f"--features {features}: {'; '.join(problems)}", hint="e.g. --features 16,32,64,128,256,16")
 
 
 def _claim_run_dir(run_dir: Path, config: FitConfig) -> FitConfig:
@@ -210,39 +242,27 @@ def _claim_run_dir(run_dir: Path, config: FitConfig) -> FitConfig:
     return replace(config, resume=False) if not existing else config
 
 
-def _resolve_meta_set(config: FitConfig, case_ids: list[str], prepared: dict, prep, label_map, channels: int,
-                      track: Callable[[Iterable, str], Iterable]):
-    """MCPM's meta set (meta_set.MetaSet) and its prepared cases [(image (S, C_in, h, w), classes (S, h, w))]."""
+def _resolve_meta_set(config: FitConfig, entry, root: Path, track: Callable[[Iterable, str], Iterable], group,
+                      stack: ExitStack):
+    """MCPM's meta set (meta_set.MetaSet) and its prepared cases (preprocessed.PreparedCase)."""
     from .meta_set import meta_set_from_dataset, meta_set_from_file
 
     path = Path(config.meta_set)
+    case_ids = sorted(c.case_id for c in entry.cases)
     if not path.is_dir():
         meta = meta_set_from_file(path, case_ids)
-        return meta, [prepared[c] for c in meta.case_ids]
-    from ..data import discover_dataset, iter_cases
-    from ..preprocess import prepare_case
+        return meta, [entry.case(c) for c in meta.case_ids]
+    from .prepare import meta_entry
 
-    dataset = discover_dataset(path)
-    cases = {}
-    for case, case_info in iter_cases(dataset, strict=config.strict, track=track):
-        unknown = sorted(set(case_info.label_counts) - set(label_map.values))
-        if unknown:
-            raise InputError(f"--meta-set {path}: case {case.case_id} has label values {unknown}, which the dataset "
-                             f"being fit does not have (its classes are {list(label_map.values)})",
-                             hint="the meta set must be labelled with the same classes as the dataset")
-        found = case.image_slices().shape[1]
-        if found != channels:
-            raise InputError(f"--meta-set {path}: case {case.case_id} has {found} image channel(s), the dataset "
-                             f"being fit has {channels}")
-        cases[case.case_id] = prepare_case(case, prep, label_map)
-    if dataset.skipped:
-        log.warning("--meta-set %s: skipped case(s) with problems: %s", path, ", ".join(sorted(dataset.skipped)))
-    meta = meta_set_from_dataset(path, sorted(cases), case_ids)
-    return meta, [cases[c] for c in meta.case_ids]
+    verified = stack.enter_context(meta_entry(config, path, entry, root, track, group.primary, group.barrier))
+    if verified.skipped:
+        log.warning("--meta-set %s: skipped case(s) with problems: %s", path, ", ".join(sorted(verified.skipped)))
+    meta = meta_set_from_dataset(path, sorted(c.case_id for c in verified.cases), case_ids)
+    return meta, [verified.case(c) for c in meta.case_ids]
 
 
 def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, folds: int, cases: list,
-              num_classes: int, device, progress: ProgressFn, meta_cases: list) -> dict:
+              num_classes: int, device, clock, meta_cases: list) -> dict:
     """Train (or resume, or skip when finished) one fold; save its weights and export its graph(s).
 
     A method with a meta net (MCPM) also saves the meta mask network (meta_weight.safetensors) and exports
@@ -259,7 +279,7 @@ def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, fol
     rel = {"segmenter": f"fold_{fold}/segmenter.onnx", "weights": f"fold_{fold}/weights.safetensors"}
     if spec.meta_net:
         rel["meta_weight"] = f"fold_{fold}/meta_weight.onnx"
-    in_channels = cases[0][0].shape[1]
+    in_channels = cases[0].in_channels
     finished = None
     if config.resume and checkpoint.is_file() and weights.is_file() and (not spec.meta_net or meta_weights.is_file()):
         state = load_checkpoint(checkpoint)
@@ -272,7 +292,7 @@ def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, fol
         sampler = SliceSampler(cases, config.loop.patch_size, config.loop.foreground_fraction)
         description = f"fold {fold + 1}/{folds}" if folds > 1 else "training"
         result = train(method, sampler, num_classes, config.loop, config.net, seed,
-                       device, checkpoint, resume=config.resume, progress=progress, description=description)
+                       device, checkpoint, resume=config.resume, progress=clock.fold(), description=description)
         save_weights(result.net, weights, {"format": "labelaudit", "role": spec.role,
                                            "net": json.dumps(config.net.to_json())})
         if spec.meta_net:
@@ -281,6 +301,7 @@ def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, fol
                                                "mcpm": json.dumps(config.mcpm.to_json())})
         net, finished = result.net, result.log
     else:
+        clock.skip()
         net = load_net(weights, in_channels, num_classes, config.net)
         if spec.meta_net:
             theta = load_meta_net(meta_weights, in_channels, num_classes, config.mcpm)

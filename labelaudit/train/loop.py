@@ -13,7 +13,7 @@ import math
 import pickle
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,47 +63,80 @@ def resolve_device(spec: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- sampling
 
+class SliceSource(Protocol):
+    """A prepared case as the sampler reads it: preprocessed.PreparedCase (memory maps) or ArrayCase (arrays)."""
+
+    @property
+    def in_channels(self) -> int: ...
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    @property
+    def slices(self) -> int: ...
+
+    foreground: tuple[int, ...]  # slices with any non-background class
+
+    def label_slice(self, s: int) -> np.ndarray: ...
+
+    def image_window(self, s: int, top: int, left: int, height: int, width: int) -> np.ndarray: ...
+
+
+class ArrayCase:
+    """A prepared case held in memory: image (S, C_in, h, w) float32, classes (S, h, w) int."""
+
+    def __init__(self, image: np.ndarray, classes: np.ndarray) -> None:
+        self.image, self.classes = image, classes
+        self.in_channels, self.slices, self.size = image.shape[1], image.shape[0], tuple(image.shape[-2:])
+        self.foreground = tuple(int(s) for s in np.flatnonzero(classes.reshape(len(classes), -1).any(axis=1)))
+
+    def label_slice(self, s: int) -> np.ndarray:
+        return self.classes[s]
+
+    def image_window(self, s: int, top: int, left: int, height: int, width: int) -> np.ndarray:
+        return self.image[s, :, top:top + height, left:left + width]
+
+
 class SliceSampler:
     """Draws fixed-size 2D training patches from prepared cases, oversampling slices with foreground.
 
-    cases: (image (S, C_in, h, w) float32, classes (S, h, w) int) per case; sizes may differ between
-    cases. Each case is zero-padded at the bottom/right (as scoring pads) to a multiple of 16 and at
-    least the patch size; larger slices are randomly cropped.
+    cases: SliceSources (the preprocessed folder's memory-mapped cases) or (image (S, C_in, h, w) float32,
+    classes (S, h, w) int) arrays; sizes may differ between cases. Each slice is treated as zero-padded at the
+    bottom/right (as scoring pads) to a multiple of 16 and at least the patch size, and a patch of it is cut:
+    only that window of the image and the slice's label are read, never a padded copy of a case.
     """
 
-    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], patch_size: int | None = None,
+    def __init__(self, cases: Sequence[SliceSource | tuple[np.ndarray, np.ndarray]], patch_size: int | None = None,
                  foreground_fraction: float = 0.33) -> None:
         if not cases:
             raise ValueError("no cases to sample from")
-        sizes = [_round_up(img.shape[-2:]) for img, _ in cases]
+        self.cases: list[SliceSource] = [ArrayCase(*c) if isinstance(c, tuple) else c for c in cases]
+        sizes = [_round_up(case.size) for case in self.cases]
         cap = _round_up((patch_size or MAX_AUTO_PATCH,) * 2)
         self.patch = (min(max(s[0] for s in sizes), cap[0]), min(max(s[1] for s in sizes), cap[1]))
-        self.images: list[np.ndarray] = []
-        self.classes: list[np.ndarray] = []
-        for image, classes in cases:
-            h, w = image.shape[-2:]
-            th, tw = max(_round_up((h, w))[0], self.patch[0]), max(_round_up((h, w))[1], self.patch[1])
-            self.images.append(np.pad(image, [(0, 0), (0, 0), (0, th - h), (0, tw - w)]).astype(np.float32))
-            self.classes.append(np.pad(classes, [(0, 0), (0, th - h), (0, tw - w)]).astype(np.int16))
-        self.slices = [(c, s) for c, img in enumerate(self.images) for s in range(img.shape[0])]
-        self.foreground = [(c, s) for c, s in self.slices if self.classes[c][s].any()]
+        self.padded = [(max(h, self.patch[0]), max(w, self.patch[1])) for h, w in sizes]
+        # (case, slice) pairs: every slice, and those with foreground, in case then slice order
+        self.slices = np.array([(c, s) for c, case in enumerate(self.cases) for s in range(case.slices)],
+                               dtype=np.int64).reshape(-1, 2)
+        self.foreground = np.array([(c, s) for c, case in enumerate(self.cases) for s in case.foreground],
+                                   dtype=np.int64).reshape(-1, 2)
         self.foreground_fraction = foreground_fraction
-        self.in_channels = cases[0][0].shape[1]
+        self.in_channels = self.cases[0].in_channels
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A batch: image (B, C_in, ph, pw) float32, classes (B, ph, pw) int64."""
         forced = 0
-        if self.foreground and self.foreground_fraction > 0:
+        if len(self.foreground) and self.foreground_fraction > 0:
             forced = max(1, int(round(batch_size * self.foreground_fraction)))
             forced = min(forced, batch_size)
         ph, pw = self.patch
-        images = np.empty((batch_size, self.in_channels, ph, pw), dtype=np.float32)
-        classes = np.empty((batch_size, ph, pw), dtype=np.int64)
+        images = np.zeros((batch_size, self.in_channels, ph, pw), dtype=np.float32)
+        classes = np.zeros((batch_size, ph, pw), dtype=np.int64)
         for b in range(batch_size):
             pool = self.foreground if b < forced else self.slices
-            c, s = pool[int(rng.integers(len(pool)))]
-            label = self.classes[c][s]
-            h, w = label.shape
+            c, s = (int(v) for v in pool[int(rng.integers(len(pool)))])
+            case, (h, w) = self.cases[c], self.padded[c]
+            label = case.label_slice(s)  # unpadded; the padding holds no foreground, so nonzero() is the same
             if b < forced and (h > ph or w > pw):
                 ys, xs = np.nonzero(label)
                 pick = int(rng.integers(len(ys)))
@@ -111,8 +144,10 @@ class SliceSampler:
                 left = int(np.clip(xs[pick] - pw // 2, 0, w - pw))
             else:
                 top, left = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
-            images[b] = self.images[c][s, :, top:top + ph, left:left + pw]
-            classes[b] = label[top:top + ph, left:left + pw]
+            window = case.image_window(s, top, left, ph, pw)  # cut at the slice's edge: the rest is padding
+            images[b, :, :window.shape[1], :window.shape[2]] = window
+            cut = label[top:top + ph, left:left + pw]
+            classes[b, :cut.shape[0], :cut.shape[1]] = cut
         return images, classes
 
 

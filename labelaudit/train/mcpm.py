@@ -182,14 +182,14 @@ def meta_step(student: nn.Module, theta: nn.Module, theta_optimizer: torch.optim
 class McpmMethod:
     """MCPM for the shared loop: Theta, its Adam optimiser and the meta-set sampler live here.
 
-    meta_cases: (image (S, C_in, h, w) float32, classes (S, h, w) int) per meta case, prepared like the
-    training cases. `seed` drives the meta batches (a numpy Generator) and their flips (a torch.Generator);
+    meta_cases: the meta cases prepared like the training cases (loop.SliceSource: preprocessed.PreparedCase,
+    or (image (S, C_in, h, w) float32, classes (S, h, w) int) arrays). `seed` drives the meta batches (a numpy Generator) and their flips (a torch.Generator);
     both are in state_dict, so a resumed run continues the same streams.
     """
 
     name = "mcpm"
 
-    def __init__(self, params: McpmParams, meta_cases: list[tuple[np.ndarray, np.ndarray]], seed: int,
+    def __init__(self, params: McpmParams, meta_cases: list, seed: int,
                  loop: LoopParams = LoopParams()) -> None:
         if params.normalise not in NORMALISATIONS:
             raise UsageError(f"MCPM normalise {params.normalise!r}: expected one of {', '.join(NORMALISATIONS)}")

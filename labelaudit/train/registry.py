@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 from ..config import FitConfig, Method
 
 if TYPE_CHECKING:
-    import numpy as np
+    from .loop import SliceSource, TrainingMethod
 
-    from .loop import TrainingMethod
-
-    #: (image (S, C_in, h, w) float32, classes (S, h, w) int) per case, as fit prepares them
-    PreparedCase = tuple[np.ndarray, np.ndarray]
+    #: a case as fit prepares it (preprocessed.PreparedCase), or (image, classes) arrays
+    PreparedCase = SliceSource
 
 
 @dataclass(frozen=True)

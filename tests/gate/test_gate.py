@@ -14,7 +14,7 @@ from labelaudit.cli.render import summary_table
 from labelaudit.formats.cache import CacheEntry
 from labelaudit.gate.check import CheckedModel, CheckResult, _verdict
 from labelaudit.gate.ci import check_json, describe_threshold, github_annotations, junit_xml
-from labelaudit.gate.decide import decide
+from labelaudit.score.decide import decide
 from labelaudit.score.routing import check_run_matches
 from labelaudit.types import AuditDataset, Calibration, Threshold, ThresholdSource
 from labelaudit.preprocess import LabelMap

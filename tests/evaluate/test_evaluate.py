@@ -314,3 +314,21 @@ def test_a_hand_made_manifest_reads_with_defaults(audit):
     truth = read_manifest(audit["truth"])
     assert truth.cases["case_002"].slices == {0: False, 1: True, 2: False, 3: True, 4: False}
     assert truth.source == audit["clean"] and truth.record == manifest
+
+
+def test_kind_accuracy_is_a_confusion_matrix_against_the_corruption(audit, tmp_path):
+    copy = _copy_audit(audit, tmp_path)
+    named = {("case_000", 2): "over_segmentation", ("case_002", 1): "shifted_boundary",
+             ("case_002", 3): "over_segmentation"}
+    rows = [[c, i, 0.5, 0, named.get((c, i), "none")] for c in CASES for i in range(5)]
+    _write_csv(copy / "slices.csv", ["case_id", "slice_index", "noise_score", "flagged", "error_kind"], rows)
+    result, text = _invoke(copy, "--truth", audit["truth"])
+    assert result.exit_code == 0, text
+    assert "kind accuracy 0.67" in result.stdout
+    kinds = json.loads((copy / "evaluation.json").read_text())["kinds"]
+    assert kinds["counts"]["dilation"]["over_segmentation"] == 2 and kinds["counts"]["erosion"] == {
+        **{k: 0 for k in kinds["counts"]["erosion"]}, "shifted_boundary": 1}
+    assert kinds["row_accuracy"] == {"dilation": 1.0, "erosion": 0.0}  # no clean row: the file says no eligibility
+    assert kinds["accuracy"] == pytest.approx(2 / 3) and kinds["expected"]["erosion"] == "under_segmentation"
+    # an audit without the error_kind column has nothing to compare
+    assert evaluate_audit(EvaluateConfig(audit["audit"], audit["truth"])).kinds is None

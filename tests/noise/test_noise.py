@@ -403,3 +403,36 @@ def test_noise_params_set_the_magnitudes():
     shift = sample_corruption(label, "shift", [1, 2], rng, params).params
     assert round(math.hypot(shift["dy"], shift["dx"])) == 3
     assert sample_corruption(label, "spurious", [1, 2], rng, params).params["radius"] == 6
+
+
+def test_wrong_class_relabels_one_component_never_to_the_class_around_it():
+    label = _slice(3)  # class 2 inside a ring of class 1
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        noisy, corruption = corrupt_slice(label, ["wrong_class"], [1, 2], rng)
+        assert corruption is not None and corruption.kind == "wrong_class"
+        # class 2 sits in class 1, so only the ring can change: relabelled 2, never background
+        assert corruption.label_class == 1 and corruption.params["to"] == 2
+        changed = noisy != label
+        np.testing.assert_array_equal(changed, label == 1)
+        assert set(np.unique(noisy[changed])) == {2}
+        np.testing.assert_array_equal(apply_corruption(label, Corruption.from_json(corruption.to_json())), noisy)
+    # two separate structures: the component "at" changes, the other one of its class stays
+    two = np.zeros((20, 30), dtype=np.uint8)
+    two[2:8, 2:8], two[12:18, 2:8], two[2:8, 20:26] = 1, 1, 2
+    moved = apply_corruption(two, Corruption("wrong_class", 1, {"to": 2, "at": [12, 2]}))
+    assert (moved[12:18, 2:8] == 2).all() and (moved[2:8, 2:8] == 1).all()
+    # level case: the whole class, in every slice
+    stack = np.stack([two, two])
+    noisy, corruption, changed = sample_systematic(stack, ["wrong_class"], [1, 2], np.random.default_rng(1))
+    assert corruption is not None and "at" not in corruption.params
+    assert list(changed) == [72, 72] or list(changed) == [36, 36]  # all of class 1 (72 px) or of class 2 (36)
+
+
+def test_wrong_class_needs_two_foreground_classes(data, tmp_path):
+    with pytest.raises(UsageError, match="multi-class"):
+        corrupt_slice(_slice(1, classes=1), ["wrong_class"], [1], np.random.default_rng(0))
+    result = CliRunner().invoke(app, ["corrupt", str(data["sideways"]), str(tmp_path / "out"), "--kinds",
+                                      "wrong_class"])
+    assert result.exit_code == 2 and "multi-class" in result.output + (result.stderr or "")
+    assert not (tmp_path / "out").exists()

@@ -322,3 +322,73 @@ def test_cli_pint_options_reach_run_json(dataset, tmp_path, monkeypatch, cli):
     pint = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["pint"]
     assert (pint["ema_decay"], pint["image_quantile"], pint["memory_batches"], pint["warmup_fraction"]) == (
         0.9, 0.7, 5, 0.5)
+
+
+# ----------------------------------------------------------------------------- patches, network shape, progress
+
+def test_patch_training_on_slices_larger_than_the_patch_scores_whole_slices(tmp_path, monkeypatch):
+    import csv
+
+    from labelaudit.config import ScoreConfig
+    from labelaudit.score.pipeline import score_dataset
+
+    monkeypatch.chdir(tmp_path)
+    big = write_synth_dataset(tmp_path / "Dataset004_Big", SynthConfig(cases=2, size=(80, 72, 3), classes=1))
+    run = fit_dataset(tiny_config(big, tmp_path / "run", calibrate=True,
+                                  loop=replace(TINY_LOOP, patch_size=32)))
+    info = load_run(run)
+    assert info.config["loop"]["patch_size"] == 32 and info.threshold is not None
+    score_dataset(ScoreConfig(run_dir=run, out_dir=tmp_path / "audit", device="cpu"))
+    with open(tmp_path / "audit" / "slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 3 and all(np.isfinite(float(r["noise_score"])) for r in rows)
+
+
+def test_sampler_cuts_patches_from_larger_slices_and_keeps_foreground():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 1, 100, 70)).astype(np.float32)
+    classes = np.zeros((4, 100, 70), dtype=np.int64)
+    classes[2, 80:84, 60:64] = 1  # a small structure near a corner
+    sampler = SliceSampler([(image, classes)], patch_size=32, foreground_fraction=0.5)
+    assert sampler.patch == (32, 32)
+    for _ in range(10):
+        batch, labels = sampler.sample(4, rng)
+        assert batch.shape == (4, 1, 32, 32) and all(labels[b].any() for b in range(2))
+
+
+def test_cli_network_and_patch_options_reach_run_json(dataset, tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    result = cli("fit", dataset, "--method", "plain", "--folds", "1", "--epochs", "1", "--iterations-per-epoch", "1",
+                 "--batch-size", "2", "--device", "cpu", "--out", tmp_path / "run", "--features", "4,8,8,16,16,4",
+                 "--patch-size", "32", "--preprocessed", tmp_path / "pre")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["net"]["features"] == [4, 8, 8, 16, 16, 4] and config["loop"]["patch_size"] == 32
+    assert config["preprocessed"] == str(tmp_path / "pre") and config["image_dtype"] == "float32"
+    assert any((tmp_path / "pre").iterdir())
+    bad = cli("fit", dataset, "--features", "4,8,8", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--features 4,8,8: expected 6 channel counts" in bad.stderr
+    odd = cli("fit", dataset, "--features", "4,8,8,8,8,6", "--out", tmp_path / "bad")
+    assert odd.exit_code == 2 and "multiple of the GroupNorm groups" in odd.stderr
+
+
+def test_progress_reports_the_time_left_over_every_fold():
+    from labelaudit.train.progress import FoldsProgress, format_seconds
+
+    now = [100.0]
+    seen = []
+    clock = FoldsProgress(lambda *a: seen.append(a), folds=3, per_fold=10, clock=lambda: now[0])
+    clock.skip()  # fold 0 finished before a resume: reports nothing
+    first = clock.fold()
+    first("fold 2/3", 4, 10, "")  # resumed after 4 steps: the clock starts here
+    now[0] += 12.0
+    first("fold 2/3", 10, 10, "epoch 2/2 loss 0.5")  # 6 steps in 12 s
+    now[0] += 3.0  # export between folds
+    second = clock.fold()
+    second("fold 3/3", 0, 10, "")
+    now[0] += 5.0
+    second("fold 3/3", 1, 10, "epoch 1/2 loss 0.9")  # 7 steps in 20 s; 9 left
+    assert seen[1][3] == "epoch 2/2 loss 0.5 · all folds 38%, 0:00:20 left"  # 6 of 16 steps, 10 left at 2 s
+    assert seen[-1][:3] == ("fold 3/3", 1, 10)
+    assert seen[-1][3] == f"epoch 1/2 loss 0.9 · all folds 44%, {format_seconds(20 / 7 * 9)} left"
+    assert format_seconds(3725) == "1:02:05" and format_seconds(None) == "?"

@@ -25,7 +25,7 @@ from labelaudit.data import discover_dataset
 from labelaudit.preprocess import LabelMap
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "demo-pint"
 THRESHOLD = {"slice": 0.3, "case": 0.3, "rule": "median+k*mad", "k": 3.0, "floor": 0.05, "n_slices": 12,
              "scored": "out-of-fold", "slice_stats": {"median": 0.03, "mad": 0.005}}

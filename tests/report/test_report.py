@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import csv
+import json
 import re
 import struct
 import zlib
@@ -252,3 +253,76 @@ def test_histogram_marks_the_threshold_and_colours_flagged_bars():
     svg = histogram_svg(np.array([0.01, 0.02, 0.02, 0.5]), threshold=0.3, bins=10)
     assert "threshold 0.300" in svg and svg.count("<rect") == 2
     assert svg.count("#D55E00") == 1  # the one bar at or past the threshold
+
+
+# ----------------------------------------------------------------------------- per class, and what to fix
+
+def _two_class_audit(make_audit, tmp_path):
+    """A hand-made audit whose dataset.json names two classes with markup in the names, and one case with a
+    region judged wrong (a wrong class) and its fixed map."""
+    from labelaudit.report.views import CaseView, Orientation, RegionNote
+
+    root = tmp_path / "Dataset012_Names"
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "<b>liver</b>": 1, "tumour & cyst": 2}, "channel_names": {"0": "CT"},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    audit = make_audit(["c1", "c2"])
+    audit.dataset = replace(audit.dataset, path=str(root))
+    y, x = np.mgrid[:24, :24]
+    label = np.where((y - 12) ** 2 + (x - 12) ** 2 <= 64, 1, 0).astype(np.uint8)
+    label[10:14, 10:14] = 2
+    pred = label.copy()
+    pred[pred == 2] = 1
+    view = CaseView("c1", (str(root / "imagesTr" / "c1_0000.nii.gz"),), str(root / "labelsTr" / "c1.nii.gz"),
+                    Orientation("axial", 2, 4, spacing=(0.9, 0.8)), fixed_map="maps/c1_fixed.nii.gz",
+                    regions=(RegionNote(1, "wrong_class", 2, 2, 1, 16, 0.8),
+                             RegionNote(2, "wrong_class", 2, 2, 1, 12, 0.7),
+                             RegionNote(1, "over_segmentation", 1, 1, 0, 5, 0.4)))
+    view.slices[1] = make_slice_view(1, (100 + 50 * label).astype(np.float32), label, pred,
+                                     (label != pred).astype(np.float32), view.orientation)
+    audit.views["c1"] = view
+    return audit
+
+
+def test_outlines_take_a_colour_per_class_with_a_legend_of_the_names(make_audit, tmp_path):
+    page = render_report(_two_class_audit(make_audit, tmp_path))
+    legend = page[page.index('<p class="classes">'):]
+    legend = legend[:legend.index("</p>")]
+    # Okabe-Ito, in label-value order; the names from dataset.json, escaped
+    assert re.findall(r'class="class-key" style="--c:(#[0-9A-F]{6})"', legend) == ["#E69F00", "#56B4E9"]
+    assert "&lt;b&gt;liver&lt;/b&gt; <small>(1)</small>" in legend and "tumour &amp; cyst <small>(2)</small>" in legend
+    assert "<b>liver</b>" not in page
+    section = page[page.index('data-case="c1"'):]
+    section = section[:section.index("</section>")]
+    assert re.search(r'<path class="lab" d="M[^"]+" data-class="1" style="--c:#E69F00"/>', section)
+    assert re.search(r'<path class="lab" d="M[^"]+" data-class="2" style="--c:#56B4E9"/>', section)
+    assert re.search(r'<path class="pred" d="M[^"]+" data-class="1" style="--c:#E69F00"/>', section)
+    assert 'class="pred" d="M' in section and 'data-class="2" style="--c:#56B4E9"' in section
+
+
+def test_each_case_says_what_to_fix_and_how_to_open_the_fixed_label(make_audit, tmp_path):
+    page = render_report(_two_class_audit(make_audit, tmp_path))
+    section = page[page.index('data-case="c1"'):]
+    section = section[:section.index("</section>")]
+    line = re.search(r'<p class="fix">(.*?)</p>', section).group(1)
+    text = re.sub(r"<[^>]+>", "", line)
+    assert text.startswith("What to fix: wrong class tumour &amp; cyst where the model sees &lt;b&gt;liver&lt;/b&gt;, "
+                           "slices 1–2 (2 regions, 28 px); also over-segmentation of &lt;b&gt;liver&lt;/b&gt; "
+                           "(slice 1)")
+    assert "fixed label: maps/c1_fixed.nii.gz" in text
+    assert "<dt>fixed label</dt><dd><code" in section and "/a/maps/c1_fixed.nii.gz" in section
+    assert "-o /a/maps/c1_noise.nii.gz /a/maps/c1_fixed.nii.gz" in section  # ITK-SNAP: image, label, fix
+    assert ("Slicer --python-code &#x27;slicer.util.loadVolume(&quot;" in section
+            and "slicer.util.loadLabelVolume(&quot;/a/maps/c1_fixed.nii.gz&quot;)" in section)
+    # the noise overlay is on by default on a flagged case's worst slice
+    assert '<div class="view heat-default"' in section
+    other = page[page.index('data-case="c2"'):]  # flagged, but no region the model is sure enough of
+    assert '<p class="fix none">What to fix: no region' in other[:other.index("</section>")]
+
+
+def test_the_noise_overlay_is_clear_on_faint_doubt():
+    from labelaudit.report.picture import heat_rgba
+
+    rgba = heat_rgba(np.array([[0, 25, 60, 255]], dtype=np.uint8))
+    assert rgba[0, 0, 3] == 0 and rgba[0, 1, 3] == 0 and 0 < rgba[0, 2, 3] < rgba[0, 3, 3] <= 255

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("torch", "onnxruntime", "SimpleITK")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

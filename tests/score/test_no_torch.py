@@ -64,7 +64,8 @@ def test_scoring_end_to_end_without_torch(tiny_run, tmp_path):
         summary = json.loads((tmp_path / folder / "summary.json").read_text())
         assert summary["counts"]["slices"] == 6
         assert sorted(p.name for p in (tmp_path / folder / "maps").iterdir()) == [
-            "case_000_noise.nii.gz", "case_000_pred.nii.gz", "case_001_noise.nii.gz", "case_001_pred.nii.gz"]
+            "case_000_fixed.nii.gz", "case_000_noise.nii.gz", "case_000_pred.nii.gz",
+            "case_001_fixed.nii.gz", "case_001_noise.nii.gz", "case_001_pred.nii.gz"]
 
 
 def test_importing_the_cli_loads_neither_torch_nor_onnxruntime():
