@@ -14,13 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__, io
+from ..io.tree import copy_dataset_files
 from ..config import FixConfig, FixMode
 from ..data import Track, discover_dataset, no_track
 from ..errors import InputError, UsageError
@@ -165,7 +165,8 @@ def fix_dataset(config: FixConfig, track: Track = no_track) -> FixManifest:
             if record is not None:
                 cases[case_id] = record
         written = {dataset.root / cases[c].label_file for c in cases}
-        _copy_tree(dataset, stage.path, skip=written | ({dataset.root / "dataset.json"} if dataset_json else set()))
+        copy_dataset_files(dataset.root, stage.path, written | ({dataset.root / "dataset.json"} if dataset_json else set()),
+                           _label_dirs(dataset))
         if dataset_json:
             from ..io.atomic import write_text
 
@@ -218,26 +219,8 @@ def _record(judged: JudgedRegion, names: dict[int, str]) -> FixRegionRecord:
                            names.get(r.label_class, f"label_{r.label_class}"), r.label_value, r.pred_value)
 
 
-def _copy_tree(dataset: Dataset, dest: Path, skip: set[Path]) -> None:
-    """Copy every file of the dataset to `dest` except `skip` (already written): image files outside the label
-    folders hard-linked when possible, everything else copied with its metadata."""
+def _label_dirs(dataset: Dataset) -> set[Path]:
+    """The folders whose files are labels: copied, never hard-linked, since the fixed copy replaces some."""
     root = dataset.root
-    label_dirs = {root / n for n in ("labelsTr", "labels", "labelsTs")}
-    label_dirs |= {r.label_path.parent for r in dataset.cases if r.label_path is not None}
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        target = dest / here.relative_to(root)
-        target.mkdir(parents=True, exist_ok=True)
-        in_labels = any(here == d or d in here.parents for d in label_dirs)
-        for name in filenames:
-            src = here / name
-            if src in skip or (target / name).exists():
-                continue
-            ending = io.split_ending(name)[1].lower()
-            if not in_labels and (ending in io.IMAGE_ENDINGS or ending == ""):  # DICOM files often have none
-                try:
-                    os.link(src, target / name)
-                    continue
-                except OSError:
-                    pass  # another file system, or links not allowed: copy
-            shutil.copy2(src, target / name)
+    dirs = {root / n for n in ("labelsTr", "labels", "labelsTs")}
+    return dirs | {r.label_path.parent for r in dataset.cases if r.label_path is not None}

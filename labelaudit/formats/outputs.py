@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io.atomic import cannot_write
+from ..io.atomic import cannot_write, process_alive
 
 
 class OutputKind(str, Enum):
@@ -222,20 +222,6 @@ def _writable(folder: Path) -> bool:
 
 # ----------------------------------------------------------------------------- the staged folder
 
-def _process_alive(pid: int) -> bool:
-    """Whether process `pid` exists (POSIX signal 0); elsewhere, assume it does (never take a live lock)."""
-    if pid <= 0:
-        return False
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would end the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
-
 
 def _base(name: str) -> str:
     """`name`, shortened with a digest where `.NAME.partial-PID` would exceed a file name's 255 bytes."""
@@ -313,7 +299,7 @@ class StagedFolder:
         pid = int(text)
         if pid == os.getpid():
             return f"PID {pid}, this one" if self.lock in _HELD else None
-        return f"PID {pid}" if _process_alive(pid) else None
+        return f"PID {pid}" if process_alive(pid) else None
 
     def _clean_stale(self) -> None:
         """Partial and set-aside folders of dead processes: the latter restored if the swap was cut short."""
@@ -323,7 +309,7 @@ class StagedFolder:
             tag, _, pid = entry.name[len(self._prefix):].rpartition("-")
             if tag not in ("partial", "old") or not pid.isdigit():
                 continue
-            if int(pid) != os.getpid() and _process_alive(int(pid)):
+            if int(pid) != os.getpid() and process_alive(int(pid)):
                 continue
             if tag == "old" and not os.path.lexists(self.final):
                 os.rename(entry, self.final)  # killed between the two renames: the previous output comes back

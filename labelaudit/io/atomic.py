@@ -70,3 +70,22 @@ def write_text(path: Path | str, text: str) -> Path:
 def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
     """Write `data` as JSON (with a final newline) atomically."""
     return write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (POSIX signal 0), to tell a stale partial folder or lock from a live one.
+
+    Elsewhere it answers yes: os.kill(pid, 0) would end the process on Windows, and keeping a stale folder is
+    the safe mistake.
+    """
+    if pid <= 0:
+        return False
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..io.atomic import process_alive
+from ..io.tree import copy_dataset_files
 from ..config import CorruptConfig, Level
 from ..data import Track, discover_dataset, iter_cases, no_track
 from ..errors import InputError, UsageError
@@ -84,7 +86,7 @@ def corrupt_dataset(config: CorruptConfig, track: Track = no_track) -> Corruptio
     label_paths = {scan.ref.label_path for scan in scans.values()}
     label_dirs = {clean / name for name in ("labelsTr", "labels", "labelsTs")} | {p.parent for p in label_paths}
     with _partial_folder(out) as partial:
-        _copy_tree(clean, partial, skip=label_paths, label_dirs=label_dirs)
+        copy_dataset_files(clean, partial, skip=label_paths, label_dirs=label_dirs)
         cases = {cid: _corrupt_case(scans[cid], selection.picked.get(cid, []), config, declared,
                                     streams[1 + index_of[cid]], clean, partial)
                  for cid in track(list(scans), "corrupting labels")}
@@ -253,29 +255,6 @@ def _manifest(config: CorruptConfig, dataset: Dataset, selection: _Selection, de
         format=MANIFEST_FORMAT, path=path)
 
 
-def _copy_tree(clean: Path, dest: Path, skip: set[Path], label_dirs: set[Path]) -> None:
-    """Copy every file of `clean` to `dest`, except `skip`. Image files outside the label folders
-    are hard-linked when possible (never modified); everything else is copied."""
-    for dirpath, _, filenames in os.walk(clean, followlinks=True):
-        here = Path(dirpath)
-        target = dest / here.relative_to(clean)
-        target.mkdir(parents=True, exist_ok=True)
-        in_labels = any(here == d or d in here.parents for d in label_dirs)
-        for name in filenames:
-            src = here / name
-            if src in skip:
-                continue
-            ending = io.split_ending(name)[1].lower()
-            is_image = ending in io.IMAGE_ENDINGS or ending == ""  # DICOM files often have no ending
-            if is_image and not in_labels:
-                try:
-                    os.link(src, target / name)
-                    continue
-                except OSError:
-                    pass  # another file system, or links not allowed: copy
-            shutil.copy2(src, target / name)
-
-
 # ----------------------------------------------------------------------------- the partial folder
 
 @contextmanager
@@ -306,21 +285,10 @@ def remove_stale_partials(out: Path) -> list[Path]:
         pid = candidate.name[len(prefix):]
         if not candidate.name.startswith(prefix) or not pid.isdigit() or not candidate.is_dir():
             continue
-        if int(pid) != os.getpid() and _process_alive(int(pid)):
+        if int(pid) != os.getpid() and process_alive(int(pid)):
             continue  # another corrupt run is writing it now
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether process `pid` exists (POSIX signal 0); elsewhere, assume it does (never remove by mistake)."""
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would terminate the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
