@@ -345,6 +345,7 @@ class Audit:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. an overridden formula)
+    class_names: dict[int, str] = field(default_factory=dict)  # label value -> name, from dataset.json
     timings: dict[str, float] = field(default_factory=dict)
     perturbations: int = 1
     out_dir: Path | None = None

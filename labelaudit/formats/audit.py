@@ -169,13 +169,12 @@ class AuditFolder:
     def _root(self) -> Path:
         return self._stage.path
 
-    def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore) -> None:
-        """Write one case's maps; noise float32 (S, H, W), pred label values (S, H, W); stats: its SliceStats."""
-        from ..fix.rule import fix_case  # the label with its regions judged wrong replaced (same rule as `fix`)
-
+    def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore,
+                 fixed: np.ndarray, judged: list) -> None:
+        """Write one case's maps; noise float32 (S, H, W), pred and fixed label values (S, H, W); stats: its
+        SliceStats; judged: the regions (fix.rule.JudgedRegion) that `fixed` replaced, for the report."""
         try:
             result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
-            fixed, judged = fix_case(case.label_slices(), pred, noise, stats.noise_score, result.n_flagged_slices)
             fixed_rel = f"maps/{ref.case_id}_fixed{map_ending(ref)}"
             io.write_like(from_slices(fixed, case.label.geometry), case.label.geometry, self._root / fixed_rel)
         except OSError as exc:

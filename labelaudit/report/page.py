@@ -314,20 +314,9 @@ def _toolbar(kinds_present: list[ErrorKind]) -> str:
 # ----------------------------------------------------------------------------- the page
 
 def class_names(audit, views: dict[str, CaseView]) -> dict[int, str]:
-    """{label value: name} of the foreground classes: `audit.class_names` when it has them, else the dataset's
-    dataset.json; values seen in the thumbnails but not declared are named "label N"."""
-    names = dict(getattr(audit, "class_names", None) or {})
-    if not names:
-        from ..errors import LabelauditError
-        from ..formats.dataset_json import read_dataset_json
-
-        path = Path(audit.dataset.path) / "dataset.json"
-        try:
-            if path.is_file():
-                declared = read_dataset_json(path, layout=audit.dataset.layout).labels
-                names = {v: k for k, v in declared.items()}
-        except (LabelauditError, OSError):
-            names = {}
+    """{label value: name} of the foreground classes: `audit.class_names` (the dataset.json labels); values seen
+    in the thumbnails but not declared are named "label N"."""
+    names = dict(audit.class_names)
     seen: set[int] = set()
     for view in views.values():
         for s in view.slices.values():

@@ -21,6 +21,7 @@ from ..config import ScoreConfig
 from ..data import CaseInfo, Track, check_case, discover_dataset, no_track, raise_fatal
 from ..diagnosis import ErrorKind, classify_slices, dominant_kind
 from ..errors import InputError, ModelError, UsageError
+from ..fix.rule import fix_case
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold
@@ -118,6 +119,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         versions=source.versions, pixel_score=source.pixel_score.value, threshold=threshold,
         perturbations=source.perturbations, out_dir=folder.path if folder is not None else None,
         notes=list(source.notes) + plan.notes,
+        class_names={v: k for k, v in (dataset.labels or {}).items()},
     )
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0, "write": 0.0}
@@ -154,7 +156,10 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                                   case.geometry.slicing_axis())
             if folder is not None:
                 t0 = time.perf_counter()
-                folder.add_case(ref, case, noise_map, pred_values, stats, result)
+                # the label with its regions judged wrong replaced: the same rule as `labelaudit fix`
+                fixed, judged = fix_case(case.label_slices(), pred_values, noise_map, stats.noise_score,
+                                         result.n_flagged_slices)
+                folder.add_case(ref, case, noise_map, pred_values, stats, result, fixed, judged)
                 seconds["write"] += time.perf_counter() - t0
             del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()

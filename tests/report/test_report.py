@@ -269,6 +269,7 @@ def _two_class_audit(make_audit, tmp_path):
         "numTraining": 2, "file_ending": ".nii.gz"}))
     audit = make_audit(["c1", "c2"])
     audit.dataset = replace(audit.dataset, path=str(root))
+    audit.class_names = {v: k for k, v in json.loads((root / "dataset.json").read_text())["labels"].items()}
     y, x = np.mgrid[:24, :24]
     label = np.where((y - 12) ** 2 + (x - 12) ** 2 <= 64, 1, 0).astype(np.uint8)
     label[10:14, 10:14] = 2
