@@ -87,7 +87,8 @@ def render_audit(audit: Audit, top: int = 10) -> Group:
     parts.append(table)
     if audit.out_dir is not None:
         parts.append(Text(f"audit: {audit.out_dir}  (cases.csv, slices.csv, maps/, summary.json)"))
-        parts.append(Text(f"report: {audit.files.get('report', '')}"))
+        if audit.files.get("report"):  # a part of `score --shard` has none
+            parts.append(Text(f"report: {audit.files['report']}"))
     return Group(*parts)
 
 

@@ -49,6 +49,10 @@ def score(
              "('probabilities', (C, Z, Y, X)) or of multi-component images; repeat it for one folder per fold "
              "model (their mean). --model is then a calibration folder; without it the thresholds are derived "
              "from this audit and saved to AUDIT_DIR/calibration.")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="i/N", show_default=False,
+        help="Score only shard i of N (i from 1): round-robin over the sorted case ids, every N-th case from the "
+             "i-th on, into a partial audit at --out; `labelaudit merge` assembles the N parts.")] = None,
 ) -> None:
     """Score every annotation of a dataset with a run's ONNX graphs, or your model's probabilities (no PyTorch)."""
     from ..config import ScoreConfig
@@ -58,11 +62,14 @@ def score(
     from ..score.pipeline import score_dataset
     from .render import render_audit
 
+    part = _shard(shard, out, report, bool(probabilities) and model is None)
     run_dir = model if model is not None or probabilities else latest_run()
     config = ScoreConfig(run_dir=run_dir, dataset=dataset, out_dir=out, report=report, device=device,
                          batch_size=batch_size, strict=strict, pixel_score=_pixel_score(pixel_score),
                          probabilities=tuple(probabilities or ()))
-    if probabilities:
+    if part is not None:
+        audit = score_dataset(config, track=track, shard=part)
+    elif probabilities:
         from ..score.calibrate import score_probabilities
 
         audit = score_probabilities(config, track=track)
@@ -72,6 +79,31 @@ def score(
     if "calibration" in audit.files:
         err.print(f"calibration for `check --probabilities`: --model {audit.files['calibration']}", markup=False,
                   soft_wrap=True)
+    if part is not None:
+        err.print(f"part {part} written to {out}; once all {part.count} parts are written: labelaudit merge "
+                  "PART_DIR... --out AUDIT_DIR", markup=False, soft_wrap=True)
+
+
+def _shard(text: str | None, out: Path | None, report: Path | None, calibrating: bool):
+    """--shard as a score.shard.Shard (None without it); what it cannot go with is a UsageError (exit 2)."""
+    if text is None:
+        return None
+    from ..errors import UsageError
+    from ..score.shard import Shard
+
+    shard = Shard.parse(text)
+    if out is None:
+        raise UsageError(f"--shard {shard} needs --out PART_DIR: every part is a folder of its own",
+                         hint=f"e.g. --out parts/{shard.index}, then: labelaudit merge parts/* --out AUDIT_DIR")
+    if report is not None:
+        raise UsageError(f"--report with --shard {shard}: a part has no report", hint="pass --report to "
+                                                                                       "`labelaudit merge`")
+    if calibrating:
+        raise UsageError(f"--shard {shard} with --probabilities needs --model CALIBRATION_DIR: thresholds derived "
+                         "from one part would not be those of the whole dataset",
+                         hint="score the whole dataset once without --shard, then shard with --model "
+                              "AUDIT_DIR/calibration")
+    return shard
 
 class CheckFormat(str, Enum):
     """What `check` prints on stdout."""

@@ -18,6 +18,8 @@ import csv
 import io as _io
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,13 +132,16 @@ class AuditFolder:
 
     Everything is written into a hidden sibling folder and swapped in by `commit` (formats/outputs.py), so an
     interrupted or failed run leaves the previous audit as it was and two runs never mix; `abort` drops it.
-    A --report outside the folder is written after the swap.
+    A --report outside the folder is written after the swap. `part` (formats/part.PartMarker, score --shard)
+    makes it a partial audit: its "shard" marker and files instead of a report. `inputs`: what the folder may
+    not overlap, when that is not `dataset` and `run_dir` (merge: the part folders).
     """
 
-    def __init__(self, path: Path, dataset: Dataset, run_dir: Path | None = None, report: Path | None = None
-                 ) -> None:
+    def __init__(self, path: Path, dataset: Dataset | None, run_dir: Path | None = None, report: Path | None = None,
+                 part=None, inputs: list[tuple[str, Path]] | None = None) -> None:
         self.path = Path(path)
-        self._inputs = audit_guard_inputs(dataset, run_dir)
+        self.part = part
+        self._inputs = list(inputs) if inputs is not None else audit_guard_inputs(dataset, run_dir)
         guard_output(self.path, "--out", OutputKind.AUDIT, self._inputs)
         self.report = self._check_report(report)
         self._stage = StagedFolder(self.path, "--out")
@@ -182,6 +187,18 @@ class AuditFolder:
         self.views.add(ref, case, noise, pred, stats.noise_score, (stats.label_pixels + stats.pred_pixels) > 0,
                        result.noise_score, judged, fixed_rel)
 
+    def add_file(self, rel: str, source: Path) -> None:
+        """Put the file `source` at `rel` in the folder (merge's maps): hard-linked where it can be, else copied."""
+        target = self._root / rel
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(source, target)
+        except OSError as exc:
+            raise cannot_write(self.path / rel, exc) from exc
+
     def write(self, audit: Audit, report: Path | None = None) -> dict[str, str]:
         """Write cases.csv, slices.csv, summary.json and the report; returns the paths (where they will be)."""
         if report is not None and Path(report) != self.report:
@@ -189,11 +206,13 @@ class AuditFolder:
         audit.views = self.views.views
         audit.files = {"cases": str(self.path / "cases.csv"), "slices": str(self.path / "slices.csv"),
                        "summary": str(self.path / "summary.json"), "maps": str(self.path / "maps"),
-                       "report": str(self.report)}
+                       **({"part": str(self.path / "part")} if self.part else {"report": str(self.report)})}
         write_text(self._root / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
         write_text(self._root / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
         inside = self._inside(self.report)
-        if inside is not None:
+        if self.part is not None:  # merge writes the report, for all parts together
+            self.part.write_files(self._root, audit, self.views.views)
+        elif inside is not None:
             write_report(audit, inside)
         else:
             self._outside_report = (self.report, render_report(audit))
@@ -202,7 +221,10 @@ class AuditFolder:
 
     def write_summary(self, audit: Audit) -> Path:
         path = self._root / "summary.json"
-        write_text(path, json.dumps(summary_of(audit), indent=2, allow_nan=False) + "\n")
+        summary = summary_of(audit)
+        if self.part is not None:
+            summary["shard"] = self.part.summary(summary, audit)
+        write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
         return self.path / "summary.json"
 
     def commit(self) -> Path:
@@ -227,7 +249,8 @@ class AuditFolder:
 _AUDIT_HINT = "AUDIT_DIR is a folder written by `labelaudit score`"
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def read_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of cases.csv or slices.csv, text cells unescaped; a missing column or file is an InputError."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -255,7 +278,7 @@ def _noise_score(value: str, path: Path, line: int) -> float:
 def read_case_scores(path: Path) -> dict[str, float]:
     """cases.csv -> {case_id: noise_score}; duplicate ids and non-numeric scores are InputErrors (exit 3)."""
     scores: dict[str, float] = {}
-    for line, row in enumerate(_read_csv(path, ("case_id", "noise_score")), start=2):
+    for line, row in enumerate(read_rows(path, ("case_id", "noise_score")), start=2):
         if row["case_id"] in scores:
             raise InputError(f"{path}, line {line}: case {row['case_id']} appears twice")
         scores[row["case_id"]] = _noise_score(row["noise_score"], path, line)
@@ -265,7 +288,7 @@ def read_case_scores(path: Path) -> dict[str, float]:
 def read_slice_scores(path: Path) -> dict[tuple[str, int], float]:
     """slices.csv -> {(case_id, slice_index): noise_score}."""
     scores: dict[tuple[str, int], float] = {}
-    for line, row in enumerate(_read_csv(path, ("case_id", "slice_index", "noise_score")), start=2):
+    for line, row in enumerate(read_rows(path, ("case_id", "slice_index", "noise_score")), start=2):
         try:
             key = (row["case_id"], int(row["slice_index"]))
         except ValueError:

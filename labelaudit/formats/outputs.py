@@ -50,7 +50,7 @@ _FOLDERS = {OutputKind.AUDIT, OutputKind.CACHE, OutputKind.RUN, OutputKind.NOISY
 
 #: What `score` writes into an audit folder (and `evaluate` beside it): the entries an audit may hold.
 AUDIT_ENTRIES = {"cases.csv", "slices.csv", "summary.json", "maps", "report.html", "evaluation.json",
-                 "calibration"}  # calibration/: score --probabilities (formats/probability_run.py)
+                 "calibration", "part"}  # calibration/: score --probabilities; part/: score --shard (formats/part.py)
 DEMO_ENTRIES = {"clean", "noisy", "run", "audit"}
 _REPORT_MARK = re.compile(rb'<meta name="generator" content="labelaudit">')
 _JUNIT_MARK = re.compile(rb'<testsuites\b[^>]*\bname="labelaudit check"')

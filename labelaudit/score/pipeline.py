@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .formulas import CASE_TOP_SLICES, SliceStats, case_noise_score, dice_disagr
 from .inference import OnnxSource
 from .routing import check_run_matches, is_fit_dataset, model_name
 from .scorer import CaseScorer, ScoringPlan
+from .shard import Shard
 from .sources import probability_plan
 
 #: score_dataset's `calibrate`: thresholds derived from the finished audit itself (score --probabilities).
@@ -50,7 +52,8 @@ def _prefetched(refs: list[CaseRef], declared, track: Track, pool: ThreadPoolExe
         yield ref, case, info, problems
 
 
-def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calibrate | None = None) -> Audit:
+def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calibrate | None = None,
+                  shard: Shard | None = None) -> Audit:
     """Score every case of the dataset with the run's ONNX graphs, or with the probabilities config names;
     write the audit folder unless `write` is False.
 
@@ -58,11 +61,12 @@ def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calib
     as it is done. Case-level problems skip the case (recorded in the audit), or are fatal with `strict`. The
     audit folder replaces an earlier one only once complete (AuditFolder.commit); any failure drops it.
     `calibrate`: derives the thresholds from the scored audit itself; every case and slice is then flagged
-    again with them, before anything is written.
+    again with them, before anything is written. `shard` (score --shard i/N): score only its share of the
+    cases, into a partial audit that `labelaudit merge` assembles (score/merge.py).
     """
     folders: list[AuditFolder] = []
     try:
-        audit = _score_dataset(config, track, folders, calibrate)
+        audit = _score_dataset(config, track, folders, calibrate, shard)
     except BaseException:
         for folder in folders:
             folder.abort()
@@ -100,15 +104,18 @@ def _onnx_plan(config: ScoreConfig) -> ScoringPlan:
 
 
 def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder],
-                   calibrate: Calibrate | None = None) -> Audit:
+                   calibrate: Calibrate | None = None, shard: Shard | None = None) -> Audit:
     started = time.perf_counter()
     plan = probability_plan(config) if config.probabilities else _onnx_plan(config)
     dataset, threshold, label_map = plan.dataset, plan.threshold, plan.label_map
+    part = shard.marker(dataset) if shard is not None else None
+    if part is not None:
+        config = replace(config, cases=part.cases)
 
     folder = None
     if config.write:
         out_dir = Path(config.out_dir) if config.out_dir is not None else Path("audits") / dataset.name
-        folder = AuditFolder(out_dir, dataset, plan.model_path, config.report)
+        folder = AuditFolder(out_dir, dataset, plan.model_path, config.report, part=part)
         folders.append(folder)
 
     source = plan.open_source()
@@ -172,7 +179,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
     if calibrate is not None:
         audit.threshold = calibrate(audit)
-        _decide_again(audit)
+        decide_again(audit)
     num_slices = sum(c.n_slices for c in audit.cases)
     audit.timings = {"total_s": 0.0, "read_s": seconds["read"], "inference_s": scorer.seconds["inference"],
                      "scoring_s": scorer.seconds["scoring"], "write_s": seconds["write"]}
@@ -199,7 +206,7 @@ def fit_dataset_path(info: RunInfo, run_dir: Path) -> Path:
     return Path(recorded)
 
 
-def _decide_again(audit: Audit) -> None:
+def decide_again(audit: Audit) -> None:
     """Flag every case and slice again with audit.threshold (the one rule, score/decide.py)."""
     by_case: dict[str, list[SliceScore]] = {}
     for s in audit.slices:
