@@ -61,8 +61,8 @@ class MissingDependencyError(LabelauditError):
 
     exit_code = 5
 
-    def __init__(self, what: str, install: str) -> None:
-        super().__init__(f"{what} is not installed", hint=f"install it with: {install}")
+    def __init__(self, what: str, install: str, problem: str = "is not installed") -> None:
+        super().__init__(f"{what} {problem}", hint=f"install it with: {install}")
         self.install = install
 
 

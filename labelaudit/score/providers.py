@@ -21,8 +21,10 @@ import numpy as np
 
 from ..errors import MissingDependencyError, ModelError, UsageError
 
+#: The distributions that install the `onnxruntime` module (dist-info folder spelling). Two of them in one
+#: site-packages overwrite each other's files; uninstalling either then leaves a module without InferenceSession.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime_gpu", "onnxruntime_directml", "onnxruntime_openvino")
 #: ORT log severity: 0 verbose .. 4 fatal. 3 (errors only) keeps a CPU fallback quiet.
-ONNXRUNTIME_INSTALL = "pip install onnxruntime   (or onnxruntime-gpu for CUDA)"
 ORT_LOG_SEVERITY = 3
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -51,12 +53,54 @@ class DeviceChoice:
         return "cpu" if self.provider == CPU else f"cuda:{self.device_id}"
 
 
+def onnxruntime_install() -> str:
+    """The pip command that installs ONNX Runtime here, as pyproject's markers choose it: onnxruntime-gpu on Linux
+    x86_64 and Windows (it runs on CPU too), onnxruntime elsewhere and for the CPU-only install."""
+    import platform
+
+    if sys.platform == "win32" or (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return "pip install onnxruntime-gpu   (or, for CPU only: pip install onnxruntime; never both)"
+    return "pip install onnxruntime"
+
+
+def _installed_runtimes(folders) -> list[str]:
+    """'name version' of each ORT distribution registered in `folders` (a glob for dist-info folders:
+    importlib.metadata would add 25 ms to every check)."""
+    found = []
+    for folder in folders:
+        for info in Path(folder).glob("onnxruntime*.dist-info"):
+            name, _, version = info.name[:-len(".dist-info")].partition("-")
+            if name.lower() in ORT_DISTRIBUTIONS:
+                found.append(f"{name.lower().replace('_', '-')} {version}")
+    return sorted(found)
+
+
+def import_onnxruntime():
+    """The `onnxruntime` module, or MissingDependencyError (exit 5) naming the pip command that mends the install:
+    missing, installed twice (onnxruntime and onnxruntime-gpu share one module) or left broken (uninstalling one
+    of two removes files the other needs)."""
+    reinstall = f"pip uninstall -y onnxruntime onnxruntime-gpu && {onnxruntime_install()}"
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        registered = _installed_runtimes(dict.fromkeys(sys.path))
+        if registered:  # pip thinks it is there: `pip install` alone would do nothing
+            raise MissingDependencyError("ONNX Runtime (onnxruntime)", reinstall, problem=(
+                f"is broken: {', '.join(registered)} is installed but `import onnxruntime` fails ({exc})")) from exc
+        raise MissingDependencyError("ONNX Runtime (onnxruntime)", onnxruntime_install()) from exc
+    runtimes = _installed_runtimes({Path(p).parent for p in getattr(onnxruntime, "__path__", [])})
+    if len(runtimes) > 1:
+        raise MissingDependencyError("ONNX Runtime", reinstall, problem=(
+            f"is installed twice ({' and '.join(runtimes)}), and both write the one onnxruntime module"))
+    if not hasattr(onnxruntime, "InferenceSession"):
+        raise MissingDependencyError("ONNX Runtime (onnxruntime)", reinstall,
+                                     problem="is broken: its module has no InferenceSession")
+    return onnxruntime
+
+
 def require_onnxruntime() -> None:
     """ONNX Runtime is what scores; without it `score` and `check` cannot run (MissingDependencyError, exit 5)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("ONNX Runtime (onnxruntime)", ONNXRUNTIME_INSTALL) from exc
+    import_onnxruntime()
 
 
 def parse_device(device: str) -> tuple[str, int | None]:
@@ -99,9 +143,9 @@ def choose_device(device: str = "auto") -> DeviceChoice:
     """Resolve --device to a provider: CUDA when asked for (or, with auto, when it can run), else CPU.
 
     `cuda` without a usable GPU is a UsageError (exit 2); `cuda` with an ONNX Runtime build that lacks
-    the CUDA provider is a MissingDependencyError (exit 5).
+    the CUDA provider is a MissingDependencyError (exit 5), and so is a missing or broken ONNX Runtime.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     kind, index = parse_device(device)
     if kind == "cpu":
