@@ -8,6 +8,7 @@ divisor. Never imports torch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PixelScore
+from ..config import NetParams, PixelScore
 from ..errors import ModelError, UsageError
 from ..formats.run import RunInfo, perturbation_noise
-from ..preprocess import LabelMap, pad_to_multiple, prepare_case, resample_slices, restore_in_plane
+from ..preprocess import (
+    ChannelNorm, LabelMap, Preprocessing, normalise_image, pad_to_multiple, resample_slices, restore_in_plane,
+)
 from ..types import Case, Routing
 from .formulas import MCPM_PIXEL_SCORE, PIXEL_SCORE, normalised_entropy
 from .routing import model_name, route_case
@@ -43,8 +46,74 @@ def pixel_score_of(info: RunInfo) -> PixelScore:
     return MCPM_PIXEL_SCORE if any(m.meta_weight for m in info.models) else PIXEL_SCORE
 
 
-#: Upper bound on N·K·Hp·Wp pixels per ORT call, so a 512×512 CT with K=8 stays within a few GB.
-MAX_PIXELS_PER_CALL = 1 << 22
+#: ONNX Runtime's working memory per pixel of one pass, per channel of the U-Net's full-resolution tensors
+#: (features[0] + features[1] + features[-1]): measured 10-13 bytes on 4 widths (bench/score_throughput.py); 14.
+BYTES_PER_PIXEL_CHANNEL = 14
+#: Budget of one ORT call's working memory (estimated as above). 512 MiB: a 512x512 slice's K=8 passes of the
+#: default U-Net go in 2 calls of 4 (~375 MB measured; 1 GiB, one call of 8, measured ~750 MB), so that scoring
+#: a 512x512x300 CT stays well under 2 GB whatever --batch-size (docs/decisions.md).
+CALL_MEMORY_BYTES = 1 << 29
+
+
+def pass_bytes_per_pixel(info: RunInfo) -> int:
+    """Bytes of ORT working memory per pixel of one pass of the run's network (its NetParams from run.json)."""
+    features = (info.config.get("net") or {}).get("features") if isinstance(info.config, dict) else None
+    if not (isinstance(features, (list, tuple)) and len(features) >= 2
+            and all(isinstance(f, int) and f > 0 for f in features)):
+        features = NetParams().features  # a run folder without its net's shape: the default U-Net
+    return BYTES_PER_PIXEL_CHANNEL * (features[0] + features[1] + features[-1])
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How one case's slices go through ORT: `slices` per call, each with `passes` of its K perturbations."""
+
+    slices: int
+    passes: int
+
+
+def plan_calls(height: int, width: int, perturbations: int, batch_size: int, bytes_per_pixel: int,
+               budget: int = CALL_MEMORY_BYTES) -> CallPlan:
+    """The largest calls within `budget` bytes: up to `batch_size` slices of height x width (padded) pixels,
+    all K passes each; when one slice's K passes exceed it, one slice a call and K split into even chunks
+    (a single pass larger than the budget still runs: it cannot be split further without tiling)."""
+    per_pass = height * width * bytes_per_pixel
+    if per_pass * perturbations <= budget:
+        return CallPlan(max(1, min(batch_size, budget // (per_pass * perturbations))), perturbations)
+    chunks = math.ceil(perturbations / max(1, budget // per_pass))
+    return CallPlan(1, math.ceil(perturbations / chunks))
+
+
+def pass_chunks(perturbations: int, passes: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of the K noise passes, `passes` at a time."""
+    return [(k, min(perturbations, k + passes)) for k in range(0, perturbations, passes)]
+
+
+def slice_normalisation(case: Case, prep: Preprocessing) -> Preprocessing:
+    """`prep` with each per-case (z-score) channel fixed to this case's mean and std, as a clip-free `ct` map.
+
+    normalise_image of any run of the case's slices with it gives exactly the float32 values of normalising
+    the whole case (same statistics from the same float32 array, same arithmetic), so scoring can normalise
+    a batch at a time instead of holding a float32 copy of the volume.
+    """
+    if len(case.channels) != len(prep.channels):
+        raise ModelError(f"image has {len(case.channels)} channels, the model expects {len(prep.channels)}")
+    channels = []
+    for c, norm in enumerate(prep.channels):
+        if norm.kind == "ct":
+            channels.append(norm)
+            continue
+        channel = np.ascontiguousarray(case.channels[c].to_slices(), dtype=np.float32)  # normalise_image's copy
+        mean, std = float(channel.mean()), float(channel.std())
+        del channel
+        channels.append(ChannelNorm("ct", -math.inf, math.inf, mean, max(std, 1e-6)))
+    return replace(prep, channels=tuple(channels))
+
+
+def prepare_slices(case: Case, prep: Preprocessing, start: int, stop: int) -> np.ndarray:
+    """Slices start:stop as network input, float32 (b, C_in, h, w); `prep` from slice_normalisation."""
+    image = np.stack([c.to_slices()[start:stop] for c in case.channels], axis=1)
+    return resample_slices(normalise_image(image, prep), prep.resample_factor(case), order=1)
 
 
 class OnnxSource:
@@ -52,7 +121,7 @@ class OnnxSource:
 
     def __init__(self, info: RunInfo, run_dir: Path, device: str = "auto", batch_size: int = 16,
                  perturbations: int | None = None, pixel_score: PixelScore | None = None,
-                 fit_dataset: bool = False, out_of_fold: bool = True) -> None:
+                 fit_dataset: bool = False, out_of_fold: bool = True, memory_budget: int = CALL_MEMORY_BYTES) -> None:
         from .providers import MetaWeighter, Segmenter, choose_device
 
         calibration = info.threshold
@@ -70,6 +139,10 @@ class OnnxSource:
             raise UsageError(f"perturbations K={self.noise_params.k}: expected at least 1")
         self.perturbations = self.noise_params.k
         self.batch_size = batch_size
+        if memory_budget < 1:
+            raise UsageError(f"memory budget {memory_budget} bytes: expected at least 1")
+        self.memory_budget = int(memory_budget)
+        self.bytes_per_pixel = pass_bytes_per_pixel(info)
         self.choice = choose_device(device)
         c_in = len(self.prep.channels)
         self.segmenters = [Segmenter(run_dir / m.segmenter, self.choice, c_in, self.label_map.num_classes, run_dir)
@@ -110,34 +183,50 @@ class OnnxSource:
             self._noise = {key: perturbation_noise(self.noise_params, len(self.prep.channels), height, width)}
         return self._noise[key]
 
-    def predict(self, image: np.ndarray, chosen: list[int], label: np.ndarray | None = None
+    def predict(self, image: np.ndarray, chosen: list[int], label: np.ndarray | None = None,
+                passes: int | None = None, release: bool = False
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """image float32 (b, C_in, Hp, Wp) -> prob_mean (b, C, Hp, Wp), uncertainty (b, Hp, Wp), ensembled, and
         for MCPM runs with `label` (int64 class indices (b, Hp, Wp)) the meta weight R (b, Hp, Wp), else None.
 
         Each fold's R comes from its own Theta on its own segmenter's prob_mean; the ensemble's R is their mean.
+        passes: perturbations per ORT call (all K by default); release: this is the case's last call.
         """
         noise = self.noise_bank(*image.shape[-2:])
+        chunks = pass_chunks(len(noise), passes or len(noise))
         start = time.perf_counter()
         meta = self.uses_meta_weight and label is not None
         weight = None
         if len(chosen) == 1:
-            prob, unc = self.segmenters[chosen[0]].run(image, noise)
+            prob, unc = self._segment(chosen[0], image, noise, chunks, release and not meta)
             if meta:
-                weight = self.meta_weighters[chosen[0]].run(image, label, prob)
+                weight = self.meta_weighters[chosen[0]].run(image, label, prob, release)
         else:
             prob = None
-            for i in chosen:
-                p, _ = self.segmenters[i].run(image, noise)
+            for n, i in enumerate(chosen):
+                last = release and n == len(chosen) - 1
+                p, _ = self._segment(i, image, noise, chunks, last and not meta)
                 prob = p if prob is None else prob + p
                 if meta:
-                    r = self.meta_weighters[i].run(image, label, p)
+                    r = self.meta_weighters[i].run(image, label, p, last)
                     weight = r if weight is None else weight + r
             prob = prob / len(chosen)
             weight = weight / len(chosen) if weight is not None else None
             unc = normalised_entropy(prob)  # the ensemble's own uncertainty, not the mean of the models'
         self.seconds["inference"] += time.perf_counter() - start
         return prob, unc, weight
+
+    def _segment(self, i: int, image: np.ndarray, noise: np.ndarray, chunks: list[tuple[int, int]],
+                 release: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Model i's mean over the K passes, one call per chunk of passes (the graph's own output for one chunk)."""
+        if len(chunks) == 1:
+            return self.segmenters[i].run(image, noise, release)
+        prob = None
+        for j, (a, b) in enumerate(chunks):
+            part, _ = self.segmenters[i].run(image, noise[a:b], release and j == len(chunks) - 1)
+            part *= np.float32((b - a) / len(noise))
+            prob = part if prob is None else prob + part
+        return prob, normalised_entropy(prob)
 
     def route(self, case_id: str) -> Route:
         """The fold model(s) that held the case out on the fit dataset, else the ensemble (routing.route_case)."""
@@ -147,25 +236,29 @@ class OnnxSource:
     def batches(self, case: Case, route: Route) -> Iterator[ProbabilityBatch]:
         """The routed models' output for `case`, a few slices at a time, on the case's native in-plane grid.
 
-        Memory stays bounded by MAX_PIXELS_PER_CALL whatever the case's size. Raises InputError when the
-        label holds values outside the run's classes.
+        Each ORT call's working memory stays within the memory budget (plan_calls), whatever the case's size
+        and --batch-size; slices are normalised a batch at a time, so nothing here holds a copy of the volume,
+        and the shared CPU arena is handed back after the case's last call. Raises InputError when the label
+        holds values outside the run's classes.
         """
         chosen = list(route.parts)
         labels = case.label_slices()  # (S, H, W) native label values, a view; encoded per batch (int64 is big)
-        image, _ = prepare_case(case, self.prep)  # (S, C_in, h, w)
+        prep = slice_normalisation(case, self.prep)
         num_slices, native = labels.shape[0], labels.shape[1:]
-        h, w = image.shape[-2:]
         factor = self.prep.resample_factor(case)
-        pixels_per_slice = self.perturbations * _ceil_to(h, self.prep.divisor) * _ceil_to(w, self.prep.divisor)
-        step = max(1, min(self.batch_size, MAX_PIXELS_PER_CALL // pixels_per_slice))
-        for start in range(0, num_slices, step):
-            stop = min(num_slices, start + step)
-            padded, _ = pad_to_multiple(np.ascontiguousarray(image[start:stop]), self.prep.divisor)
+        net = [max(1, round(n * f)) for n, f in zip(native, factor)]  # io.image.resample_slices' output size
+        plan = plan_calls(_ceil_to(net[0], self.prep.divisor), _ceil_to(net[1], self.prep.divisor),
+                          self.perturbations, self.batch_size, self.bytes_per_pixel, self.memory_budget)
+        for start in range(0, num_slices, plan.slices):
+            stop = min(num_slices, start + plan.slices)
+            image = prepare_slices(case, prep, start, stop)  # (b, C_in, h, w)
+            h, w = image.shape[-2:]
+            padded, _ = pad_to_multiple(image, self.prep.divisor)
             given_net = None
             if self.uses_meta_weight:  # Theta sees the label on the network's grid, as in training
                 given_net = resample_slices(self.label_map.encode(labels[start:stop]), factor, order=0)
                 given_net, _ = pad_to_multiple(given_net, self.prep.divisor)
-            prob, unc, weight = self.predict(padded, chosen, given_net)
+            prob, unc, weight = self.predict(padded, chosen, given_net, plan.passes, release=stop == num_slices)
             t0 = time.perf_counter()
             prob, unc = prob[..., :h, :w], unc[..., :h, :w]
             weight = weight[..., :h, :w] if weight is not None else None

@@ -169,15 +169,65 @@ def choose_device(device: str = "auto") -> DeviceChoice:
     return DeviceChoice(CUDA, 0, reason=f"{count} GPU(s) found")
 
 
-def session_options(threads: int | None = None, severity: int = ORT_LOG_SEVERITY):
+#: The run option that hands the CPU arena's free chunks back to the system after a call (end of a case).
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+_shared_arena: list[bool] = []  # [registered?], once per process: ORT refuses a second registration
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, cgroup cpusets, SLURM): ONNX Runtime's intra-op threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def shared_cpu_arena() -> bool:
+    """Register one CPU arena that every CPU session of this process allocates from (once; True when it is there).
+
+    Each session otherwise keeps its own arena at its largest call: an ensemble of 3 folds held 3 of them.
+    """
+    import onnxruntime as ort
+
+    if not _shared_arena:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena
+            _shared_arena.append(True)
+        except Exception:  # an ORT without environment allocators: each session keeps its own arena
+            _shared_arena.append(False)
+    return _shared_arena[0]
+
+
+def session_options(threads: int | None = None, severity: int = ORT_LOG_SEVERITY, provider: str = CPU):
+    """ONNX Runtime session options for scoring, as measured on the U-Net segmenter (docs/decisions.md).
+
+    All providers: every graph optimisation, one intra-op thread per usable CPU. CPU only: no memory pattern
+    (it plans a second block beside the arena's from the second call on: twice the peak, no faster) and the
+    process-wide shared arena (shared_cpu_arena). CUDA sessions keep ORT's own memory defaults.
+    """
     import onnxruntime as ort
 
     ort.set_default_logger_severity(severity)
     options = ort.SessionOptions()
     options.log_severity_level = severity
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or usable_cpus()
+    options.inter_op_num_threads = 1  # the graph is one chain of convolutions: nothing runs beside it
+    if provider == CPU:
+        options.enable_mem_pattern = False
+        if shared_cpu_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
+def run_options(release: bool = False):
+    """Options of one call; `release`: give the CPU arena's free memory back afterwards (the case is done)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if release:
+        options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
     return options
 
 
@@ -204,10 +254,9 @@ def open_session(path: Path | str, choice: DeviceChoice, run_dir: Path | None = 
         providers = [(CUDA, {"device_id": choice.device_id}), CPU]
     # an automatic CUDA attempt logs only fatal messages: its failure is a quiet fallback, not an error
     quiet = choice.provider == CUDA and not choice.explicit
+    options = session_options(severity=4 if quiet else ORT_LOG_SEVERITY, provider=choice.provider)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(severity=4 if quiet else
-                                                                                ORT_LOG_SEVERITY),
-                                       providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
         reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a loadable ONNX graph ({reason})", hint=hint) from exc
@@ -253,10 +302,13 @@ class Segmenter:
             if inputs[name].type != "tensor(float)":
                 raise ModelError(f"{self.path}: input '{name}' is {inputs[name].type}, expected tensor(float)")
 
-    def run(self, image: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """image float32 (N, C_in, H, W), noise float32 (K, C_in, H, W) -> prob_mean (N, C, H, W), unc (N, H, W)."""
+    def run(self, image: np.ndarray, noise: np.ndarray, release: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """image float32 (N, C_in, H, W), noise float32 (K, C_in, H, W) -> prob_mean (N, C, H, W), unc (N, H, W).
+
+        release: hand the CPU arena's free memory back after this call (run_options)."""
         try:
-            prob, unc = self.session.run(list(SEGMENTER_OUTPUTS), {"image": image, "noise": noise})
+            prob, unc = self.session.run(list(SEGMENTER_OUTPUTS), {"image": image, "noise": noise},
+                                         run_options(release))
         except Exception as exc:  # shape errors inside the graph surface here
             reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path}: inference failed on input {tuple(image.shape)} ({reason})") from exc
@@ -290,12 +342,12 @@ class MetaWeighter:
         if inputs["label"].type != "tensor(int64)":
             raise ModelError(f"{self.path}: input 'label' is {inputs['label'].type}, expected tensor(int64)")
 
-    def run(self, image: np.ndarray, label: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    def run(self, image: np.ndarray, label: np.ndarray, prob: np.ndarray, release: bool = False) -> np.ndarray:
         """R float32 (N, H, W) for image (N, C_in, H, W), label int64 (N, H, W), prob (N, C, H, W)."""
         try:
             feeds = {"image": image, "label": label.astype(np.int64, copy=False),
                      "prob": prob.astype(np.float32, copy=False)}
-            (weight,) = self.session.run(list(META_WEIGHT_OUTPUTS), feeds)
+            (weight,) = self.session.run(list(META_WEIGHT_OUTPUTS), feeds, run_options(release))
         except Exception as exc:
             reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path}: inference failed on input {tuple(image.shape)} ({reason})") from exc
