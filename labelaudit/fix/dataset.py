@@ -43,6 +43,7 @@ class AuditInput:
     cases: tuple[str, ...]
     flags: dict[str, np.ndarray]  # case id -> bool (S,), in slice order
     skipped: dict[str, str]
+    scores: dict[str, np.ndarray]  # case id -> float (S,) slice noise scores, in slice order
 
 
 def read_audit(audit_dir: Path) -> AuditInput:
@@ -60,15 +61,19 @@ def read_audit(audit_dir: Path) -> AuditInput:
     cases = tuple(c.str("case_id") for c in top.objects("cases"))
     skipped_field = top.object("skipped", None)
     skipped = {k: "; ".join(skipped_field.strings(k)) for k in skipped_field.data} if skipped_field else {}
-    return AuditInput(audit_dir, dataset, cases, _read_flags(audit_dir / "slices.csv", cases), skipped)
+    flags, scores = _read_flags(audit_dir / "slices.csv", cases)
+    return AuditInput(audit_dir, dataset, cases, flags, skipped, scores)
 
 
-def _read_flags(path: Path, cases: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _read_flags(path: Path, cases: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each case's slice flags (bool (S,)) and noise scores (float (S,)), in slice order."""
     rows: dict[str, dict[int, bool]] = {c: {} for c in cases}
+    values: dict[tuple[str, int], float] = {}
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in ("case_id", "slice_index", "flagged") if c not in (reader.fieldnames or [])]
+            missing = [c for c in ("case_id", "slice_index", "flagged", "noise_score")
+                       if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{path}: missing column(s) {', '.join(missing)}", hint=_AUDIT_HINT)
             for line, row in enumerate(reader, start=2):
@@ -77,18 +82,24 @@ def _read_flags(path: Path, cases: tuple[str, ...]) -> dict[str, np.ndarray]:
                     raise InputError(f"{path}, line {line}: expected slice_index an integer and flagged true or "
                                      f"false, found {row['slice_index']!r} and {flag!r}", hint=_AUDIT_HINT)
                 rows.setdefault(case_id, {})[int(row["slice_index"])] = flag == "true"
+                try:
+                    values[(case_id, int(row["slice_index"]))] = float(row["noise_score"])
+                except ValueError:
+                    raise InputError(f"{path}, line {line}: noise_score {row['noise_score']!r} is not a number",
+                                     hint=_AUDIT_HINT) from None
     except FileNotFoundError:
         raise InputError(f"{path}: not found", hint=_AUDIT_HINT) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot be read as CSV ({exc})", hint=_AUDIT_HINT) from None
-    flags = {}
+    flags, scores = {}, {}
     for case_id in cases:
         found = rows.get(case_id, {})
         if sorted(found) != list(range(len(found))) or not found:
             raise InputError(f"{path}: case {case_id} lacks slice rows (found {len(found)}, not numbered 0..n-1)",
                              hint=_AUDIT_HINT)
         flags[case_id] = np.array([found[i] for i in range(len(found))], dtype=bool)
-    return flags
+        scores[case_id] = np.array([values[(case_id, i)] for i in range(len(found))], dtype=np.float64)
+    return flags, scores
 
 
 # ----------------------------------------------------------------------------- the ignore label
@@ -202,7 +213,8 @@ def _fix_case(ref: CaseRef, audit: AuditInput, config: FixConfig, ignore: int | 
     if len(flags) != stack.shape[0]:
         raise InputError(f"case {ref.case_id}: slices.csv lists {len(flags)} slices, the label has "
                          f"{stack.shape[0]}", hint="the dataset changed since it was scored: score it again")
-    judged = judge_regions(stack, pred_s, noise_s.astype(np.float32, copy=False), flags, config.params)
+    judged = judge_regions(stack, pred_s, noise_s.astype(np.float32, copy=False), flags, audit.scores[ref.case_id],
+                           config.params)
     if not judged:
         return None
     fixed = apply_fix(stack, pred_s, judged, config.mode, ignore)

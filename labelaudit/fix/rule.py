@@ -4,7 +4,9 @@ Array legend: S slices, H x W one slice, in the slice stack order of the case (t
 prediction hold label values; the noise map holds noise scores in [0, 1].
 
 A region (diagnosis.find_regions: a connected piece of the disagreement between label and prediction, of one
-class) is judged wrong when its slice is flagged and its mean noise score reaches FixParams.region_score.
+class) is judged wrong when its slice is flagged and its own mean noise score reaches FixParams.region_score.
+The noise map is a pixel's disagreement times its slice's score (score/formulas.noise_map), so a region's own
+score is its mean map value divided by its slice's score.
 `score` writes the label with those regions replaced by the prediction as maps/<case>_fixed<ending>; `fix
 --mode replace` writes the same array, `fix --mode ignore` puts the ignore label there instead.
 """
@@ -40,16 +42,19 @@ def slice_flags(scores: np.ndarray, n_flagged: int) -> np.ndarray:
     return scores >= cut
 
 
-def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray,
+def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray, scores: np.ndarray,
                   params: FixParams = FixParams(), kinds: ErrorKindParams = ErrorKindParams()) -> list[JudgedRegion]:
-    """The regions judged wrong: label, pred integer (S, H, W); noise float (S, H, W); flags bool (S,)."""
-    if not (label.shape == pred.shape == noise.shape) or len(flags) != label.shape[0]:
-        raise ValueError(f"label {label.shape}, prediction {pred.shape}, noise map {noise.shape} and "
-                         f"{len(flags)} slice flags do not match")
+    """The regions judged wrong: label, pred integer (S, H, W); noise float (S, H, W) the noise map; flags bool
+    (S,); scores float (S,) the slice noise scores."""
+    if not (label.shape == pred.shape == noise.shape) or not len(flags) == len(scores) == label.shape[0]:
+        raise ValueError(f"label {label.shape}, prediction {pred.shape}, noise map {noise.shape}, "
+                         f"{len(flags)} slice flags and {len(scores)} slice scores do not match")
     judged = []
     for s in np.flatnonzero(flags):
+        if scores[s] <= 0:
+            continue
         for region in find_regions(label[s], pred[s], int(s), kinds):
-            score = float(region.values(noise[s]).mean())
+            score = min(1.0, float(region.values(noise[s]).mean()) / float(scores[s]))
             if score >= params.region_score:
                 judged.append(JudgedRegion(region, score))
     return judged
@@ -76,13 +81,13 @@ def apply_fix(label: np.ndarray, pred: np.ndarray, judged: list[JudgedRegion], m
     return out
 
 
-def fixed_label(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray,
+def fixed_label(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray, scores: np.ndarray,
                 params: FixParams = FixParams()) -> np.ndarray:
     """The label with every region judged wrong replaced by the prediction (the `_fixed` map; fix --mode replace).
 
-    label, pred integer (S, H, W); noise float (S, H, W); flags bool (S,). Keeps label's dtype.
+    label, pred integer (S, H, W); noise float (S, H, W); flags bool (S,); scores (S,). Keeps label's dtype.
     """
-    return apply_fix(label, pred, judge_regions(label, pred, noise, flags, params))
+    return apply_fix(label, pred, judge_regions(label, pred, noise, flags, scores, params))
 
 
 def fix_case(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, scores: np.ndarray, n_flagged: int,
@@ -92,5 +97,5 @@ def fix_case(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, scores: np.
     label, pred integer (S, H, W); noise float (S, H, W); scores (S,) the slice noise scores, `n_flagged`
     of them flagged. Returns (fixed label (S, H, W), the regions judged wrong).
     """
-    judged = judge_regions(label, pred, noise, slice_flags(scores, n_flagged), params)
+    judged = judge_regions(label, pred, noise, slice_flags(scores, n_flagged), scores, params)
     return apply_fix(label, pred, judged), judged

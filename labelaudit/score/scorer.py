@@ -22,6 +22,7 @@ from ..preprocess import LabelMap
 from ..types import AuditRun, Case, Dataset, Routing, Threshold
 from .formulas import SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score, roi_radius, \
     slice_stats
+from .formulas import noise_map as noise_map_of
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,11 @@ class CaseScorer:
         for batch in self.source.batches(case, route):
             t0 = time.perf_counter()
             pred = batch.prob.argmax(axis=1)
-            noise = pixel_noise_score(given_class_probability(batch.prob, batch.classes), batch.uncertainty,
-                                      self.pixel_score, batch.weight)
-            noise_map[batch.start:batch.stop] = noise
+            p_given = given_class_probability(batch.prob, batch.classes)
+            noise = pixel_noise_score(p_given, batch.uncertainty, self.pixel_score, batch.weight)
+            stats = slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps)
+            noise_map[batch.start:batch.stop] = noise_map_of(p_given, stats.noise_score)
             pred_map[batch.start:batch.stop] = pred
-            parts.append(slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps))
+            parts.append(stats)
             self.seconds["scoring"] += time.perf_counter() - t0
         return concat_stats(parts), noise_map, pred_map

@@ -185,14 +185,16 @@ def test_the_rule_on_arrays():
     pred = label.copy()
     label[1, 2:4, 2:6] = 1  # a spurious blob on slice 1 (8 pixels)
     label[2, 2:4, 2:6] = 1  # and on slice 2, which is not flagged
-    noise = np.where(label != pred, 0.8, 0.0).astype(np.float32)
+    scores = np.array([0.0, 0.5, 0.5])
+    # the noise map is the pixel's disagreement (0.8 on the blobs) times its slice's score
+    noise = np.where(label != pred, 0.8, 0.0).astype(np.float32) * scores[:, None, None].astype(np.float32)
     flags = np.array([False, True, False])
-    judged = judge_regions(label, pred, noise, flags)
+    judged = judge_regions(label, pred, noise, flags, scores)
     assert [(j.region.slice_index, j.region.kind, j.region.pixels, j.score) for j in judged] == [
         (1, ErrorKind.SPURIOUS, 8, pytest.approx(0.8))]
-    fixed = fixed_label(label, pred, noise, flags)
+    fixed = fixed_label(label, pred, noise, flags, scores)
     assert fixed.dtype == label.dtype and (fixed[1] == pred[1]).all() and (fixed[2] == label[2]).all()
-    assert judge_regions(label, pred, noise, flags, FixParams(0.9)) == []
+    assert judge_regions(label, pred, noise, flags, scores, FixParams(0.9)) == []
     ignored = apply_fix(label, pred, judged, FixMode.IGNORE, ignore_value=300)
     assert ignored.dtype == np.uint16 and int((ignored == 300).sum()) == 8
     np.testing.assert_array_equal(slice_flags(np.array([0.2, 0.9, 0.5, 0.9]), 2), [False, True, False, True])

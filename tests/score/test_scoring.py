@@ -23,6 +23,7 @@ from labelaudit.formats.run import FoldModel
 from labelaudit.config import PixelScore, ScoreConfig
 from labelaudit.score.calibrate import calibrate_run, robust_threshold, structure_prior
 from labelaudit.score.formulas import (
+    noise_map,
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
     pixel_noise_score, region_of_interest, roi_radius, slice_stats,
 )
@@ -64,6 +65,13 @@ def test_pixel_scores_by_hand():
     # a certain model that disagrees completely: score 1; one that agrees: 0
     assert pixel_noise_score(np.float32(0.0), np.float32(0.0)) == 1.0
     assert pixel_noise_score(np.float32(1.0), np.float32(0.0)) == 0.0
+
+
+def test_noise_map_is_the_disagreement_times_the_slice_score():
+    p_given = np.array([[[0.9, 0.2]], [[0.9, 0.2]]], dtype=np.float32)  # (2 slices, 1, 2)
+    found = noise_map(p_given, np.array([0.0, 0.5]))
+    np.testing.assert_allclose(found, [[[0.0, 0.0]], [[0.05, 0.4]]], atol=1e-7)
+    assert found.dtype == np.float32
 
 
 def test_roi_radius_follows_spacing():
