@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import DatasetSummary, Track, discover_dataset, inspect_dataset, no_track
 from .errors import UsageError
-from .config import DEFAULT_EXPORTER, Exporter
+from .config import DEFAULT_EXPORTER, DEFAULT_METHOD, Exporter, Method
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only for annotations
@@ -96,7 +96,7 @@ class DemoConfig:
     kinds: tuple[str, ...] | None = None  # None: config.DEFAULT_KINDS (no elasticdeform needed)
     level: str = "slice"
     seed: int = 0
-    method: str = "pint"
+    method: Method = DEFAULT_METHOD  # fit's default, whatever it is
     folds: int = 3
     epochs: int | None = None  # None: fit's defaults
     iterations_per_epoch: int | None = None

@@ -202,7 +202,8 @@ def demo(
     rate: Annotated[float, typer.Option("--rate", min=0.0, max=1.0, help="Fraction of the slices with "
                                                                          "foreground to corrupt.")] = 0.3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corruption and the training.")] = 0,
-    method: Annotated[str, typer.Option("--method", help="pint or plain.")] = "pint",
+    method: Annotated[Method, typer.Option("--method", help="The training method, as fit's --method (mcpm needs a "
+                                                         "meta set, which the demo does not make).")] = _FIT.method,
     folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 3,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per fold (default: fit's).",
                                                   show_default=False)] = None,
