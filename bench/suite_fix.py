@@ -1,0 +1,96 @@
+"""Corrected labels on the audit-quality suite: does `fix` make the training labels better? (issue: fix)
+
+For every cell of bench/suite.py that has a plain audit of its training set (out-of-fold), apply the fix rule
+(labelaudit.fix.rule: regions of the disagreement on flagged slices whose own noise score reaches the region
+score) at several region scores, and measure against the clean labels: Dice of the noisy labels, of the raw
+prediction and of the fixed labels (`--mode replace`); for `--mode ignore`, the share of wrong pixels masked and
+of right pixels lost. Region scores are compared on the development half; the held-out half is reported.
+
+    python bench/suite.py ...           # first: the audits
+    python bench/suite_fix.py           # then: a section of bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from pint_audit import write_section
+from suite_data import dataset_named
+from suite_signals import dice_per_case
+
+from labelaudit.config import FixMode, FixParams
+from labelaudit.fix.dataset import read_audit
+from labelaudit.fix.rule import apply_fix, judge_regions
+from labelaudit.formats.audit import find_map
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.io.image import read_volume
+
+HERE = Path(__file__).resolve().parent
+REGION_SCORES = (0.2, 0.3, 0.4, 0.5)
+TITLE = "## Corrected labels on the audit-quality suite (`python bench/suite_fix.py`)"
+
+
+def measure_cell(cell: Path, classes: int) -> dict:
+    audit = read_audit(cell / "audits" / "plain")
+    clean_root = read_manifest(cell / "noisy" / "corruption.json").source
+    sums = {"noisy": [], "prediction": [], **{f"fixed@{r}": [] for r in REGION_SCORES}}
+    masked = {r: [0, 0, 0, 0] for r in REGION_SCORES}  # wrong masked, wrong, right lost, right
+    for case_id in audit.cases:
+        noisy = read_volume(cell / "noisy" / "labelsTr" / f"{case_id}.nii.gz").to_slices()
+        clean = read_volume(clean_root / "labelsTr" / f"{case_id}.nii.gz").to_slices()
+        pred = read_volume(find_map(audit.path, case_id, "pred")).to_slices()
+        noise = read_volume(find_map(audit.path, case_id, "noise")).to_slices().astype(np.float32)
+        sums["noisy"].append(dice_per_case(noisy, clean, classes))
+        sums["prediction"].append(dice_per_case(pred, clean, classes))
+        wrong = noisy != clean
+        for r in REGION_SCORES:
+            judged = judge_regions(noisy, pred, noise, audit.flags[case_id], audit.scores[case_id], FixParams(r))
+            sums[f"fixed@{r}"].append(dice_per_case(apply_fix(noisy, pred, judged), clean, classes))
+            ignored = apply_fix(noisy, pred, judged, FixMode.IGNORE, ignore_value=255) == 255
+            m = masked[r]
+            m[0] += int((ignored & wrong).sum()); m[1] += int(wrong.sum())
+            m[2] += int((ignored & ~wrong).sum()); m[3] += int((~wrong).sum())
+    return {"dice": {k: float(np.mean(v)) for k, v in sums.items()},
+            "ignore": {str(r): {"wrong_masked": m[0] / max(m[1], 1), "right_lost": m[2] / max(m[3], 1)}
+                       for r, m in masked.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
+    args = parser.parse_args()
+    rows = json.loads((args.work / "rows.json").read_text())
+    found = []
+    for row in rows:
+        cell = args.work / row["dataset"] / row["regime"]
+        if "plain" in row["methods"] and (cell / "audits" / "plain" / "summary.json").exists():
+            found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes)))
+    lines = [TITLE, "", "Dice against the clean labels (mean over the training cases) of the noisy labels, the "
+             "plain model's out-of-fold prediction and the labels fixed with `--mode replace` at each region "
+             "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost.", ""]
+    for half in ("held-out", "dev"):
+        part = [(r, m) for r, m in found if r["half"] == half]
+        if not part:
+            continue
+        lines += [f"### {'Held-out' if half == 'held-out' else 'Development'} half", "",
+                  "| dataset | regime | noisy | prediction | " + " | ".join(f"replace @{r}" for r in REGION_SCORES)
+                  + " | ignore @0.3: wrong masked / right lost |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- |"]
+        for row, m in part:
+            d, ig = m["dice"], m["ignore"]["0.3"]
+            best = max(d[f"fixed@{r}"] for r in REGION_SCORES)
+            lines.append(f"| {row['dataset']} | {row['regime']} | {d['noisy']:.3f} | {d['prediction']:.3f} | "
+                         + " | ".join(("**%.3f**" if d[f'fixed@{r}'] == best else "%.3f") % d[f"fixed@{r}"]
+                                      for r in REGION_SCORES)
+                         + f" | {ig['wrong_masked']:.1%} / {ig['right_lost']:.2%} |")
+        lines.append("")
+    write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")
+    (args.work / "fix_rows.json").write_text(json.dumps([{"dataset": r["dataset"], "regime": r["regime"],
+                                                          "half": r["half"], **m} for r, m in found], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""bench/RESULTS.md's section for the audit-quality suite, from the rows bench/suite.py saves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from pint_audit import write_section
+from suite_signals import miss_ratio
+
+from labelaudit.config import DEFAULT_METHOD, DEFAULT_VARIANT, Method
+
+TITLE = "## Audit-quality suite: development and held-out halves (`python bench/suite.py`)"
+LEVELS = ("slice", "pixel", "case")
+
+
+def default_key() -> str:
+    return DEFAULT_VARIANT.value if DEFAULT_METHOD is Method.PINT else DEFAULT_METHOD.value
+
+
+def _f(value, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ap(levels: dict, level: str) -> float | None:
+    return levels.get(level, {}).get("ap")
+
+
+def audit_table(rows: list[dict], key: str) -> list[str]:
+    lines = ["| dataset | regime | level | labelaudit AP (AUROC) | cleanlab AP (AUROC) | 1 − Dice AP | miss ratio | "
+             "labelaudit on cleanlab's softmax: AP, miss ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        ours = row["methods"].get(key, {}).get("levels", {})
+        theirs = row.get("baselines", {}).get("cleanlab softmin", {})
+        dice = row.get("baselines", {}).get("plain 1−Dice", {})
+        given = row.get("baselines", {}).get("labelaudit on the same probabilities", {})
+        for level in LEVELS:
+            if level not in ours or math.isnan(ours[level]["ap"]):  # undefined: every case corrupted
+                continue
+            o, t = ours[level], theirs.get(level, {})
+            ratio = miss_ratio(o["ap"], t.get("ap", float("nan")))
+            lines.append(f"| {row['dataset']} | {row['regime']} | {level} | {_f(o['ap'])} ({_f(o['auroc'])}) | "
+                         f"{_f(t.get('ap'))} ({_f(t.get('auroc'))}) | {_f(dice.get(level, {}).get('ap'))} | "
+                         f"{'**' if ratio < 1 else ''}{_f(ratio, 2)}{'**' if ratio < 1 else ''} | "
+                         f"{_f(given.get(level, {}).get('ap'))}, "
+                         f"{_f(miss_ratio(given.get(level, {}).get('ap', float('nan')), t.get('ap', float('nan'))), 2)} |")
+    return lines
+
+
+def methods_table(rows: list[dict]) -> list[str]:
+    lines = ["| dataset | regime | method | slice AP | pixel AP | case AP | Dice, new cases | clean new cases "
+             "flagged | fit s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        for method, entry in row["methods"].items():
+            flagged, total = entry["false_alarms"]
+            lines.append(f"| {row['dataset']} | {row['regime']} | {method} | "
+                         + " | ".join(_f(_ap(entry["levels"], lv)) for lv in LEVELS)
+                         + f" | {_f(entry['dice_new'])} | {flagged}/{total} | {entry['fit_s']:.0f} |")
+    return lines
+
+
+def gate_line(rows: list[dict], key: str) -> str:
+    alarms = [row["methods"][key]["false_alarms"] for row in rows if key in row["methods"]]
+    found = [row["methods"][key]["detections"] for row in rows if "detections" in row["methods"].get(key, {})]
+    fa, fa_n = sum(a for a, _ in alarms), sum(n for _, n in alarms)
+    de, de_n = sum(a for a, _ in found), sum(n for _, n in found)
+    return (f"Gate (`{key}`, the calibrated threshold, THE flag rule of `check`): **{fa} of {fa_n} clean new cases "
+            f"flagged** ({fa / max(fa_n, 1):.1%}; target at most 5 %), **{de} of {de_n} corrupted new cases "
+            f"flagged** ({de / max(de_n, 1):.1%}; target at least 50 %).")
+
+
+def variants_table(rows: list[dict]) -> list[str]:
+    dev = [r for r in rows if "variants" in r]
+    if not dev:
+        return []
+    names = list(dev[0]["variants"])
+    lines = ["| variant (pixel / A₀ factor / case rule) | " + " | ".join(f"{r['dataset']}/{r['regime']} slice·pixel·case"
+                                                                        for r in dev) + " | mean slice | mean pixel | mean case |",
+             "| --- | " + " | ".join("---" for _ in dev) + " | --- | --- | --- |"]
+    for source, name in [("variants", n) for n in names] + [("baselines", "cleanlab softmin")]:
+        cells, means = [], {lv: [] for lv in LEVELS}
+        for r in dev:
+            levels = r[source][name]
+            cells.append(" · ".join(_f(_ap(levels, lv)) for lv in LEVELS))
+            for lv in LEVELS:
+                if _ap(levels, lv) is not None and not math.isnan(_ap(levels, lv)):
+                    means[lv].append(_ap(levels, lv))
+        lines.append(f"| {name} | " + " | ".join(cells) + " | "
+                     + " | ".join(_f(float(np.mean(means[lv])) if means[lv] else None) for lv in LEVELS) + " |")
+    return lines
+
+
+def write_results(path: Path, rows: list[dict], meta: dict) -> None:
+    key = default_key()
+    total = sum(e["fit_s"] + e["score_s"] for r in rows for e in r["methods"].values())
+    out = [TITLE, "",
+           f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
+           f"labelaudit's default here is `{key}`; cleanlab and 1 − Dice rank the out-of-fold probabilities of the "
+           "same plain run (same network, same compute). AP over every slice / every pixel (noisy ≠ clean) / every "
+           "case of the training set, out-of-fold; miss ratio = (1 − AP labelaudit) / (1 − AP cleanlab), bold "
+           "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
+           "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "
+           f"case, no perturbations. Fit and score wall time of all runs: {total / 60:.0f} min.", ""]
+    for half, heading in (("held-out", "### Held-out half (never used to choose anything)"),
+                          ("dev", "### Development half (where defaults were chosen)")):
+        part = [r for r in rows if r["half"] == half]
+        if not part:
+            continue
+        out += [heading, "", *audit_table(part, key), "", gate_line(part, key), "", *methods_table(part), ""]
+        if half == "dev" and variants_table(part):
+            out += ["Candidate scoring variants on the plain run's out-of-fold probabilities (AP slice · pixel · "
+                    "case):", "", *variants_table(part), ""]
+    write_section(path, TITLE, "\n".join(out) + "\n")
