@@ -50,7 +50,8 @@ def fit(
     dataset: DatasetArg,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run folder to write (default: runs/<dataset-name>-<method>).", show_default=False)] = None,
-    method: Annotated[Method, typer.Option("--method", help="pint, plain (the baseline) or mcpm.")] = _FIT.method,
+    method: Annotated[Method, typer.Option("--method", help="plain (a U-Net on the labels as given, cross-fitted), pint "
+                                                         "or mcpm (needs --meta-set); see the README.")] = _FIT.method,
     variant: Annotated[Variant, typer.Option("--variant", help="PINT variant: int (image level only; the default, "
                                                              "see bench/RESULTS.md), pint (pixel + image, the "
                                                              "paper's), pnt (pixel only).")] = _PINT.variant,
