@@ -194,10 +194,19 @@ class McpmParams:
     hidden, dilations: the meta mask network, 3x3 convolutions with these dilations (receptive field
     1 + 2 * sum(dilations) = 15 px), ReLU, no normalisation, then a 1x1 convolution and a sigmoid (§3.2).
     initial_weight: R at the start, through the final bias logit(0.9) (§9 item 1: start near the unweighted loss).
-    normalise: "sum", sum(R * CE) / sum(R) [the earlier MW-Net script, pixel L2RW], with the gradient through
-    the denominator, so Theta controls only how the weight is distributed, not its overall scale; or "mean",
-    sum(R * CE) / (n |Omega|) [MW-Net.py, §3.4's default], where the scale of R acts as a learning rate
-    (see docs/decisions.md).
+    normalise: "class", each pixel's R divided by the batch mean of R over the pixels of its given class (with
+    the gradient through that mean), so every class keeps its unweighted share of the loss and R's level is
+    no lever; or "sum", sum(R * CE) / sum(R) [the earlier MW-Net script, pixel L2RW], the former default, which
+    let Theta move all weight onto easy background pixels and switch the foreground off (the collapse of
+    issue 12); or "mean", sum(R * CE) / (n |Omega|) [MW-Net.py, §3.4's default], where the scale of R acts as
+    a learning rate (see docs/decisions.md).
+    weight_floor: the loss uses floor + (1 - floor) * R, so no pixel's weight falls below ~floor of its class's
+    mean (a collapsed R = 0 trains like plain instead of not at all); Theta's R itself (meta_weight.onnx,
+    scoring) is unchanged.
+    collapse_floor, collapse_patience, collapse_resets: the guard (train/mcpm.py CollapseGuard): mean R over
+    the foreground of `patience` weighted training batches in a row below `floor` is a collapse; it is logged
+    and counted in the fold log (`r_collapses`); the first `collapse_resets` reset Theta to its initial
+    weights, the next turns the weighting off for the rest of the fold (`r_unweighted`). floor 0: no guard.
     train_dice: add an R-weighted soft Dice to the R-weighted CE (as plain adds Dice to CE), in the virtual and
     the real step alike, so that MCPM and plain differ only by the weights.
     meta_dice: the meta loss is CE + soft Dice instead of CE alone (§9 item 7: Theta must not win by
@@ -214,10 +223,14 @@ class McpmParams:
     hidden: int = 16
     dilations: tuple[int, ...] = (1, 2, 4)
     initial_weight: float = 0.9
-    normalise: str = "sum"
+    normalise: str = "class"
     train_dice: bool = True
     meta_dice: bool = True
     loss_eps: float = 1e-6
+    weight_floor: float = 0.05
+    collapse_floor: float = 0.05
+    collapse_patience: int = 25
+    collapse_resets: int = 1
 
     def to_json(self) -> dict:
         return params_to_json(self)

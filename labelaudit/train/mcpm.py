@@ -12,12 +12,18 @@ The virtual step uses torch.func.functional_call on the live parameters (no copi
 the meta gradient visibly flows W' -> grad -> R -> Theta. W's parameters are untouched by the meta step and
 Theta's by the actual step; GroupNorm in W has no running statistics to pollute (§9 item 4).
 
+Collapse: normalised over all pixels ("sum"), Theta could meet the meta gradient's "take a smaller step"
+by moving all weight onto easy background pixels, so R fell to ~0 on the foreground, where its gradient
+(proportional to R) is gone. R is now normalised per class and floored, and a guard resets Theta, then turns
+the weighting off, when the foreground's R stays near 0 (McpmParams; measurements in docs/decisions.md).
+
 Array legend: B images, C_in input channels, C classes, H x W pixels.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -32,7 +38,9 @@ from ..config import LoopParams, McpmParams
 from ..errors import UsageError
 from .loop import SliceSampler, augment_batch
 
-NORMALISATIONS = ("mean", "sum")
+NORMALISATIONS = ("class", "mean", "sum")
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the meta mask network
@@ -106,6 +114,20 @@ def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def class_normalised(weight: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """R divided by its batch mean over the pixels of the same given class, with the gradient through the mean.
+
+    weight R: (B, H, W) in [0, 1]; classes: (B, H, W) int64. Every class present keeps the total weight it has
+    in the unweighted loss, so Theta can move weight between pixels of one class but cannot switch a class off,
+    and R's overall level (a direction the meta loss barely sees) cannot act as a learning rate.
+    """
+    flat, index = weight.reshape(-1), classes.reshape(-1)
+    sums = torch.zeros(num_classes, dtype=weight.dtype, device=weight.device).index_add(0, index, flat)
+    counts = torch.bincount(index, minlength=num_classes).to(weight.dtype)
+    means = sums / counts.clamp_min(1)
+    return weight / means.clamp_min(1e-30)[classes]
+
+
 def training_objective(logits: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor,
                        params: McpmParams) -> tuple[torch.Tensor, torch.Tensor]:
     """L_tr: R-weighted CE (normalised per `params.normalise`) plus, with train_dice, R-weighted soft Dice.
@@ -114,7 +136,12 @@ def training_objective(logits: torch.Tensor, classes: torch.Tensor, weight: torc
     """
     logits = _at_least_fp32(logits)
     ce = F.cross_entropy(logits, classes, reduction="none")
-    if params.normalise == "sum":
+    if params.weight_floor > 0:
+        weight = params.weight_floor + (1 - params.weight_floor) * weight
+    if params.normalise == "class":
+        weight = class_normalised(weight, classes, logits.shape[1])
+        loss = (weight * ce).mean()
+    elif params.normalise == "sum":
         # not detached: the gradient then sees only how R is distributed, not its overall scale
         loss = (weight * ce).sum() / (weight.sum() + 1e-6)
     else:
@@ -177,6 +204,44 @@ def meta_step(student: nn.Module, theta: nn.Module, theta_optimizer: torch.optim
     return float(meta_loss.detach())
 
 
+# ----------------------------------------------------------------------------- the collapse guard
+
+class CollapseGuard:
+    """Watches the mean of R over the foreground pixels of each weighted training batch.
+
+    `patience` batches in a row below `floor` is a collapse: the meta mask network then sits in the sigmoid's
+    flat tail, where R's gradient (proportional to R) has vanished, so it cannot climb out by itself (seen in
+    an independent benchmark: R ~ 2e-6 on every foreground pixel from epoch 9 of 20 on, training loss ~0).
+    The first `max_resets` collapses of a fold are met by resetting Theta; the next one turns the weighting
+    off (`unweighted`) for the rest of the fold. A batch without foreground (NaN) neither counts nor breaks
+    the streak. floor <= 0 switches the guard off.
+    """
+
+    def __init__(self, floor: float, patience: int, max_resets: int) -> None:
+        self.floor, self.patience, self.max_resets = floor, patience, max_resets
+        self.streak = 0  # consecutive batches below the floor
+        self.collapses = 0  # collapses seen so far in this fold
+        self.unweighted = False  # the weighting is off for the rest of the fold
+
+    def observe(self, weight_fg: float) -> bool:
+        """Record one batch's foreground mean R; True when it completes a collapse (then see `unweighted`)."""
+        if self.unweighted or self.floor <= 0 or math.isnan(weight_fg):
+            return False
+        self.streak = self.streak + 1 if weight_fg < self.floor else 0
+        if self.streak < self.patience:
+            return False
+        self.streak, self.collapses = 0, self.collapses + 1
+        self.unweighted = self.collapses > self.max_resets
+        return True
+
+    def state_dict(self) -> dict:
+        return {"streak": self.streak, "collapses": self.collapses, "unweighted": self.unweighted}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak, self.collapses = int(state["streak"]), int(state["collapses"])
+        self.unweighted = bool(state["unweighted"])
+
+
 # ----------------------------------------------------------------------------- the method
 
 class McpmMethod:
@@ -195,6 +260,8 @@ class McpmMethod:
             raise UsageError(f"MCPM normalise {params.normalise!r}: expected one of {', '.join(NORMALISATIONS)}")
         if params.meta_every < 1 or params.meta_batch_size < 0 or params.virtual_lr < 0 or params.meta_lr < 0:
             raise UsageError("MCPM needs meta_every >= 1, meta_batch_size >= 0 and non-negative learning rates")
+        if not 0 <= params.weight_floor < 1 or params.collapse_patience < 1 or params.collapse_resets < 0:
+            raise UsageError("MCPM needs 0 <= weight_floor < 1, collapse_patience >= 1 and collapse_resets >= 0")
         if not meta_cases:
             raise UsageError("MCPM needs a meta set of at least one case")
         self.params = params
@@ -206,7 +273,9 @@ class McpmMethod:
         # flips only on the meta batch (§3.8): the meta set is the reference, not more training data
         self.meta_augment = replace(loop, affine_probability=0.0, intensity_scale=0.0, intensity_shift=0.0)
         self.theta: MetaMaskNet | None = None
+        self.theta_init: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.guard = CollapseGuard(params.collapse_floor, params.collapse_patience, params.collapse_resets)
         self.total = 1
         self.device = torch.device("cpu")
 
@@ -215,13 +284,29 @@ class McpmMethod:
         with torch.random.fork_rng(devices=[]):  # Theta's init from the method's own stream, not global state
             torch.manual_seed(int(self.rng.integers(2 ** 31)))
             self.theta = build_meta_net(in_channels, num_classes, self.params).to(device)
+        self.theta_init = {k: v.detach().clone() for k, v in self.theta.state_dict().items()}
+        self.optimizer = self._theta_optimizer()
+        self.total = total_iterations
+        self.device = device
+
+    def _theta_optimizer(self) -> torch.optim.Optimizer:
         # decoupled weight decay: with Adam's L2 form, the decay term dominates the tiny meta gradients (zero
         # for the hidden layers until the zero-initialised head moves), and Adam's normalised step then shrinks
         # every hidden weight by ~meta_lr per step, killing Theta within a few dozen steps (seen in a test run)
-        self.optimizer = torch.optim.AdamW(self.theta.parameters(), lr=self.params.meta_lr,
-                                           weight_decay=self.params.meta_weight_decay)
-        self.total = total_iterations
-        self.device = device
+        assert self.theta is not None
+        return torch.optim.AdamW(self.theta.parameters(), lr=self.params.meta_lr,
+                                 weight_decay=self.params.meta_weight_decay)
+
+    def reset_theta(self) -> None:
+        """The guard's recovery: Theta back to its initial weights (R = initial_weight everywhere), a fresh
+        optimiser. A first collapse is met by a reset, which lets Theta learn again from the now trained W (as
+        after the warm-up); on the demo it collapsed again 30-60 steps after every reset (8 resets in 500 steps
+        at alpha 1e-3), so a repeated collapse turns the weighting off instead: the fold then trains like plain, which segmented
+        better there, without the meta step's cost, and meta_weight.onnx holds the initial Theta (a uniform R
+        that claims nothing) rather than a collapsed one."""
+        assert self.theta is not None
+        self.theta.load_state_dict(self.theta_init)
+        self.optimizer = self._theta_optimizer()
 
     def warm(self, step: int) -> bool:
         return step < self.params.warmup_fraction * self.total
@@ -241,7 +326,8 @@ class McpmMethod:
         assert self.theta is not None and self.optimizer is not None
         stats: dict[str, float] = {"meta_step_s": 0.0}
         warm = self.warm(step)
-        if not warm and step % self.params.meta_every == 0:
+        unweighted = warm or self.guard.unweighted
+        if not unweighted and step % self.params.meta_every == 0:
             started = time.perf_counter()
             meta_image, meta_classes = self.sample_meta_batch()
             # fp32 without a GradScaler: the scaler does not scale torch.autograd.grad (§8.3 item 4)
@@ -252,20 +338,30 @@ class McpmMethod:
                 torch.cuda.synchronize(image.device)
             stats["meta_step_s"] = time.perf_counter() - started
         logits = student(image).float()
-        if warm:
+        if unweighted:
             weight = torch.ones_like(classes, dtype=torch.float32)
         else:
             with torch.no_grad(), torch.autocast(device_type=image.device.type, enabled=False):
                 weight = self.theta(image.float(), classes, torch.softmax(logits.detach(), dim=1))[:, 0]
         loss, ce = training_objective(logits, classes, weight, self.params)
         foreground = classes != 0
+        weight_fg = float(weight[foreground].mean()) if foreground.any() else float("nan")
         stats.update({
             "ce": float(ce.detach().mean()), "weight_mean": float(weight.mean()),
-            "weight_low": float((weight < 0.1).float().mean()),
-            "weight_fg": float(weight[foreground].mean()) if foreground.any() else float("nan"),
+            "weight_low": float((weight < 0.1).float().mean()), "weight_fg": weight_fg,
             "weight_bg": float(weight[~foreground].mean()) if (~foreground).any() else float("nan"),
             "warmup": float(warm),
         })
+        if not unweighted and self.guard.observe(weight_fg):
+            then = ("training goes on with the unweighted loss (R = 1) for the rest of this fold"
+                    if self.guard.unweighted else "the meta mask network was reset to its initial weights")
+            log.warning("MCPM: the meta weight R collapsed (mean R over the foreground below %g for %d training "
+                        "steps in a row, %.2g at step %d of %d; collapse %d of this fold): %s", self.guard.floor,
+                        self.guard.patience, weight_fg, step + 1, self.total, self.guard.collapses, then)
+            self.reset_theta()
+        if (step + 1) % self.loop.iterations_per_epoch == 0:  # once an epoch, so the loop's average is exact
+            stats["r_collapses"] = float(self.guard.collapses)
+            stats["r_unweighted"] = float(self.guard.unweighted)
         return loss, {k: v for k, v in stats.items() if not math.isnan(v)}
 
     def after_step(self, student: nn.Module, step: int) -> None:
@@ -281,7 +377,8 @@ class McpmMethod:
     def state_dict(self) -> dict:
         assert self.theta is not None and self.optimizer is not None
         return {"theta": self.theta.state_dict(), "theta_optimizer": self.optimizer.state_dict(),
-                "rng": json.dumps(self.rng.bit_generator.state), "generator": self.generator.get_state()}
+                "rng": json.dumps(self.rng.bit_generator.state), "generator": self.generator.get_state(),
+                "guard": self.guard.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         assert self.theta is not None and self.optimizer is not None
@@ -289,6 +386,8 @@ class McpmMethod:
         self.optimizer.load_state_dict(state["theta_optimizer"])
         self.rng.bit_generator.state = json.loads(state["rng"])
         self.generator.set_state(state["generator"])
+        if "guard" in state:  # checkpoints written before the guard existed have none
+            self.guard.load_state_dict(state["guard"])
 
 
 def epoch_cost(log: list[dict], iterations_per_epoch: int) -> dict:
@@ -297,10 +396,10 @@ def epoch_cost(log: list[dict], iterations_per_epoch: int) -> dict:
     An MCPM iteration is a plain iteration (forward, backward, AdamW step on the same batch; plus Theta's
     forward, a few per cent) and, on meta iterations, the bilevel step timed as `meta_step_s`. So the plain
     epoch on the same data is estimated as the epoch's seconds minus its meta-step seconds. Warm-up epochs
-    (no meta steps) are left out when any other epoch exists.
+    and those after the guard turned the weighting off (no meta steps) are left out when any other epoch exists.
     Returns {"epoch_s", "plain_equivalent_epoch_s", "ratio", "meta_seconds_per_epoch", "epochs", "measured"}.
     """
-    rows = [r for r in log if r.get("warmup", 0.0) < 1.0] or list(log)
+    rows = [r for r in log if r.get("warmup", 0.0) < 1.0 and r.get("r_unweighted", 0.0) < 1.0] or list(log)
     if not rows:
         return {}
     epoch_s = float(np.mean([r["seconds"] for r in rows]))
