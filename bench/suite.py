@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from pint_audit import machine, run, write_meta_set
+from sweep import FIT_ARGS
 from suite_data import DATASETS, REGIMES, Half, SuiteDataset, make
 from suite_report import write_results
 from suite_signals import (CaseData, Signal, Truth, cleanlab_signal, dice_per_case, dice_signal, labelaudit_variants,
@@ -44,13 +45,6 @@ from labelaudit.io.image import read_volume
 from labelaudit.score.inference import dataset_probabilities
 
 HERE = Path(__file__).resolve().parent
-FIT_ARGS = {
-    "plain": ["--method", "plain"],
-    "int": ["--method", "pint", "--variant", "int"],
-    "pint": ["--method", "pint", "--variant", "pint"],
-    "pnt": ["--method", "pint", "--variant", "pnt"],
-    "mcpm": ["--method", "mcpm"],
-}
 #: Which regimes each method is fit on: plain (the baselines' network) everywhere; the seed methods in the
 #: regime both papers were designed for (pixel- and slice-level noise), to keep the suite near an hour (PINT's
 #: image-only variant int, the landed default, and the paper's two-level pint; pnt is left out for time).

@@ -25,7 +25,7 @@ from ..config import FixConfig, FixMode
 from ..data import Track, discover_dataset, no_track
 from ..errors import InputError, UsageError
 from ..formats.audit import find_map, unescape_cell
-from ..formats.fields import Fields
+from ..formats.fields import Fields, load_json
 from ..formats.outputs import OutputKind, StagedFolder, dataset_inputs, guard_output
 from ..types import CaseRef, Dataset, from_slices, to_slices
 from .manifest import FIX_MANIFEST_NAME, FixCaseRecord, FixManifest, FixRegionRecord, write_fix_manifest
@@ -50,12 +50,7 @@ def read_audit(audit_dir: Path) -> AuditInput:
     """summary.json and slices.csv of an audit folder; a missing or mistyped field is an InputError (exit 3)."""
     audit_dir = Path(audit_dir)
     path = audit_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found", hint=_AUDIT_HINT) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as JSON ({exc})", hint=_AUDIT_HINT) from None
+    summary = load_json(path, InputError, _AUDIT_HINT)
     top = Fields(summary, path, error=InputError, hint=_AUDIT_HINT)
     dataset = Path(top.object("dataset").str("path"))
     cases = tuple(c.str("case_id") for c in top.objects("cases"))

@@ -13,14 +13,13 @@ naming the file and the field.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import FixMode, FixParams
 from ..diagnosis import ErrorKind
 from ..errors import InputError
-from ..formats.fields import Fields
+from ..formats.fields import Fields, load_json
 
 FIX_MANIFEST_NAME = "fixes.json"
 FIX_FORMAT = 1
@@ -114,12 +113,7 @@ def _region(f: Fields) -> FixRegionRecord:
 def read_fix_manifest(path: Path | str) -> FixManifest:
     """Read and check fixes.json; every problem is an InputError (exit 3) naming the file and the field."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found", hint=_HINT) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as JSON ({exc})", hint=_HINT) from None
+    data = load_json(path, InputError, _HINT)
     top = Fields(data, path, error=InputError, hint=_HINT)
     if top.int("format") != FIX_FORMAT:
         raise top.fail("format", str(FIX_FORMAT))
