@@ -41,7 +41,9 @@ from suite_signals import (CaseData, Signal, Truth, cleanlab_signal, dice_per_ca
 
 from labelaudit.formats.audit import find_map, read_case_scores, read_slice_scores
 from labelaudit.formats.manifest import read_manifest
+from labelaudit.formats.run import load_run
 from labelaudit.io.image import read_volume
+from labelaudit.score.formulas import SLICE_RULE
 from labelaudit.score.inference import dataset_probabilities
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,9 @@ def corrupt(clean: Path, out: Path, args: list[str], seed: int, log: Path) -> Pa
 
 def fit(method: str, noisy: Path, run_dir: Path, meta: Path | None, options, log: Path) -> float:
     if (run_dir / "run.json").exists():
+        threshold = load_run(run_dir).threshold
+        if threshold is not None and threshold.slice_rule != SLICE_RULE:  # fit before the slice score changed
+            run(["calibrate", str(run_dir), "--device", "cpu"], log)
         return float(json.loads((run_dir / "suite_fit_seconds.json").read_text())["seconds"])
     args = ["fit", str(noisy), *FIT_ARGS[method], "--out", str(run_dir), "--seed", "0", "--force"]
     if options.quick:

@@ -6,10 +6,14 @@ nnU-Net-layout folders: `train` (what the user audits) and `new` (clean cases th
 
 The suite is split by dataset, never by case, so that no default can be tuned to a held-out dataset:
 
-- development half (defaults may be chosen here): `brain_wm` (binary white matter, MR, thick slices) and
-  `ct_lesion` (1-3 small low-contrast liver lesions in HU; most slices have no structure);
+- development half (defaults may be chosen here): `brain_wm` (binary white matter, MR, thick slices),
+  `ct_lesion` (1-3 small low-contrast liver lesions in HU; most slices have no structure) and `ct_liver` (the
+  liver and its lesions: 2 classes of very different size, thin pixels);
 - held-out half (only ever reported): `brain_tissue` (white and gray matter, 3 classes, another grid and
-  slice thickness) and `ct_organs` (liver, spleen, kidneys: 4 classes, 5 mm slices, another field of view).
+  slice thickness), `ct_organs` (liver, spleen, kidneys: 4 classes, 5 mm slices, another field of view) and
+  `brain_gm` (gray matter alone: a thin ribbon, 4 mm slices). `ct_liver` and `brain_gm` were added once
+  ct_organs's result had been read, so that the slice score's next change could be chosen on a multi-class
+  development dataset and reported on a dataset nobody had looked at.
 
 Noise regimes (labelaudit corrupt):
 - `slice`: 40 % of the slices with structure, mixed kinds (dilation, erosion, elastic, shift, missing, spurious);
@@ -86,12 +90,18 @@ DATASETS = (
     SuiteDataset("ct_lesion", Half.DEV, "CT in HU, 1-3 small hypodense liver lesions (binary), 1.5x1.5x2.5 mm, "
                  "96x80 px", 1, 16, 8, "ct", {"size": (96, 80), "slices": (14, 18), "spacing": (1.5, 1.5, 2.5),
                                                "seed": 202, "labels": ("lesion",)}),
+    SuiteDataset("ct_liver", Half.DEV, "CT in HU, liver and its 1-3 small lesions (2 classes), 1.2x1.2x3 mm, "
+                 "100x84 px", 2, 16, 8, "ct", {"size": (100, 84), "slices": (12, 16), "spacing": (1.2, 1.2, 3.0),
+                                               "seed": 606, "labels": ("liver", "lesion")}),
     SuiteDataset("brain_tissue", Half.HELD_OUT, "MR T1, white and gray matter (3 classes), 2x2x3 mm, 72x88 px",
                  2, 16, 8, "brain", {"in_plane": (72, 88), "slices": (16, 20), "spacing": (2.0, 2.0, 3.0),
                                      "seed": 303, "keep": {"white_matter": 1, "gray_matter": 2}}),
     SuiteDataset("ct_organs", Half.HELD_OUT, "CT in HU, liver / spleen / kidneys (4 classes), 2x2x5 mm, 88x72 px",
                  3, 16, 8, "ct", {"size": (88, 72), "slices": (12, 16), "spacing": (2.0, 2.0, 5.0), "seed": 404,
                                   "labels": ("liver", "spleen", "kidney")}),
+    SuiteDataset("brain_gm", Half.HELD_OUT, "MR T1, gray matter (binary, a thin ribbon), 2.2x2.2x4 mm, 68x80 px",
+                 1, 16, 8, "brain", {"in_plane": (68, 80), "slices": (14, 18), "spacing": (2.2, 2.2, 4.0),
+                                     "seed": 505, "keep": {"gray_matter": 1}}),
 )
 
 

@@ -22,6 +22,7 @@ from suite_data import dataset_named
 from suite_signals import dice_per_case
 
 from labelaudit.config import FixMode, FixParams
+from labelaudit.evaluate.kinds import CLEAN, EXPECTED_KIND, kind_confusion, read_slice_kinds
 from labelaudit.fix.dataset import read_audit
 from labelaudit.fix.rule import apply_fix, judge_regions
 from labelaudit.formats.audit import find_map
@@ -53,9 +54,38 @@ def measure_cell(cell: Path, classes: int) -> dict:
             m = masked[r]
             m[0] += int((ignored & wrong).sum()); m[1] += int(wrong.sum())
             m[2] += int((ignored & ~wrong).sum()); m[3] += int((~wrong).sum())
-    return {"dice": {k: float(np.mean(v)) for k, v in sums.items()},
+    confusion = kind_confusion(read_manifest(cell / "noisy" / "corruption.json"),
+                               read_slice_kinds(cell / "audits" / "plain" / "slices.csv") or {})
+    return {"kinds": confusion.counts if confusion is not None else {},
+            "dice": {k: float(np.mean(v)) for k, v in sums.items()},
             "ignore": {str(r): {"wrong_masked": m[0] / max(m[1], 1), "right_lost": m[2] / max(m[3], 1)}
                        for r, m in masked.items()}}
+
+
+def kind_lines(part: list[tuple[dict, dict]]) -> list[str]:
+    """The error kind slices.csv names against the corruption that made each slice, summed over the half's
+    cells: a confusion matrix (rows the truth; `clean`: uncorrupted slices with structure) and each row's
+    accuracy (elastic has no single right kind)."""
+    total: dict[str, dict[str, int]] = {}
+    for _, m in part:
+        for truth, named in m["kinds"].items():
+            row = total.setdefault(truth, {})
+            for kind, n in named.items():
+                row[kind] = row.get(kind, 0) + n
+    if not total:
+        return []
+    columns = [c for c in next(iter(total.values())) if any(r.get(c, 0) for r in total.values())]
+    order = [k for k in (*EXPECTED_KIND, "elastic") if k in total and k != CLEAN] + ([CLEAN] if CLEAN in total else [])
+    lines = ["Error kind named (slices.csv `error_kind`, rows: the corruption that made the slice; every training "
+             "slice of the half's plain audits, flagged or not):", "",
+             "| truth | " + " | ".join(columns) + " | right |", "| --- | " + " | ".join("---" for _ in columns)
+             + " | --- |"]
+    for truth in order:
+        row, expected = total[truth], EXPECTED_KIND.get(truth)
+        n = sum(row.values())
+        right = f"{row.get(expected.value, 0) / n:.0%} of {n}" if expected is not None and n else "—"
+        lines.append(f"| {truth} | " + " | ".join(str(row.get(c, 0)) for c in columns) + f" | {right} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -87,6 +117,7 @@ def main() -> None:
                                       for r in REGION_SCORES)
                          + f" | {ig['wrong_masked']:.1%} / {ig['right_lost']:.2%} |")
         lines.append("")
+        lines += kind_lines(part)
     write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")
     (args.work / "fix_rows.json").write_text(json.dumps([{"dataset": r["dataset"], "regime": r["regime"],
                                                           "half": r["half"], **m} for r, m in found], indent=1))

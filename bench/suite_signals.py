@@ -4,9 +4,10 @@ Everything a signal needs is the mean softmax of each training case through the 
 (labelaudit.score.inference.dataset_probabilities), so cleanlab and every labelaudit variant rank exactly the
 same probabilities. Signals give a score per pixel, per slice and per case (higher = more likely wrong).
 
-- labelaudit variants: pixel formula (conf = (1 - p̄_y)(1 - ũ), disagree = 1 - p̄_y) × slice aggregation
-  (labelaudit.score.formulas.slice_stats with A₀ = f × the median labelled area) × case aggregation (mean of
-  the 3 worst slices, max); "× slice" pixel variants multiply each pixel's score by its slice's score;
+- labelaudit variants (`Variant`): pixel formula (conf = (1 - p̄_y)(1 - ũ), disagree = 1 - p̄_y) × slice
+  aggregation (labelaudit.score.formulas.slice_stats: the structure fraction F with A₀ = f × the median
+  labelled area, with or without the region term R) × case aggregation (mean of the 3 worst slices, max) ×
+  noise map (a pixel formula, times the slice's score or not);
 - cleanlab: `get_label_quality_scores(method="softmin")` per slice, 1 - p_y per pixel, case = max over slices;
 - 1 - Dice: the model's own disagreement per slice (case = max over slices; no pixel score).
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from labelaudit.config import PixelScore
 from labelaudit.evaluate.metrics import ranking_scores
-from labelaudit.score.formulas import (case_noise_score, given_class_probability, normalised_entropy,
+from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
                                        pixel_noise_score, roi_radius, slice_stats)
 
 
@@ -51,21 +52,33 @@ class CaseData:
     spacing: tuple[float, float]  # in-plane mm
 
 
-#: The labelaudit variants compared on the development half: (name, slice-score pixel formula, A₀ factor f,
-#: case rule, noise-map pixel formula, noise map × slice score).
 CONF, DISAGREE = PixelScore.CONFIDENT_DISAGREEMENT, PixelScore.DISAGREEMENT
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One candidate scoring of the same probabilities (the module docstring)."""
+
+    name: str
+    formula: PixelScore = CONF  # the pixel formula the slice score sums
+    prior: float = 0.5  # A₀ = prior × the median labelled area
+    region_share: float | None = REGION_SHARE  # the region term R of the slice score (None: S = F only)
+    case_rule: str = "top3"  # or "max"
+    map_formula: PixelScore = DISAGREE  # the noise map's pixel formula
+    map_times_slice: bool = True
+
+
+#: The labelaudit variants compared on the development half (the first is the landed default).
 VARIANTS = (
-    ("conf/f=0.5/top3 (landed)", CONF, 0.5, "top3", CONF, False),
-    ("conf/f=0.5/max", CONF, 0.5, "max", CONF, False),
-    ("disagree/f=0.5/top3", DISAGREE, 0.5, "top3", DISAGREE, False),
-    ("conf/f=0.25/top3", CONF, 0.25, "top3", CONF, False),
-    ("conf/f=0/top3", CONF, 0.0, "top3", CONF, False),
-    ("conf/f=0/max", CONF, 0.0, "max", CONF, False),
-    ("disagree/f=0/top3", DISAGREE, 0.0, "top3", DISAGREE, False),
-    ("conf/f=0.5/top3, map conf×slice", CONF, 0.5, "top3", CONF, True),
-    ("conf/f=0.5/top3, map disagree×slice", CONF, 0.5, "top3", DISAGREE, True),
-    ("conf/f=0/top3, map disagree×slice", CONF, 0.0, "top3", DISAGREE, True),
-    ("conf/f=0/max, map disagree×slice", CONF, 0.0, "max", DISAGREE, True),
+    Variant("max(F, R), map disagree×slice (landed)"),
+    Variant("F only, map disagree×slice (before)", region_share=None),
+    Variant("max(F, R), R share 0.5", region_share=0.5),
+    Variant("max(F, R), R share 0.1", region_share=0.1),
+    Variant("max(F, R), case max", case_rule="max"),
+    Variant("max(F, R), f=0.25", prior=0.25),
+    Variant("max(F, R), disagree", formula=DISAGREE),
+    Variant("F only, map conf", region_share=None, map_formula=CONF, map_times_slice=False),
+    Variant("F only, f=0", prior=0.0, region_share=None),
 )
 
 
@@ -78,22 +91,21 @@ def median_area_mm2(cases: Iterable[CaseData]) -> float:
 def labelaudit_variants(cases: list[CaseData]) -> list[Signal]:
     """Every VARIANTS signal of the same probabilities (A₀ measured on these labels, as fit does)."""
     median = median_area_mm2(cases)
-    signals = [Signal(name) for name, *_ in VARIANTS]
+    signals = [Signal(v.name) for v in VARIANTS]
     for case in cases:
         p_given = given_class_probability(case.prob, case.classes)
         unc = normalised_entropy(case.prob)
         pred = case.prob.argmax(axis=1)
         radius = roi_radius(case.spacing)
-        for signal, (_, formula, f, case_rule, map_formula, times_slice) in zip(signals, VARIANTS):
-            noise = pixel_noise_score(p_given, unc, formula)
-            eps = max(1.0, f * median / (case.spacing[0] * case.spacing[1]))
-            stats = slice_stats(noise, case.classes, pred, case.prob.shape[1], radius, eps)
-            scores = stats.noise_score
+        for signal, v in zip(signals, VARIANTS):
+            noise = pixel_noise_score(p_given, unc, v.formula)
+            eps = max(1.0, v.prior * median / (case.spacing[0] * case.spacing[1]))
+            scores = slice_stats(noise, case.classes, pred, case.prob.shape[1], radius, eps, v.region_share).noise_score
             for index, value in enumerate(scores):
                 signal.slices[(case.case_id, index)] = float(value)
-            signal.cases[case.case_id] = case_noise_score(scores) if case_rule == "top3" else float(scores.max())
-            pixel = noise if map_formula is formula else pixel_noise_score(p_given, unc, map_formula)
-            if times_slice:
+            signal.cases[case.case_id] = case_noise_score(scores) if v.case_rule == "top3" else float(scores.max())
+            pixel = pixel_noise_score(p_given, unc, v.map_formula)
+            if v.map_times_slice:
                 pixel = pixel * scores[:, None, None].astype(np.float32)
             signal.pixels.append(pixel.reshape(-1).astype(np.float32))
     return signals

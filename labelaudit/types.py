@@ -238,10 +238,14 @@ class Calibration:
     flagged_cases: int = 0
     structure_prior_mm2: float | None = None  # A₀ of the slice score
     structure_prior_rule: str | None = None
+    slice_rule: str | None = None  # the slice score the thresholds were calibrated on (formulas.SLICE_RULE)
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__
-                if not (name.startswith("structure_prior") and getattr(self, name) is None)}
+                if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
+
+
+OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule")
 
 
 class ThresholdSource(str, Enum):

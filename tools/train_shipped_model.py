@@ -14,6 +14,8 @@ Steps (each one a plain `labelaudit` command, so the model card can quote them):
 Needs the training extra (torch). CPU only, a few minutes on 2 cores.
 
     python tools/train_shipped_model.py --benchmark   # only the model card's figures, for an existing model
+    python tools/train_shipped_model.py --recalibrate # only its thresholds again (`labelaudit calibrate`), after
+                                                      # a change of the noise score; the graphs are kept
 
 The benchmark corrupts a copy of the demo data (`labelaudit corrupt --rate 0.3 --seed S`, slice level, the
 default kinds), scores it with the shipped model (`labelaudit score --model`; every case by the model, as
@@ -146,9 +148,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "models" / "demo-pint")
     parser.add_argument("--benchmark", action="store_true", help="only measure an existing model (--out)")
+    parser.add_argument("--recalibrate", action="store_true", help="only derive its thresholds again (--out)")
     args = parser.parse_args()
     if args.benchmark:
         print_benchmark(benchmark(args.out.resolve()))
+        return
+    if args.recalibrate:
+        with tempfile.TemporaryDirectory(prefix="labelaudit-shipped-") as tmp:
+            train = training_subset(Path(tmp) / "mni_brain")
+            labelaudit("calibrate", args.out.resolve(), "--dataset", train, "--device", "cpu", cwd=Path(tmp))
         return
     with tempfile.TemporaryDirectory(prefix="labelaudit-shipped-") as tmp:
         train = training_subset(Path(tmp) / "mni_brain")

@@ -114,6 +114,34 @@ class CheckFormat(str, Enum):
 
 @app.command()
 @handle_errors
+def calibrate(
+    model: Annotated[Optional[Path], typer.Argument(
+        metavar="RUN_DIR", help="Run folder to recalibrate (default: the latest run).", show_default=False)] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="The dataset the run was fit on, where it is now (default: the path run.json records).",
+        show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per ONNX Runtime call.")] = 16,
+) -> None:
+    """Derive a run's flagging thresholds again from its training data, scored out-of-fold (after an upgrade
+    changed the noise score; no PyTorch needed). Rewrites run.json's threshold."""
+    from ..console import err, track
+    from ..formats.run import latest_run, load_run, save_run
+    from ..score.calibrate import calibrate_run
+
+    run_dir = model if model is not None else latest_run()
+    info = load_run(run_dir)
+    before = info.threshold
+    info.threshold = calibrate_run(run_dir, device=device, track=track, batch_size=batch_size, dataset=dataset)
+    save_run(run_dir, info)
+    was = f" (was {before.slice:.3f} / {before.case:.3f})" if before is not None else ""
+    err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}, case {info.threshold.case:.3f}{was}, "
+              f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases", markup=False,
+              soft_wrap=True)
+
+
+@app.command()
+@handle_errors
 def check(
     incoming: Annotated[Path, typer.Argument(metavar="INCOMING", help="Dataset folder of the annotations to gate "
                                                                       "(same layouts as DATASET).",

@@ -197,7 +197,7 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         slice_stats=stats("slice_stats"), case_stats=stats("case_stats"),
         flagged_slices=f.int("flagged_slices", 0, minimum=0), flagged_cases=f.int("flagged_cases", 0, minimum=0),
         structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
-        structure_prior_rule=f.str("structure_prior_rule", None),
+        structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
     )
 
 

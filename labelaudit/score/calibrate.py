@@ -22,7 +22,7 @@ from ..formats.run import DatasetRecord, load_run
 from .decide import decide, resolve_threshold
 from ..io import read_volume
 from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
-from .formulas import STRUCTURE_PRIOR
+from .formulas import SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
 
 
@@ -98,19 +98,26 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
 
 
 def calibrate_run(run_dir: Path | str, device: str = "auto", track: Track = no_track, batch_size: int = 16,
-                  structure_prior_mm2: float | None = None) -> Calibration:
+                  structure_prior_mm2: float | None = None, dataset: Path | None = None) -> Calibration:
     """Score the run's own training dataset out-of-fold (nothing written) and derive its flagging thresholds.
 
     structure_prior_mm2: A₀, when the caller measured it already (fit has the labels in memory); else the fit
-    dataset's labels are read for it. Returns what `fit` stores as run.json's "threshold".
+    dataset's labels are read for it. dataset: where that dataset is now (default: the path run.json records).
+    Returns what `fit` stores as run.json's "threshold".
     """
     info = load_run(run_dir)
+    root = Path(dataset) if dataset is not None else fit_dataset_path(info, Path(run_dir))
     prior = structure_prior_mm2
     if prior is None:
-        prior = structure_prior(discover_dataset(fit_dataset_path(info, Path(run_dir))))
-    audit = score_dataset(ScoreConfig(run_dir=Path(run_dir), write=False, device=device, batch_size=batch_size,
-                                      structure_prior_mm2=prior), track=track)
-    return replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=PRIOR_RULE)
+        prior = structure_prior(discover_dataset(root))
+    audit = score_dataset(ScoreConfig(run_dir=Path(run_dir), dataset=root, write=False, device=device,
+                                      batch_size=batch_size, structure_prior_mm2=prior), track=track)
+    return stamped(thresholds_from_audit(audit), prior)
+
+
+def stamped(calibration: Calibration, prior: float | None) -> Calibration:
+    """The calibration with what its thresholds mean: A₀ and its rule, and the slice score's rule."""
+    return replace(calibration, structure_prior_mm2=prior, structure_prior_rule=PRIOR_RULE, slice_rule=SLICE_RULE)
 
 
 def score_probabilities(config: ScoreConfig, track: Track = no_track) -> Audit:
@@ -132,7 +139,7 @@ def score_probabilities(config: ScoreConfig, track: Track = no_track) -> Audit:
     derived: list[Calibration] = []
 
     def calibrate(audit: Audit) -> Threshold:
-        calibration = replace(thresholds_from_audit(audit), structure_prior_mm2=prior, structure_prior_rule=PRIOR_RULE)
+        calibration = stamped(thresholds_from_audit(audit), prior)
         if not given.out_of_fold:
             calibration = replace(calibration, scored="given probabilities (not known to be out-of-fold)")
             audit.notes.append("thresholds derived from probabilities that are not nnU-Net's out-of-fold validation: "

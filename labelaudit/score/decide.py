@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..types import Calibration, Threshold, ThresholdSource
+from .formulas import SLICE_RULE
 
 #: Flagging threshold when the run has none calibrated and none is given.
 DEFAULT_THRESHOLD = 0.5
@@ -49,3 +50,15 @@ def resolve_threshold(calibration: Calibration | None, override: float | None) -
     if calibration is not None:
         return Threshold(calibration.slice, calibration.case, ThresholdSource.RUN, calibration)
     return Threshold(DEFAULT_THRESHOLD, DEFAULT_THRESHOLD, ThresholdSource.DEFAULT)
+
+
+def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | None) -> str | None:
+    """A note for an audit flagged with thresholds calibrated on an earlier slice score, else None."""
+    calibration = threshold.calibration
+    if threshold.source is not ThresholdSource.RUN or calibration is None or not structure_prior_mm2:
+        return None
+    if calibration.slice_rule == SLICE_RULE:
+        return None
+    return ("this model's thresholds were calibrated on an earlier slice score (the structure fraction alone); "
+            "today's adds the worst region, so it may flag more slices than calibrated: run `labelaudit "
+            "calibrate RUN_DIR` to recalibrate it, or pass --threshold")

@@ -10,11 +10,15 @@ Array legend: b slices of one batch, C classes, H x W in-plane pixels. Class ind
     meta_disagreement       s_v = (1 - R_v) · (1 - p̄_{v,y_v})
     meta_weight             s_v = 1 - R_v
   with R the meta weight Theta gives the pixel from the image, the given label and p̄ (algorithms.md §6);
-- slice score S_i = Σ_{v ∈ ROI} s_v / (|{y ≠ 0} ∪ {ŷ ≠ 0}| + A₀), clipped to [0, 1], 0 when the union is
-  empty, where ŷ = argmax p̄ and ROI = the union dilated by `ROI_MARGIN_MM`: the expected mislabelled fraction
-  of the structure and its neighbourhood (empty background would drown every error), shrunk for small
-  structures by A₀ (`STRUCTURE_PRIOR` × the median labelled area of the training slices, see
-  docs/decisions.md);
+- slice score S_i = max(F_i, R_i), the larger of two ways a slice can be wrong:
+    F_i = Σ_{v ∈ ROI} s_v / (|{y ≠ 0} ∪ {ŷ ≠ 0}| + A₀), clipped to [0, 1], 0 when the union is empty, where
+      ŷ = argmax p̄ and ROI = the union dilated by `ROI_MARGIN_MM`: the expected mislabelled fraction of the
+      structure and its neighbourhood (empty background would drown every error), shrunk for small structures
+      by A₀ (`STRUCTURE_PRIOR` × the median labelled area of the training slices);
+    R_i = max over regions r of Σ_{v ∈ r} s_v / (Σ_{v ∈ r} s_v + `REGION_SHARE` · A₀), the regions being the
+      4-connected in-plane components of {v ∈ ROI: s_v > `REGION_LEVEL`}: one confidently wrong region (a missed
+      lesion, a spurious blob) that is small beside a large structure, which F_i dilutes (see
+      docs/decisions.md);
 - case score = mean of the `CASE_TOP_SLICES` highest slice scores: one badly wrong slice shows at case level,
   and a long volume is not diluted by its many clean slices;
 - noise map m_v = (1 - p̄_{v,y_v}) · S_i (`noise_map`): how likely the pixel's label is wrong, given how wrong
@@ -46,6 +50,13 @@ STRUCTURE_PRIOR = 0.5
 SLICE_EPS = 1.0
 #: A labelled pixel is "in doubt" when its noise score exceeds this (doubt_fraction column).
 DOUBT_LEVEL = 0.5
+#: The region term R_i of the slice score: components of pixels with s_v above REGION_LEVEL, each scored against
+#: REGION_SHARE × A₀ (a region of a quarter of A₀'s area of certainly wrong pixels scores 0.5).
+REGION_LEVEL = 0.3
+REGION_SHARE = 0.25
+#: Stored with the calibrated thresholds (run.json): which slice score they were calibrated on. Runs whose
+#: calibration names another rule were calibrated on F alone (before the region term); score says so.
+SLICE_RULE = f"max(F, R): R over regions of s_v > {REGION_LEVEL} against {REGION_SHARE} x A0"
 #: The case score is the mean of this many worst slices.
 CASE_TOP_SLICES = 3
 
@@ -157,33 +168,60 @@ class SliceStats:
     counts: np.ndarray  # int64 (3, C-1, b), see class_counts
     mislabelled: np.ndarray  # float64, Σ_ROI s_v: the expected mislabelled area in pixels
     union: np.ndarray  # int64, |{y ≠ 0} ∪ {ŷ ≠ 0}|
+    worst_region: np.ndarray  # float64, R_i: the score of the slice's most confidently wrong region
 
 
 def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_classes: int,
-                radius: tuple[int, int], eps: float = SLICE_EPS) -> SliceStats:
+                radius: tuple[int, int], eps: float = SLICE_EPS,
+                region_share: float | None = REGION_SHARE) -> SliceStats:
     """Aggregate a batch of pixel noise scores into slice scores.
 
     noise: float (b, H, W) pixel noise scores; classes: int (b, H, W) the given label; pred: int (b, H, W)
-    argmax of p̄; radius: ROI dilation (rows, columns) in pixels; eps: A₀ in pixels (see the module docstring).
+    argmax of p̄; radius: ROI dilation (rows, columns) in pixels; eps: A₀ in pixels (see the module docstring);
+    region_share: R_i's share of A₀ (None: no region term, S_i = F_i).
     """
     label_fg, pred_fg = classes != 0, pred != 0
     union = (label_fg | pred_fg).reshape(len(noise), -1).sum(axis=1)
     roi = region_of_interest(classes, pred, radius)
     in_roi = np.where(roi, noise, 0.0).reshape(len(noise), -1).sum(axis=1, dtype=np.float64)
-    score = np.where(union > 0, np.clip(in_roi / (union + eps), 0.0, 1.0), 0.0)
+    fraction = np.where(union > 0, np.clip(in_roi / (union + eps), 0.0, 1.0), 0.0)
+    region = (worst_region(np.where(roi, noise, 0.0), region_share * eps) if region_share is not None
+              else np.zeros(len(noise)))
+    score = np.maximum(fraction, region)
     label_pixels = label_fg.reshape(len(noise), -1).sum(axis=1)
     doubtful = (label_fg & (noise > DOUBT_LEVEL)).reshape(len(noise), -1).sum(axis=1)
     doubt = np.where(label_pixels > 0, doubtful / np.maximum(label_pixels, 1), 0.0)
     counts = class_counts(classes, pred, num_classes)
     return SliceStats(score, dice_disagreement(counts), doubt, label_pixels.astype(np.int64),
                       pred_fg.reshape(len(noise), -1).sum(axis=1).astype(np.int64), counts, in_roi,
-                      union.astype(np.int64))
+                      union.astype(np.int64), region)
+
+
+#: 4-connectivity within a slice, none across slices: one labelling call for a whole batch.
+_IN_PLANE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                      [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+
+
+def worst_region(noise: np.ndarray, prior_pixels: float, level: float = REGION_LEVEL) -> np.ndarray:
+    """R_i per slice (module docstring): noise float (b, H, W), prior_pixels = REGION_SHARE · A₀ in pixels
+    -> float64 (b,) in [0, 1); 0 for a slice with no pixel above `level`."""
+    found = np.zeros(len(noise), dtype=np.float64)
+    regions, count = ndimage.label(noise > level, structure=_IN_PLANE)
+    if count == 0:
+        return found
+    where = np.flatnonzero(regions)
+    label = regions.reshape(-1)[where]
+    mass = np.bincount(label, weights=noise.reshape(-1)[where].astype(np.float64), minlength=count + 1)
+    slice_of = np.zeros(count + 1, dtype=np.int64)
+    slice_of[label] = where // int(np.prod(noise.shape[1:]))  # a region lies in one slice
+    np.maximum.at(found, slice_of[1:], mass[1:] / (mass[1:] + max(float(prior_pixels), 1e-12)))
+    return found
 
 
 def concat_stats(parts: list[SliceStats]) -> SliceStats:
     return SliceStats(*(np.concatenate([getattr(p, name) for p in parts], axis=-1)
                         for name in ("noise_score", "disagreement", "doubt_fraction", "label_pixels",
-                                     "pred_pixels", "counts", "mislabelled", "union")))
+                                     "pred_pixels", "counts", "mislabelled", "union", "worst_region")))
 
 
 def case_noise_score(slice_scores: np.ndarray, top: int = CASE_TOP_SLICES) -> float:

@@ -25,7 +25,7 @@ from ..errors import InputError, ModelError, UsageError
 from ..fix.rule import fix_case
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
-from .decide import decide, resolve_threshold
+from .decide import decide, resolve_threshold, stale_calibration_note
 from ..types import (
     Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
 )
@@ -128,6 +128,9 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         notes=list(source.notes) + plan.notes,
         class_names={v: k for k, v in (dataset.labels or {}).items()},
     )
+    stale = stale_calibration_note(threshold, plan.structure_prior_mm2)
+    if stale:
+        audit.notes.append(stale)
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0, "write": 0.0}
     label_set_failures = 0

@@ -20,8 +20,8 @@ import numpy as np
 from ..config import PixelScore
 from ..preprocess import LabelMap
 from ..types import AuditRun, Case, Dataset, Routing, Threshold
-from .formulas import SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score, roi_radius, \
-    slice_stats
+from .formulas import (REGION_SHARE, SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score,
+                       roi_radius, slice_stats)
 from .formulas import noise_map as noise_map_of
 
 
@@ -112,6 +112,7 @@ class CaseScorer:
         num_slices, native = labels.shape[0], labels.shape[1:]
         radius = roi_radius(case.geometry.in_plane_spacing())
         eps = self.prior_pixels(case.geometry.in_plane_spacing())
+        region_share = REGION_SHARE if self.structure_prior_mm2 else None  # R is scored against A₀
         noise_map = np.empty((num_slices, *native), dtype=np.float32)
         pred_map = np.empty((num_slices, *native), dtype=np.uint8 if self.label_map.num_classes <= 256 else np.int32)
         parts = []
@@ -120,7 +121,7 @@ class CaseScorer:
             pred = batch.prob.argmax(axis=1)
             p_given = given_class_probability(batch.prob, batch.classes)
             noise = pixel_noise_score(p_given, batch.uncertainty, self.pixel_score, batch.weight)
-            stats = slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps)
+            stats = slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps, region_share)
             noise_map[batch.start:batch.stop] = noise_map_of(p_given, stats.noise_score)
             pred_map[batch.start:batch.stop] = pred
             parts.append(stats)

@@ -19,13 +19,13 @@ from labelaudit import io
 from labelaudit.data import discover_dataset
 from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm, LabelMap
-from labelaudit.formats.run import FoldModel
+from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
 from labelaudit.score.calibrate import calibrate_run, robust_threshold, structure_prior
 from labelaudit.score.formulas import (
     noise_map,
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
-    pixel_noise_score, region_of_interest, roi_radius, slice_stats,
+    pixel_noise_score, region_of_interest, roi_radius, slice_stats, REGION_SHARE, SLICE_RULE, worst_region,
 )
 from labelaudit.score.pipeline import score_dataset
 from labelaudit.score.routing import route_case
@@ -94,7 +94,7 @@ def test_slice_stats_by_hand():
     classes = np.array([[[0, 1, 1, 1, 1, 0, 0, 0]], [[0] * 8]], dtype=np.int64)
     pred = np.array([[[0, 1, 1, 0, 0, 1, 0, 0]], [[0] * 8]], dtype=np.int64)
     noise = np.array([[[0.0, 0.1, 0.1, 0.9, 0.9, 0.8, 0.0, 0.7]], [[0.4] * 8]], dtype=np.float32)
-    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1))
+    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1), region_share=None)
     # ROI = union (px 1..5) dilated by 1 column = px 0..6; sum = 0+.1+.1+.9+.9+.8+0 = 2.8; |union| = 5
     np.testing.assert_allclose(stats.noise_score, [2.8 / (5 + 1.0), 0.0])
     np.testing.assert_allclose(stats.disagreement, [1 - 2 * 2 / (4 + 3), 0.0])  # empty slice: no disagreement
@@ -108,10 +108,51 @@ def test_slice_score_shrinks_small_structures_by_the_prior():
     classes = np.array([[[0, 1, 1, 1, 1, 0, 0, 0]]], dtype=np.int64)
     pred = np.array([[[0, 1, 1, 0, 0, 1, 0, 0]]], dtype=np.int64)
     noise = np.array([[[0.0, 0.1, 0.1, 0.9, 0.9, 0.8, 0.0, 0.7]]], dtype=np.float32)
-    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1), eps=5.0)
+    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1), eps=5.0, region_share=None)
     np.testing.assert_allclose(stats.noise_score, [2.8 / (5 + 5.0)])  # |union| 5 + A0 5 px
     np.testing.assert_allclose(stats.mislabelled, [2.8])
     assert stats.union.tolist() == [5]
+
+
+def test_slice_score_is_the_larger_of_the_fraction_and_the_worst_region():
+    # the row of the tests above: F = 2.8 / (5 + A0); the one region above REGION_LEVEL inside the ROI is
+    # px 3..5 (mass 2.6; px 7 at 0.7 lies outside the ROI), scored against REGION_SHARE x A0
+    classes = np.array([[[0, 1, 1, 1, 1, 0, 0, 0]], [[0] * 8]], dtype=np.int64)
+    pred = np.array([[[0, 1, 1, 0, 0, 1, 0, 0]], [[0] * 8]], dtype=np.int64)
+    noise = np.array([[[0.0, 0.1, 0.1, 0.9, 0.9, 0.8, 0.0, 0.7]], [[0.4] * 8]], dtype=np.float32)
+    stats = slice_stats(noise, classes, pred, num_classes=2, radius=(0, 1), eps=20.0)
+    region = 2.6 / (2.6 + REGION_SHARE * 20.0)
+    np.testing.assert_allclose(stats.worst_region, [region, 0.0])  # an empty ROI has no region
+    np.testing.assert_allclose(stats.noise_score, [max(2.8 / 25.0, region), 0.0])
+    assert stats.noise_score[0] > 2 * 2.8 / 25.0  # the region dominates: F dilutes it over the prior
+
+
+def test_a_small_confident_blob_beside_a_large_structure_outranks_boundary_doubt():
+    # slice 0: a 40x40 structure with a spurious 3x3 blob beside it (certainly wrong); slice 1: the same
+    # structure with 0.4 doubt all along its boundary (about as much mass, spread thin)
+    classes = np.zeros((2, 64, 64), np.int64)
+    classes[:, 10:50, 10:50] = 1
+    pred = classes.copy()
+    noise = np.zeros((2, 64, 64), np.float32)
+    classes[0, 55:58, 30:33] = 1
+    noise[0, 55:58, 30:33] = 0.95
+    ring = np.zeros((64, 64), bool)
+    ring[10:50, 10:50] = True
+    ring[11:49, 11:49] = False
+    noise[1][ring] = 0.25  # doubt below REGION_LEVEL: no region
+    stats = slice_stats(noise, classes, pred, 2, (1, 1), eps=400.0)
+    fraction = stats.mislabelled / (stats.union + 400.0)
+    assert fraction[0] < fraction[1]  # the structure fraction alone ranks the boundary doubt first
+    assert stats.noise_score[0] > stats.noise_score[1]  # the region term ranks the blob first
+    assert stats.worst_region[1] == 0.0
+
+
+def test_worst_region_is_per_slice_and_4_connected():
+    noise = np.zeros((2, 6, 6), np.float32)
+    noise[0, 1, 1] = noise[0, 2, 2] = 0.8  # diagonal neighbours: two regions of 0.8
+    noise[1, 1:3, 1:3] = 0.8  # one region of 3.2
+    np.testing.assert_allclose(worst_region(noise, 1.0), [0.8 / 1.8, 3.2 / 4.2])
+    np.testing.assert_allclose(worst_region(np.full((1, 4, 4), 0.2, np.float32), 1.0), [0.0])  # below the level
 
 
 def test_structure_prior_is_half_the_median_labelled_area(tmp_path):
@@ -286,6 +327,37 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     # A0 is measured on the fit dataset's labels and used by later scoring of the run
     assert threshold.structure_prior_mm2 == pytest.approx(structure_prior(discover_dataset(data3d)))
     assert threshold.structure_prior_mm2 > 0
+    assert threshold.slice_rule == SLICE_RULE  # says which slice score the thresholds were calibrated on
+
+
+def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(data3d, tmp_path, make_run):
+    # thresholds as an earlier labelaudit stored them: with A0, without the slice rule
+    stale = {"slice": 0.2, "case": 0.2, "rule": "median+k*mad", "structure_prior_mm2": 40.0}
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]], threshold=stale)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert any("calibrate RUN_DIR" in n for n in audit.notes)
+    overridden = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu", threshold=0.3))
+    assert not any("calibrate RUN_DIR" in n for n in overridden.notes)  # the user chose the threshold
+    result = _cli(["calibrate", str(run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "thresholds slice" in result.output and "(was 0.200 / 0.200)" in result.output
+    info = load_run(run_dir)
+    assert info.threshold.slice_rule == SLICE_RULE and info.threshold.scored == "out-of-fold"
+    assert info.models and (run_dir / "fold_0" / "segmenter.onnx").is_file()  # the rest of run.json is kept
+    again = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert not any("calibrate RUN_DIR" in n for n in again.notes)
+
+
+def test_calibrate_finds_a_moved_dataset_with_dataset(data3d, tmp_path, make_run):
+    import shutil
+
+    original = shutil.copytree(data3d, tmp_path / "original")
+    run_dir = make_run(tmp_path / "run", original, folds=[["case_000", "case_001"], ["case_002"]])
+    moved = shutil.move(original, tmp_path / "moved")
+    assert _cli(["calibrate", str(run_dir), "--device", "cpu"]).exit_code == 3  # no longer there (input error)
+    result = _cli(["calibrate", str(run_dir), "--dataset", str(moved), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert load_run(run_dir).threshold.scored == "out-of-fold"  # the same dataset, by its fingerprint
 
 
 # ----------------------------------------------------------------------------- CLI exit codes
