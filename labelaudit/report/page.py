@@ -264,8 +264,8 @@ def _legend(config: ReportConfig, names: dict[int, str], palette: dict[int, str]
     kinds = "".join(f"<li>{_badge(k)} {_e(KIND_HELP[k])}</li>" for k in ErrorKind if k is not ErrorKind.NONE)
     return (f'<div class="legend">{_classes(names, palette)}<p><span class="swatch lab mono"></span>given label '
             f'(solid) <span class="swatch pred mono"></span>robust prediction (dashed), each in its class\'s colour '
-            f'<span class="swatch heat"></span>noise map (on for each case\'s worst slices; <kbd>o</kbd>: all, '
-            f'none)</p>'
+            f'<span class="swatch heat"></span>where the model disagrees with the label (1 − its probability of the '
+            f'given class; on for each case\'s worst slices; <kbd>o</kbd>: all, none)</p>'
             f'<p class="note">Every case is listed, worst first, with its {config.top_slices} worst slices; thumbnails '
             f'for the {config.top_slices} worst slices of the {config.top_cases} worst cases, cropped around the '
             f'structure, displayed with the patient\'s right on the left; click one to enlarge it. Noise scores are '

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..score.formulas import map_disagreement
 from ..types import Case, CaseRef, Geometry
 
 #: N: thumbnails for the worst slices of a case; M: for the worst cases of the audit.
@@ -105,7 +106,7 @@ class SliceView:
     image: np.ndarray  # uint8, the first image channel windowed to its 1st-99th percentile in the crop
     label: np.ndarray  # the given label's values (nearest-neighbour downsampled)
     pred: np.ndarray  # the robust prediction's label values
-    noise: np.ndarray  # uint8, noise score x 255 (block maximum, so a small error stays visible)
+    noise: np.ndarray  # uint8, disagreement 1 - p̄_y x 255 (block maximum, so a small error stays visible)
     pixel_aspect: float  # displayed pixel height / width in mm
     crop: tuple[int, int, int, int]  # row0, row1, col0, col1 of the oriented native slice
     factor: int  # downsampling factor
@@ -245,8 +246,10 @@ class ViewCollector:
         image = case.channels[0].to_slices()  # a view; only the chosen slices are copied
         label = case.label_slices()
         for i in chosen:
-            view.slices[i] = make_slice_view(i, image[i], label[i], pred[i], noise[i], orientation,
-                                             self.config.thumb_size)
+            # the overlay shows where on the slice the model disagrees (1 - p̄_y); how wrong the slice is, is its
+            # score: the map's product of both would leave an unflagged slice's overlay too faint to see
+            where = map_disagreement(noise[i], scores[i])
+            view.slices[i] = make_slice_view(i, image[i], label[i], pred[i], where, orientation, self.config.thumb_size)
         self._kept[ref.case_id] = case_score
         if len(self._kept) > self.config.top_cases:
             worst = max(self._kept, key=lambda c: self._rank_key(c, self._kept[c]))

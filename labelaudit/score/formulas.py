@@ -99,6 +99,14 @@ def noise_map(p_given: np.ndarray, slice_scores: np.ndarray) -> np.ndarray:
     return np.clip(wrong * np.asarray(slice_scores, dtype=np.float32)[:, None, None], 0.0, 1.0).astype(np.float32)
 
 
+def map_disagreement(noise: np.ndarray, slice_score: float) -> np.ndarray:
+    """1 - p̄_y back from one slice's noise map (its inverse): noise float (H, W) -> float32 (H, W) in [0, 1];
+    zeros on a slice scored 0. Where on the slice the model disagrees, whatever the slice's score."""
+    if slice_score <= 0:
+        return np.zeros_like(noise, dtype=np.float32)
+    return np.clip(noise / float(slice_score), 0.0, 1.0).astype(np.float32)
+
+
 def roi_radius(in_plane_spacing: tuple[float, float], margin_mm: float = ROI_MARGIN_MM) -> tuple[int, int]:
     """ROI dilation radius in pixels (rows, columns) for a pixel spacing in mm, clamped to ROI_RADIUS_PX."""
     low, high = ROI_RADIUS_PX

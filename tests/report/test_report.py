@@ -171,6 +171,23 @@ def test_collector_keeps_thumbnails_for_the_worst_cases_only():
     assert sorted(collector.views["b"].slices) == [0, 1]
 
 
+def test_the_overlay_shows_where_the_model_disagrees_whatever_the_slice_score():
+    # the noise map is (1 - p̄_y) x the slice's score: on a slice scored 0.1 a certain disagreement is 0.1 there,
+    # which the overlay would draw as clear; the thumbnail shows 1 - p̄_y itself
+    geometry = Geometry((8, 8, 2), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    collector = ViewCollector(ReportConfig(top_cases=1, top_slices=2))
+    array = np.zeros((2, 8, 8))
+    array[:, 2:6, 2:6] = 1
+    disagreement = np.zeros((2, 8, 8), dtype=np.float32)
+    disagreement[:, 3, 3] = 0.9
+    scores = np.array([0.1, 0.6])
+    noise = disagreement * scores[:, None, None].astype(np.float32)
+    ref = CaseRef("c", (Path("c_0000.nii.gz"),), Path("c.nii.gz"))
+    view = collector.add(ref, _case(array, geometry), noise, (array > 0).astype(np.uint8), scores,
+                         np.array([True, True]), 0.35)
+    assert [int(view.slices[i].noise.max()) for i in (0, 1)] == [round(0.9 * 255)] * 2
+
+
 def test_orientation_follows_the_direction_cosines():
     identity = (1, 0, 0, 0, 1, 0, 0, 0, 1)
     axial = orientation_of(Geometry((10, 12, 5), (0.8, 0.9, 3.0), (0, 0, 0), identity))
