@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from .choices import parse_choice
 from .train import (
-    DEFAULT_EXPORTER, DEFAULT_METHOD, DEFAULT_VARIANT, Exporter, FitConfig, LoopParams, McpmParams, Method, NetParams,
-    Perturbations, PintParams, Variant, params_from_json, params_to_json,
+    DEFAULT_EXPORTER, DEFAULT_METHOD, DEFAULT_VARIANT, Exporter, FitConfig, LoopParams, McpmParams, MetaNormalise,
+    Method, NetParams, Perturbations, PintParams, Variant, WeightRule, params_from_json, params_to_json,
 )
 from .score import CheckConfig, PixelScore, ScoreConfig
 from .noise import DEFAULT_KINDS, CorruptConfig, EvaluateConfig, Level, NoiseKind, NoiseParams, parse_kinds
@@ -18,7 +18,8 @@ from .fix import FixConfig, FixMode, FixParams
 
 __all__ = [
     "parse_choice", "Method", "Variant", "Exporter", "DEFAULT_METHOD", "DEFAULT_VARIANT", "DEFAULT_EXPORTER",
-    "params_to_json", "NetParams", "LoopParams", "PintParams", "McpmParams", "params_from_json",
+    "params_to_json", "NetParams", "LoopParams", "PintParams", "McpmParams", "MetaNormalise", "WeightRule",
+    "params_from_json",
     "Perturbations", "FitConfig", "PixelScore", "ScoreConfig", "CheckConfig", "NoiseKind", "DEFAULT_KINDS",
     "Level", "NoiseParams", "CorruptConfig", "parse_kinds", "EvaluateConfig", "FixMode", "FixParams", "FixConfig",
 ]

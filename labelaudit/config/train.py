@@ -24,6 +24,19 @@ class Variant(str, Enum):
     PNT = "pnt"
     INT = "int"
 
+class WeightRule(str, Enum):
+    """How PINT turns uncertainty into a loss weight: a 0/1 cut (the paper's) or a soft ramp."""
+
+    HARD = "hard"
+    SOFT = "soft"
+
+class MetaNormalise(str, Enum):
+    """How MCPM normalises the meta weight R in the training loss (McpmParams.normalise)."""
+
+    CLASS = "class"  # by the batch mean of R over the pixels of each given class (the default, see decisions)
+    MEAN = "mean"  # not at all: the plain mean of R x CE
+    SUM = "sum"  # by the sum of R (the paper's, which let R collapse on the foreground)
+
 class ImageDtype(str, Enum):
     """How the preprocessed folder stores normalised images: float32 (exactly what training sees) or float16 (half the disk)."""
 
@@ -163,10 +176,10 @@ class PintParams:
     teacher_passes: int = 4
     noise_sigma: float = 0.1
     noise_clip: float = 0.2
-    pixel_weight: str = "hard"
+    pixel_weight: WeightRule = WeightRule.HARD
     threshold_start: float = 0.75
     soft_floor: float = 0.5
-    image_weight: str = "hard"
+    image_weight: WeightRule = WeightRule.HARD
     image_quantile: float = 0.5
     memory_batches: int = 50
     roi_dilation: int = 5
@@ -175,6 +188,8 @@ class PintParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", parse_choice(Variant, self.variant, "--variant"))
+        object.__setattr__(self, "pixel_weight", parse_choice(WeightRule, self.pixel_weight, "PINT pixel_weight"))
+        object.__setattr__(self, "image_weight", parse_choice(WeightRule, self.image_weight, "PINT image_weight"))
 
 @dataclass(frozen=True)
 class McpmParams:
@@ -223,7 +238,7 @@ class McpmParams:
     hidden: int = 16
     dilations: tuple[int, ...] = (1, 2, 4)
     initial_weight: float = 0.9
-    normalise: str = "class"
+    normalise: MetaNormalise = MetaNormalise.CLASS
     train_dice: bool = True
     meta_dice: bool = True
     loss_eps: float = 1e-6
@@ -231,6 +246,9 @@ class McpmParams:
     collapse_floor: float = 0.05
     collapse_patience: int = 25
     collapse_resets: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalise", parse_choice(MetaNormalise, self.normalise, "MCPM normalise"))
 
     def to_json(self) -> dict:
         return params_to_json(self)

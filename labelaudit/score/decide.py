@@ -60,5 +60,6 @@ def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | No
     if calibration.slice_rule == SLICE_RULE:
         return None
     return ("this model's thresholds were calibrated on an earlier slice score (the structure fraction alone); "
-            "today's adds the worst region, so it may flag more slices than calibrated: run `labelaudit "
-            "calibrate RUN_DIR` to recalibrate it, or pass --threshold")
+            "today's adds the worst region, so it may flag more slices than calibrated: recalibrate it with "
+            "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the training data "
+            "with --probabilities again), or pass --threshold")

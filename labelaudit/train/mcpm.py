@@ -34,11 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import LoopParams, McpmParams
+from ..config import LoopParams, McpmParams, MetaNormalise
 from ..errors import UsageError
 from .loop import SliceSampler, augment_batch
-
-NORMALISATIONS = ("class", "mean", "sum")
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +136,10 @@ def training_objective(logits: torch.Tensor, classes: torch.Tensor, weight: torc
     ce = F.cross_entropy(logits, classes, reduction="none")
     if params.weight_floor > 0:
         weight = params.weight_floor + (1 - params.weight_floor) * weight
-    if params.normalise == "class":
+    if params.normalise is MetaNormalise.CLASS:
         weight = class_normalised(weight, classes, logits.shape[1])
         loss = (weight * ce).mean()
-    elif params.normalise == "sum":
+    elif params.normalise is MetaNormalise.SUM:
         # not detached: the gradient then sees only how R is distributed, not its overall scale
         loss = (weight * ce).sum() / (weight.sum() + 1e-6)
     else:
@@ -256,8 +254,6 @@ class McpmMethod:
 
     def __init__(self, params: McpmParams, meta_cases: list, seed: int,
                  loop: LoopParams = LoopParams()) -> None:
-        if params.normalise not in NORMALISATIONS:
-            raise UsageError(f"MCPM normalise {params.normalise!r}: expected one of {', '.join(NORMALISATIONS)}")
         if params.meta_every < 1 or params.meta_batch_size < 0 or params.virtual_lr < 0 or params.meta_lr < 0:
             raise UsageError("MCPM needs meta_every >= 1, meta_batch_size >= 0 and non-negative learning rates")
         if not 0 <= params.weight_floor < 1 or params.collapse_patience < 1 or params.collapse_resets < 0:

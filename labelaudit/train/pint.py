@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PintParams, Variant
+from ..config import PintParams, Variant, WeightRule
 from ..errors import UsageError
 from .loop import soft_dice_loss
 from .nets import perturbed_prediction
@@ -96,8 +96,6 @@ class PintMethod:
     name = "pint"
 
     def __init__(self, params: PintParams = PintParams()) -> None:
-        if params.pixel_weight not in ("hard", "soft") or params.image_weight not in ("hard", "soft"):
-            raise UsageError("PINT pixel_weight and image_weight must be 'hard' or 'soft'")
         if params.teacher_passes < 1:
             raise UsageError(f"PINT needs at least 1 teacher pass, got {params.teacher_passes}")
         self.params = params
@@ -129,14 +127,14 @@ class PintMethod:
                 step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha_v (B, H, W) and alpha_i (B,) from the teacher's uncertainty; pushes U_i into the memory."""
         p = self.params
-        if p.pixel_weight == "hard":
+        if p.pixel_weight is WeightRule.HARD:
             alpha_pixel = (uncertainty < pixel_threshold(step, self.total, p.threshold_start)).float()
         else:
             alpha_pixel = (1 - uncertainty).clamp(min=p.soft_floor)
         image_u = roi_uncertainty(uncertainty, classes, prob_mean, p.roi_dilation)
         self.memory.append(image_u.detach().float().cpu())
         history = torch.cat(list(self.memory))
-        if p.image_weight == "hard":
+        if p.image_weight is WeightRule.HARD:
             alpha_image = (image_u.cpu() <= torch.quantile(history, p.image_quantile)).float()
         else:
             q50, q90 = torch.quantile(history, 0.5), torch.quantile(history, 0.9)

@@ -341,3 +341,15 @@ def test_method_state_round_trip_continues_the_same_streams():
     _, got = second.loss(net2, image, classes, 1, torch.Generator())
     assert got["meta_loss"] == want["meta_loss"] and got["weight_mean"] == want["weight_mean"]
     assert all(torch.equal(a, b) for a, b in zip(first.theta.parameters(), second.theta.parameters()))
+
+
+def test_weighting_choices_are_enums_and_bad_ones_are_usage_errors():
+    from labelaudit.config import MetaNormalise, PintParams, WeightRule
+    from labelaudit.errors import UsageError
+
+    assert McpmParams(normalise="sum").normalise is MetaNormalise.SUM  # run.json's string, read back
+    assert PintParams(pixel_weight="soft").pixel_weight is WeightRule.SOFT
+    assert McpmParams().to_json()["normalise"] == "class"
+    for bad in (lambda: McpmParams(normalise="median"), lambda: PintParams(image_weight="medium")):
+        with pytest.raises(UsageError, match="expected one of"):
+            bad()
