@@ -11,7 +11,7 @@ out); the label's when the label's class sits inside the prediction's (it grew i
 else a *border* pixel, the label's, between two classes side by side. Each pixel of a region of class c is
 attributed to one mass:
 
-    missing   predicted c, in a predicted structure of c the label (almost) does not touch
+    missing   predicted c, in a predicted structure of c the label (almost: `match_overlap`) does not touch
     spurious  labelled c over background, in a labelled structure of c the prediction (almost) does not touch
     swapped   labelled c over another class, in a structure the prediction does not support as c, or over
               a whole predicted structure of the other class that the label gives to c    -> wrong class
@@ -21,15 +21,15 @@ attributed to one mass:
 
 The largest of missing, spurious, swapped and the boundary mass (extra + lacking + border) names the kind;
 within the last one, a one-sided boundary is over- or under-segmentation and a two-sided one (a border
-pixel counts half to each side) a shifted boundary; a one-sided region facing a comparable one of the other
-side on the same structure (the two crescents of a moved outline) is a shifted boundary too.
+pixel counts half to each side) a shifted boundary. One-sided regions on a structure whose sides balance are
+a shifted boundary too (a translation gains on one side what it loses on the other); missing regions of a
+class whose boundary regions are one-sided under- are under-segmentation (an erosion removes the pieces
+thinner than its diameter whole; a dilation creates none).
 
-Slices (`classify_slice`, the slices.csv `error_kind`): `none` when the differences are small against the
-structure (`ErrorKindParams.tolerance`, over the whole-slice masses of `kind_masses`), else the kind of the
-region that speaks most for the slice (`region_weight`: its noise above a floor when the noise map is given,
-else its size).
-
-numpy plus scipy.ndimage's connected components (scipy is a base dependency, used by scoring too).
+Slices (`classify_slice`, the slices.csv `error_kind`): `none` when the outline's mean displacement (differing
+pixels per outline pixel: unlike a share of the area, not growing with the structure) is small and no region is
+missing or spurious (no outline tolerance forgives a structure); else the kind of the region that speaks most
+(`region_weight`: the pixels the model is sure are wrong, by how sure, given the noise map; else its size).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from enum import Enum
 
 import numpy as np
 from scipy import ndimage
+
+from .score.formulas import map_disagreement
 
 
 class ErrorKind(str, Enum):
@@ -59,26 +61,18 @@ class ErrorKind(str, Enum):
         return KIND_LABELS[self]
 
 
-KIND_LABELS = {
-    ErrorKind.NONE: "none",
-    ErrorKind.OVER: "over-segmentation",
-    ErrorKind.UNDER: "under-segmentation",
-    ErrorKind.MISSING: "missing structure",
-    ErrorKind.SPURIOUS: "spurious structure",
-    ErrorKind.SHIFTED: "shifted boundary",
-    ErrorKind.WRONG_CLASS: "wrong class",
-}
+KIND_LABELS = {ErrorKind.NONE: "none", ErrorKind.OVER: "over-segmentation", ErrorKind.UNDER: "under-segmentation",
+               ErrorKind.MISSING: "missing structure", ErrorKind.SPURIOUS: "spurious structure",
+               ErrorKind.SHIFTED: "shifted boundary", ErrorKind.WRONG_CLASS: "wrong class"}
 
 #: One line per kind, for the report's legend and the docs.
-KIND_HELP = {
-    ErrorKind.OVER: "the label reaches beyond the structure the model sees",
-    ErrorKind.UNDER: "the label stops short of the structure the model sees",
-    ErrorKind.MISSING: "the model sees a structure the label does not have",
-    ErrorKind.SPURIOUS: "the label has a structure the model does not support",
-    ErrorKind.SHIFTED: "label and model outline the structure at displaced positions",
-    ErrorKind.WRONG_CLASS: "the region is labelled with another class",
-    ErrorKind.NONE: "label and model agree up to the tolerance",
-}
+KIND_HELP = {ErrorKind.OVER: "the label reaches beyond the structure the model sees",
+             ErrorKind.UNDER: "the label stops short of the structure the model sees",
+             ErrorKind.MISSING: "the model sees a structure the label does not have",
+             ErrorKind.SPURIOUS: "the label has a structure the model does not support",
+             ErrorKind.SHIFTED: "label and model outline the structure at displaced positions",
+             ErrorKind.WRONG_CLASS: "the region is labelled with another class",
+             ErrorKind.NONE: "label and model agree up to the tolerance"}
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
@@ -87,26 +81,26 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 class ErrorKindParams:
     """Thresholds of the classification.
 
-    tolerance: differences up to this fraction of the structure (label ∪ prediction foreground) are `none`.
-    min_pixels: differences of fewer pixels are `none` (a boundary pixel or two is not an error).
+    tolerance_px: differences up to this many pixels per outline pixel (every border between two values once,
+        label's and prediction's averaged) are `none` unless a region is missing or spurious; below 1 px.
+    min_pixels: differences of fewer pixels are `none` (a boundary pixel or two is not an error), and regions.
     match_overlap: a component whose overlap with the other mask's foreground is below this fraction of its
-        area counts as unmatched (missing or spurious).
-    one_sided: extra/(extra + lacking) at or above this is over-segmentation, at or below 1 - this under-.
+        area counts as unmatched (missing or spurious); one held more has a wrong outline (an eroded thin
+        structure keeps a few pixels of each piece).
+    one_sided: extra/(extra + lacking) at or above this is over-segmentation, at or below 1 - this under-;
+        also for the sides of a structure's (shifted) and a class's (missing pieces) boundary regions.
     swap_share: a labelled component of one class whose pixels the prediction gives to other classes at
         this fraction or more is a wrong-class component.
-    pair_balance: two one-sided regions of opposite sides on one structure, the smaller at least this
-        fraction of the larger, are the two sides of one shifted boundary (regions only).
-    noise_floor: with a noise map, a region speaks for its slice's kind by its noise score above this,
-        summed over its pixels (see docs/decisions.md).
+    noise_floor: with a noise map, a region speaks for its slice's kind by its pixels' disagreement
+        1 - p̄_y (the map divided by its slice's score) above this, summed (see docs/decisions.md).
     """
 
-    tolerance: float = 0.1
+    tolerance_px: float = 0.75
     min_pixels: int = 4
-    match_overlap: float = 0.1
+    match_overlap: float = 0.01
     one_sided: float = 0.75
     swap_share: float = 0.5
-    pair_balance: float = 0.33
-    noise_floor: float = 0.3
+    noise_floor: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -119,7 +113,7 @@ class KindMasses:
     border: int
     extra: int
     lacking: int
-    structure: int  # |label foreground ∪ prediction foreground|
+    outline: float  # border length between values (`_outline`), label's and prediction's averaged
 
     @property
     def differing(self) -> int:
@@ -151,7 +145,14 @@ def kind_masses(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = E
     lacking = pred_fg & ~label_fg & ~missing
     border = other_class & ~swapped
     return KindMasses(int(missing.sum()), int(spurious.sum()), int(swapped.sum()), int(border.sum()),
-                      int(extra.sum()), int(lacking.sum()), int((label_fg | pred_fg).sum()))
+                      int(extra.sum()), int(lacking.sum()), (_outline(label) + _outline(pred)) / 2)
+
+
+def _outline(values: np.ndarray) -> int:
+    """The length in pixels of every border between two values of `values` (H, W), 0 included: the pixels with
+    a 4-neighbour of a smaller value (one side of each border; the foreground's against background)."""
+    v = values.astype(np.int64)
+    return int((v > ndimage.grey_erosion(v, footprint=_FOUR_CONNECTED, mode="nearest")).sum())
 
 
 def _swapped_components(label: np.ndarray, other_class: np.ndarray, swap_share: float) -> np.ndarray:
@@ -170,7 +171,7 @@ def _swapped_components(label: np.ndarray, other_class: np.ndarray, swap_share: 
 def kind_from_masses(masses: KindMasses, params: ErrorKindParams = ErrorKindParams()) -> ErrorKind:
     """The kind that explains most of the differing pixels (see the module docstring)."""
     differing = masses.differing
-    if differing < params.min_pixels or differing <= params.tolerance * masses.structure:
+    if differing < params.min_pixels or differing <= params.tolerance_px * masses.outline:
         return ErrorKind.NONE
     boundary = masses.extra + masses.lacking + masses.border
     # ties go to the more specific finding, in this order
@@ -180,25 +181,23 @@ def kind_from_masses(masses: KindMasses, params: ErrorKindParams = ErrorKindPara
     if kind is not None:
         return kind
     share = (masses.extra + masses.border / 2) / boundary
-    if share >= params.one_sided:
-        return ErrorKind.OVER
-    if share <= 1.0 - params.one_sided:
-        return ErrorKind.UNDER
-    return ErrorKind.SHIFTED
+    return (ErrorKind.OVER if share >= params.one_sided else ErrorKind.UNDER if share <= 1.0 - params.one_sided
+            else ErrorKind.SHIFTED)
+
+
+_STRUCTURE_KINDS = frozenset({ErrorKind.MISSING, ErrorKind.SPURIOUS})  # what no outline tolerance forgives
 
 
 def classify_slice(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = ErrorKindParams(),
                    noise: np.ndarray | None = None) -> ErrorKind:
-    """The likely kind of error of one slice: label, pred integer (H, W) label values, 0 = background.
-
-    `none` when the differences are small against the structure; else the kind of the region that speaks
-    most for it (`region_weight`: by noise score when the noise map (H, W) is given, else by size).
-    """
-    masses = kind_masses(label, pred, params)
-    if kind_from_masses(masses, params) is ErrorKind.NONE:
-        return ErrorKind.NONE
-    regions = find_regions(label, pred, 0, params)
-    if not regions:  # differences scattered in pieces below min_pixels: the slice's masses decide
+    """The likely kind of error of one slice (the module docstring): label, pred integer (H, W) label values,
+    0 = background; noise: float (H, W), each pixel's disagreement 1 - p̄_y in [0, 1], or None (by size)."""
+    masses, regions = kind_masses(label, pred, params), find_regions(label, pred, 0, params)
+    if kind_from_masses(masses, params) is ErrorKind.NONE:  # the outlines agree: only a structure can name it
+        regions = [r for r in regions if r.kind in _STRUCTURE_KINDS]
+        if not regions:
+            return ErrorKind.NONE
+    elif not regions:  # differences scattered in pieces below min_pixels: the slice's masses decide
         return kind_from_masses(masses, params)
     weights = [region_weight(r, noise, params) for r in regions]
     if not any(weights):
@@ -207,22 +206,26 @@ def classify_slice(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams 
 
 
 def classify_slices(label: np.ndarray, pred: np.ndarray, params: ErrorKindParams = ErrorKindParams(),
-                    noise: np.ndarray | None = None) -> list[ErrorKind]:
-    """classify_slice over a stack: label, pred integer (S, H, W), noise float (S, H, W) or None -> S kinds."""
-    if label.shape != pred.shape:
-        raise ValueError(f"label shape {label.shape} differs from prediction shape {pred.shape}")
+                    noise: np.ndarray | None = None, scores: np.ndarray | None = None) -> list[ErrorKind]:
+    """classify_slice over a stack: label, pred integer (S, H, W), noise float (S, H, W) or None -> S kinds.
+    With `scores` (S,), the slice noise scores, `noise` is the noise map as `score` writes it, (1 - p̄_y) x the
+    slice's score, and is divided by them as fix/rule.py does (a slice scored 0 is weighed by size)."""
+    if label.shape != pred.shape or (noise is not None and noise.shape != label.shape) or (
+            scores is not None and (noise is None or len(scores) != label.shape[0])):
+        raise ValueError(f"label {label.shape}, prediction {pred.shape}, noise map {getattr(noise, 'shape', None)}, "
+                         f"{'no' if scores is None else len(scores)} scores: expected one shape (scores need a map, "
+                         "one per slice)")
     kinds = []
     for i, (y, p) in enumerate(zip(label, pred)):
-        same = np.array_equal(y, p)  # identical slices cost one compare
-        kinds.append(ErrorKind.NONE if same else classify_slice(y, p, params, None if noise is None else noise[i]))
+        weigh = None if noise is None or (scores is not None and scores[i] <= 0) else noise[i]
+        weigh = weigh if weigh is None or scores is None else map_disagreement(weigh, float(scores[i]))
+        kinds.append(ErrorKind.NONE if np.array_equal(y, p) else classify_slice(y, p, params, weigh))  # 1 compare
     return kinds
 
 
 def dominant_kind(kinds: Iterable[ErrorKind | str], scores: Iterable[float]) -> ErrorKind:
     """The kind with the largest total noise score among `kinds` (ignoring none); none when all are none.
-
-    Used per case over its worst slices (the ones that make the case score).
-    """
+    Used per case over its worst slices (the ones that make the case score)."""
     totals: dict[ErrorKind, float] = {}
     for kind, score in zip(kinds, scores):
         kind = ErrorKind(kind)
@@ -336,8 +339,7 @@ def _class_masks(label: np.ndarray, pred: np.ndarray, value: int, params: ErrorK
     return lab, prd, _unmatched(prd, lab, params.match_overlap), _unmatched(lab, prd, params.match_overlap), covered
 
 
-def _region_masses(crop: np.ndarray, box: tuple, masks: tuple, pred: np.ndarray, border: np.ndarray,
-                   structure: int) -> KindMasses:
+def _region_masses(crop: np.ndarray, box: tuple, masks: tuple, pred: np.ndarray, border: np.ndarray) -> KindMasses:
     """KindMasses of one region (bool `crop` of the slice's `box`), from its class's `_class_masks`."""
     lab, prd, lacked, unsupported, covered = (m[box] for m in masks)
     pred, border = pred[box], border[box]
@@ -347,7 +349,7 @@ def _region_masses(crop: np.ndarray, box: tuple, masks: tuple, pred: np.ndarray,
     swapped = extra & (pred != 0) & (unsupported | covered)
     moved = extra & border & ~swapped
     return KindMasses(int(missing.sum()), int(spurious.sum()), int(swapped.sum()), int(moved.sum()),
-                      int((extra & ~spurious & ~swapped & ~moved).sum()), int((lacking & ~missing).sum()), structure)
+                      int((extra & ~spurious & ~swapped & ~moved).sum()), int((lacking & ~missing).sum()), 0.0)
 
 
 def _majority(values: np.ndarray) -> int:
@@ -367,43 +369,52 @@ def find_regions(label: np.ndarray, pred: np.ndarray, slice_index: int = 0,
     if not differ.any():
         return []
     owner, border = _owner(label, pred, differ)
-    exact = replace(params, tolerance=0.0, min_pixels=1)  # a region is already an error worth naming
+    exact = replace(params, tolerance_px=0.0, min_pixels=1)  # a region is already an error worth naming
     found: list[tuple[Region, int]] = []  # region, and the structure it lies on
     for value in (int(v) for v in np.unique(owner[differ])):
         masks = _class_masks(label, pred, value, params)
         structures, _ = ndimage.label(masks[0] | masks[1], structure=_EIGHT_CONNECTED)
-        structure = int((masks[0] | masks[1]).sum())
         components, _ = ndimage.label(owner == value, structure=_EIGHT_CONNECTED)
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             crop = components[box] == index if box is not None else None
             if crop is None or int(crop.sum()) < params.min_pixels:
                 continue
-            masses = _region_masses(crop, box, masks, pred, border, structure)
+            masses = _region_masses(crop, box, masks, pred, border)
             bbox = (box[0].start, box[0].stop, box[1].start, box[1].stop)
             found.append((Region(slice_index, value, kind_from_masses(masses, exact), int(crop.sum()),
                                  bbox, _majority(label[box][crop]), _majority(pred[box][crop]), crop),
                           int(structures[box][crop][0])))
-    return _pair_shifted(found, params)
+    return _settle_sides(found, params)
 
 
-def _pair_shifted(found: list[tuple[Region, int]], params: ErrorKindParams) -> list[Region]:
-    """OVER and UNDER regions of one class on one structure, of comparable size, become SHIFTED."""
-    one_sided = (ErrorKind.OVER, ErrorKind.UNDER)
-    out = []
-    for region, structure in found:
-        if region.kind in one_sided:
-            opposite = [r.pixels for r, s in found if s == structure and r.label_class == region.label_class
-                        and r.kind in one_sided and r.kind is not region.kind]
-            if opposite and min(max(opposite), region.pixels) >= params.pair_balance * max(max(opposite),
-                                                                                          region.pixels):
-                region = replace(region, kind=ErrorKind.SHIFTED)
-        out.append(region)
-    return out
+#: How a boundary region's pixels count to the over- and the under-segmented side.
+_SIDES = {ErrorKind.OVER: (1.0, 0.0), ErrorKind.UNDER: (0.0, 1.0), ErrorKind.SHIFTED: (0.5, 0.5)}
+
+
+def _side_shares(keyed: Iterable[tuple[object, Region]]) -> dict[object, float]:
+    """over / (over + under) pixels of the boundary regions under each key, from (key, region) pairs."""
+    sides: dict[object, np.ndarray] = {}
+    for key, region in keyed:
+        sides[key] = sides.get(key, 0.0) + np.array(_SIDES.get(region.kind, (0.0, 0.0))) * region.pixels
+    return {key: float(over / (over + under)) for key, (over, under) in sides.items() if over + under}
+
+
+def _settle_sides(found: list[tuple[Region, int]], params: ErrorKindParams) -> list[Region]:
+    """OVER and UNDER regions of a structure whose sides balance (by `one_sided`) become SHIFTED; then MISSING
+    regions of a class whose boundary regions on the slice are one-sided under-segmentation become UNDER."""
+    shares = _side_shares(((r.label_class, structure), r) for r, structure in found)
+    balanced = {key for key, share in shares.items() if 1.0 - params.one_sided < share < params.one_sided}
+    regions = [replace(r, kind=ErrorKind.SHIFTED) if r.kind in (ErrorKind.OVER, ErrorKind.UNDER)
+               and (r.label_class, structure) in balanced else r for r, structure in found]
+    short = {c for c, share in _side_shares((r.label_class, r) for r in regions).items()
+             if share <= 1.0 - params.one_sided}
+    return [replace(r, kind=ErrorKind.UNDER) if r.kind is ErrorKind.MISSING and r.label_class in short else r
+            for r in regions]
 
 
 def region_weight(region: Region, noise: np.ndarray | None, params: ErrorKindParams = ErrorKindParams()) -> float:
-    """How much a region speaks for its slice's kind: its noise score above `noise_floor`, summed over its
-    pixels (noise (H, W) in [0, 1]); without a noise map, its pixel count."""
+    """How much a region speaks for its slice's kind: its pixels' disagreement (noise (H, W), 1 - p̄_y in
+    [0, 1]) above `noise_floor`, summed; without it, its pixel count."""
     if noise is None:
         return float(region.pixels)
     return float(np.clip(region.values(noise) - params.noise_floor, 0.0, None).sum())

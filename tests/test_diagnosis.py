@@ -28,7 +28,7 @@ def test_small_boundary_differences_are_none():
     wobble[10, 18:23] = 0  # 5 pixels of a ~300 pixel disk: within the tolerance
     assert classify_slice(wobble, truth) is ErrorKind.NONE
     # without tolerance the same slice is an under-segmentation
-    assert classify_slice(wobble, truth, ErrorKindParams(tolerance=0.0, min_pixels=1)) is ErrorKind.UNDER
+    assert classify_slice(wobble, truth, ErrorKindParams(tolerance_px=0.0, min_pixels=1)) is ErrorKind.UNDER
 
 
 def test_dilated_label_is_over_and_eroded_label_is_under():
@@ -103,3 +103,61 @@ def test_tokens_and_labels():
     assert ErrorKind.MISSING.label == "missing structure"
     assert {k.value for k in ErrorKind} == {"none", "over_segmentation", "under_segmentation", "missing_structure",
                                            "spurious_structure", "shifted_boundary", "wrong_class"}
+
+
+# ----------------------------------------------------------------------------- the rules, one planted case each
+
+def test_the_tolerance_is_an_outline_displacement_not_an_area_fraction():
+    truth = disk(shape=(60, 60), center=(30, 30), radius=20)
+    one_px = disk(shape=(60, 60), center=(30, 30), radius=21)  # a 1 px dilation: ~10% of this large disk's area
+    assert kind_masses(one_px, truth).differing <= 0.1 * (one_px != 0).sum()  # a 10% area tolerance forgives it
+    assert classify_slice(one_px, truth) is ErrorKind.OVER
+    assert classify_slice(truth, one_px) is ErrorKind.UNDER
+
+
+def test_a_structure_one_of_them_lacks_is_not_forgiven_by_the_tolerance():
+    truth = disk(shape=(60, 60), center=(30, 30), radius=20)
+    label = truth | disk(shape=(60, 60), center=(4, 55), radius=2)  # a 13 px blob far from the structure
+    label[10, 28:31] = 0  # and 3 px of outline wobble
+    masses = kind_masses(label, truth)
+    assert masses.differing <= ErrorKindParams().tolerance_px * masses.outline  # the outlines agree
+    assert classify_slice(label, truth) is ErrorKind.SPURIOUS
+    assert classify_slice(truth, label) is ErrorKind.MISSING
+
+
+def test_a_structure_the_label_holds_a_little_of_is_under_segmented_not_missing():
+    pred = np.zeros((30, 50), dtype=np.uint8)
+    pred[10:17, 5:45] = 1  # a thin structure of 280 px
+    label = np.zeros_like(pred)
+    label[13, 15:35] = 1  # what an erosion leaves of it: 20 px, 7% of it, inside it
+    assert classify_slice(label, pred) is ErrorKind.UNDER
+    assert classify_slice(np.zeros_like(pred), pred) is ErrorKind.MISSING  # none of it: missing
+
+
+def test_one_sided_pieces_on_a_structure_are_not_a_shift_unless_its_masses_balance():
+    pred = np.zeros((40, 40), dtype=np.uint8)
+    pred[10:30, 10:30] = 1
+    label = pred.copy()
+    label[10:30, 10:13] = 0  # 60 px short on the left
+    label[10:13, 16:30] = 0  # 42 px short at the top
+    label[18:25, 30:33] = 1  # 21 px too far on the right: a wobble, not the other side of a shift
+    assert classify_slice(label, pred) is ErrorKind.UNDER
+    moved = np.zeros_like(pred)
+    moved[10:30, 13:33] = 1  # the same square 3 px to the right: 60 px each side
+    assert classify_slice(moved, pred) is ErrorKind.SHIFTED
+
+
+def test_the_noise_map_is_read_as_disagreement_given_the_slice_scores():
+    truth = disk(shape=(60, 60), center=(30, 30), radius=10)
+    label = disk(shape=(60, 60), center=(30, 30), radius=13) | disk(shape=(60, 60), center=(5, 5), radius=3)
+    disagreement = np.where(label != truth, 0.6, 0.0)  # the model is unsure of the dilated ring ...
+    disagreement[(label != 0) & (disk(shape=(60, 60), center=(5, 5), radius=3) != 0)] = 0.95  # ... sure of the blob
+    score = 0.2
+    noise = (disagreement * score)[None].astype(np.float32)  # the map as `score` writes it
+    stack, pred = label[None], truth[None]
+    assert classify_slices(stack, pred) == [ErrorKind.OVER]  # by size: the ring
+    assert classify_slices(stack, pred, noise=noise, scores=np.array([score])) == [ErrorKind.SPURIOUS]
+    assert classify_slices(stack, pred, noise=noise / score) == [ErrorKind.SPURIOUS]  # already a disagreement
+    assert classify_slices(stack, pred, noise=noise, scores=np.array([0.0])) == [ErrorKind.OVER]  # unscored: size
+    with pytest.raises(ValueError, match="scores"):
+        classify_slices(stack, pred, scores=np.array([score]))

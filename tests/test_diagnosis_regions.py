@@ -71,3 +71,18 @@ def test_small_pieces_are_no_regions_and_identical_slices_have_none():
     assert len(find_regions(label, CLEAN, params=ErrorKindParams(min_pixels=1))) == 1
     with pytest.raises(ValueError, match="shape"):
         find_regions(CLEAN, CLEAN[:10])
+
+
+def test_pieces_an_erosion_removed_whole_are_under_segmentation():
+    pred = np.zeros((40, 50), dtype=np.uint8)
+    pred[np.hypot(*np.ogrid[-20:20, -15:35]) <= 8] = 1  # a blob ...
+    pred[5:35, 40:43] = 1  # ... and a thin piece, 3 px wide
+    label = np.zeros_like(pred)
+    label[np.hypot(*np.ogrid[-20:20, -15:35]) <= 6] = 1  # eroded by 2 px: the thin piece is gone
+    regions = find_regions(label, pred)
+    assert {r.kind for r in regions} == {ErrorKind.UNDER}, [(r.kind, r.pixels) for r in regions]
+    assert classify_slice(label, pred) is ErrorKind.UNDER
+    # the same piece left out while the blob's outline is right is a missing structure
+    whole = np.where(pred[:, :40] != 0, 1, 0).astype(np.uint8)
+    whole = np.concatenate([whole, np.zeros((40, 10), dtype=np.uint8)], axis=1)
+    assert classify_slice(whole, pred) is ErrorKind.MISSING

@@ -161,7 +161,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                 wait = time.perf_counter()
                 continue
             pred_values = label_map.decode(pred_map)
-            kinds = classify_slices(case.label_slices(), pred_values)
+            kinds = classify_slices(case.label_slices(), pred_values, noise=noise_map, scores=stats.noise_score)
             result = _case_result(ref.case_id, stats, threshold, route.name, route.routing, audit, kinds,
                                   case.geometry.slicing_axis())
             if folder is not None:
