@@ -66,7 +66,7 @@ def corrupt(clean: Path, out: Path, args: list[str], seed: int, log: Path) -> Pa
 
 
 def fit(method: str, noisy: Path, run_dir: Path, meta: Path | None, options, log: Path) -> float:
-    if (run_dir / "run.json").exists():
+    if (run_dir / "run.json").exists() and (run_dir / "suite_fit_seconds.json").exists():  # a finished fit
         threshold = load_run(run_dir).threshold
         if threshold is not None and threshold.slice_rule != SLICE_RULE:  # fit before the slice score changed
             run(["calibrate", str(run_dir), "--device", "cpu"], log)
@@ -191,6 +191,7 @@ def run_cell(dataset: SuiteDataset, regime_name: str, methods: list[str], option
             if dataset.half is Half.DEV:  # candidates are only ever compared where defaults may be chosen
                 row["variants"] = {s.name: levels_json(s, truth) for s in labelaudit_variants(cases)}
             row["baseline_s"] = time.perf_counter() - t0
+        (cell / "row.json").write_text(json.dumps(row, indent=1))  # suite processes may run side by side
         if dataset.half is Half.DEV:  # held-out figures are not printed while defaults are being chosen
             print(f"{dataset.name}/{regime_name}/{method}: " + ", ".join(
                 f"{lv} AP {v['ap']:.3f}" for lv, v in entry["levels"].items()), flush=True)
@@ -200,6 +201,24 @@ def run_cell(dataset: SuiteDataset, regime_name: str, methods: list[str], option
 def _slice_column(audit: Path, column: str) -> dict[tuple[str, int], float]:
     with (audit / "slices.csv").open() as handle:
         return {(r["case_id"], int(r["slice_index"])): float(r[column]) for r in csv.DictReader(handle)}
+
+
+def _cell_row(work: Path, key: tuple[str, str]) -> dict | None:
+    path = work / key[0] / key[1] / "row.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def assemble_rows(work: Path, saved: list[dict]) -> list[dict]:
+    """Every cell's row: its own row.json where it has one (written by whichever suite process ran it last),
+    else the saved rows.json entry; in the order of DATASETS and REGIMES."""
+    found = []
+    for dataset in DATASETS:
+        for regime in REGIMES:
+            key = (dataset.name, regime)
+            row = _cell_row(work, key) or next((r for r in saved if (r["dataset"], r["regime"]) == key), None)
+            if row is not None:
+                found.append(row)
+    return found
 
 
 def main() -> None:
@@ -236,11 +255,12 @@ def main() -> None:
             for dataset, regime in cells:
                 key = (dataset.name, regime)
                 old = next((r for r in rows if (r["dataset"], r["regime"]) == key), None)
-                row = run_cell(dataset, regime, [method], options, old)
-                rows = [r for r in rows if (r["dataset"], r["regime"]) != key] + [row]
-                rows_path.parent.mkdir(parents=True, exist_ok=True)
-                rows_path.write_text(json.dumps(rows, indent=1))
+                old = _cell_row(options.work, key) or old
+                run_cell(dataset, regime, [method], options, old)
         print(f"suite: {time.perf_counter() - start:.0f} s")
+    rows = assemble_rows(options.work, rows)
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.write_text(json.dumps(rows, indent=1))
     meta = {"date": dt.date.today().isoformat(), "machine": machine(), "quick": options.quick}
     write_results(HERE / "RESULTS.md", rows, meta)
 
