@@ -22,7 +22,8 @@ from suite_data import dataset_named
 from suite_signals import dice_per_case
 
 from labelaudit.config import FixMode, FixParams
-from labelaudit.evaluate.kinds import CLEAN, EXPECTED_KIND, kind_confusion, read_slice_kinds
+from labelaudit.diagnosis import classify_slices
+from labelaudit.evaluate.kinds import CLEAN, EXPECTED_KIND, kind_confusion
 from labelaudit.fix.dataset import read_audit
 from labelaudit.fix.rule import apply_fix, judge_regions
 from labelaudit.formats.audit import find_map
@@ -39,11 +40,15 @@ def measure_cell(cell: Path, classes: int) -> dict:
     clean_root = read_manifest(cell / "noisy" / "corruption.json").source
     sums = {"noisy": [], "prediction": [], **{f"fixed@{r}": [] for r in REGION_SCORES}}
     masked = {r: [0, 0, 0, 0] for r in REGION_SCORES}  # wrong masked, wrong, right lost, right
+    named: dict[tuple[str, int], str] = {}
     for case_id in audit.cases:
         noisy = read_volume(cell / "noisy" / "labelsTr" / f"{case_id}.nii.gz").to_slices()
         clean = read_volume(clean_root / "labelsTr" / f"{case_id}.nii.gz").to_slices()
         pred = read_volume(find_map(audit.path, case_id, "pred")).to_slices()
         noise = read_volume(find_map(audit.path, case_id, "noise")).to_slices().astype(np.float32)
+        # the kinds the current rules name (as `score` calls them), whenever the audit was written
+        for index, kind in enumerate(classify_slices(noisy, pred, noise=noise, scores=audit.scores[case_id])):
+            named[(case_id, index)] = kind.value
         sums["noisy"].append(dice_per_case(noisy, clean, classes))
         sums["prediction"].append(dice_per_case(pred, clean, classes))
         wrong = noisy != clean
@@ -54,8 +59,7 @@ def measure_cell(cell: Path, classes: int) -> dict:
             m = masked[r]
             m[0] += int((ignored & wrong).sum()); m[1] += int(wrong.sum())
             m[2] += int((ignored & ~wrong).sum()); m[3] += int((~wrong).sum())
-    confusion = kind_confusion(read_manifest(cell / "noisy" / "corruption.json"),
-                               read_slice_kinds(cell / "audits" / "plain" / "slices.csv") or {})
+    confusion = kind_confusion(read_manifest(cell / "noisy" / "corruption.json"), named)
     return {"kinds": confusion.counts if confusion is not None else {},
             "dice": {k: float(np.mean(v)) for k, v in sums.items()},
             "ignore": {str(r): {"wrong_masked": m[0] / max(m[1], 1), "right_lost": m[2] / max(m[3], 1)}
@@ -76,8 +80,8 @@ def kind_lines(part: list[tuple[dict, dict]]) -> list[str]:
         return []
     columns = [c for c in next(iter(total.values())) if any(r.get(c, 0) for r in total.values())]
     order = [k for k in (*EXPECTED_KIND, "elastic") if k in total and k != CLEAN] + ([CLEAN] if CLEAN in total else [])
-    lines = ["Error kind named (slices.csv `error_kind`, rows: the corruption that made the slice; every training "
-             "slice of the half's plain audits, flagged or not):", "",
+    lines = ["Error kind named (slices.csv `error_kind`, by the current rules from each plain audit's prediction "
+             "and noise map; rows: the corruption that made the slice; every training slice, flagged or not):", "",
              "| truth | " + " | ".join(columns) + " | right |", "| --- | " + " | ".join("---" for _ in columns)
              + " | --- |"]
     for truth in order:
