@@ -35,6 +35,18 @@ def test_the_cpu_requirements_are_the_base_dependencies_with_onnxruntime(project
     assert cpu == [r for r in base if not _name(r).startswith("onnxruntime")] + [f"onnxruntime>={floor.pop()}"]
 
 
+def test_the_readme_ci_examples_install_the_cpu_requirements():
+    """The GitHub Actions and GitLab CI examples spell requirements-cpu.txt out (a user's repository lacks it)."""
+    import re
+
+    cpu = [line.strip() for line in (ROOT / "requirements-cpu.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    readme = (ROOT / "README.md").read_text()
+    lists = [re.findall(r'"([^"]+)"', line) for line in readme.splitlines() if 'pip install "numpy' in line]
+    assert len(lists) == 2 and all(found == cpu for found in lists), lists
+    assert readme.count("pip install --no-deps labelaudit") >= 3  # both examples and the Installation table
+
+
 def test_one_runtime_per_platform(project):
     """The markers of onnxruntime and onnxruntime-gpu must never both hold: they share the onnxruntime module."""
     Marker = pytest.importorskip("packaging.markers").Marker
