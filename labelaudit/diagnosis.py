@@ -41,7 +41,7 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
-from .score.formulas import map_disagreement
+from .noise_map import map_disagreement
 
 
 class ErrorKind(str, Enum):

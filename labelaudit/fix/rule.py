@@ -5,7 +5,7 @@ prediction hold label values; the noise map holds noise scores in [0, 1].
 
 A region (diagnosis.find_regions: a connected piece of the disagreement between label and prediction, of one
 class) is judged wrong when its slice is flagged and its own mean noise score reaches FixParams.region_score.
-The noise map is a pixel's disagreement times its slice's score (score/formulas.noise_map), so a region's own
+The noise map is a pixel's disagreement times its slice's score (labelaudit/noise_map.py), so a region's own
 score is its mean map value divided by its slice's score.
 `score` writes the label with those regions replaced by the prediction as maps/<case>_fixed<ending>; `fix
 --mode replace` writes the same array, `fix --mode ignore` puts the ignore label there instead.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..score.formulas import map_disagreement
+from ..noise_map import map_disagreement
 from ..types import Case, CaseRef, Geometry
 
 #: N: thumbnails for the worst slices of a case; M: for the worst cases of the audit.

@@ -21,9 +21,10 @@ Array legend: b slices of one batch, C classes, H x W in-plane pixels. Class ind
       docs/decisions.md);
 - case score = mean of the `CASE_TOP_SLICES` highest slice scores: one badly wrong slice shows at case level,
   and a long volume is not diluted by its many clean slices;
-- noise map m_v = (1 - p̄_{v,y_v}) · S_i (`noise_map`): how likely the pixel's label is wrong, given how wrong
-  its slice is. Errors come in regions, so a disagreeing pixel on a slice the audit trusts is mostly boundary
-  doubt, and one on a slice it flags is mostly error (see docs/decisions.md).
+- noise map m_v = (1 - p̄_{v,y_v}) · S_i (labelaudit/noise_map.py, below every reader of the map): how
+  likely the pixel's label is wrong, given how wrong its slice is. Errors come in regions, so a disagreeing
+  pixel on a slice the audit trusts is mostly boundary doubt, and one on a slice it flags is mostly error
+  (see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -91,20 +92,6 @@ def pixel_noise_score(p_given: np.ndarray, uncertainty: np.ndarray,
     elif formula is PixelScore.CONFIDENT_DISAGREEMENT:
         wrong = wrong * (1.0 - np.clip(uncertainty, 0.0, 1.0))
     return np.clip(wrong, 0.0, 1.0).astype(np.float32)
-
-
-def noise_map(p_given: np.ndarray, slice_scores: np.ndarray) -> np.ndarray:
-    """The noise map of a batch: p_given float (b, H, W), slice_scores (b,) -> float32 (b, H, W) in [0, 1]."""
-    wrong = 1.0 - np.clip(p_given, 0.0, 1.0)
-    return np.clip(wrong * np.asarray(slice_scores, dtype=np.float32)[:, None, None], 0.0, 1.0).astype(np.float32)
-
-
-def map_disagreement(noise: np.ndarray, slice_score: float) -> np.ndarray:
-    """1 - p̄_y back from one slice's noise map (its inverse): noise float (H, W) -> float32 (H, W) in [0, 1];
-    zeros on a slice scored 0. Where on the slice the model disagrees, whatever the slice's score."""
-    if slice_score <= 0:
-        return np.zeros_like(noise, dtype=np.float32)
-    return np.clip(noise / float(slice_score), 0.0, 1.0).astype(np.float32)
 
 
 def roi_radius(in_plane_spacing: tuple[float, float], margin_mm: float = ROI_MARGIN_MM) -> tuple[int, int]:

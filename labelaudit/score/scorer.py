@@ -22,7 +22,7 @@ from ..preprocess import LabelMap
 from ..types import AuditRun, Case, Dataset, Routing, Threshold
 from .formulas import (REGION_SHARE, SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score,
                        roi_radius, slice_stats)
-from .formulas import noise_map as noise_map_of
+from ..noise_map import noise_map as noise_map_of
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from labelaudit.preprocess import ChannelNorm, LabelMap
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
 from labelaudit.score.calibrate import calibrate_run, robust_threshold, structure_prior
+from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
-    noise_map,
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
     pixel_noise_score, region_of_interest, roi_radius, slice_stats, REGION_SHARE, SLICE_RULE, worst_region,
 )
