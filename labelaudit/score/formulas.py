@@ -178,9 +178,10 @@ def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_cl
     label_fg, pred_fg = classes != 0, pred != 0
     union = (label_fg | pred_fg).reshape(len(noise), -1).sum(axis=1)
     roi = region_of_interest(classes, pred, radius)
-    in_roi = np.where(roi, noise, 0.0).reshape(len(noise), -1).sum(axis=1, dtype=np.float64)
+    noise_in_roi = np.where(roi, noise, 0.0)
+    in_roi = noise_in_roi.reshape(len(noise), -1).sum(axis=1, dtype=np.float64)
     fraction = np.where(union > 0, np.clip(in_roi / (union + eps), 0.0, 1.0), 0.0)
-    region = (worst_region(np.where(roi, noise, 0.0), region_share * eps) if region_share is not None
+    region = (worst_region(noise_in_roi, region_share * eps) if region_share is not None
               else np.zeros(len(noise)))
     score = np.maximum(fraction, region)
     label_pixels = label_fg.reshape(len(noise), -1).sum(axis=1)
