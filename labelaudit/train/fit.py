@@ -64,7 +64,9 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
                 progress: ProgressFn = _no_progress) -> Path:
     """Train config.method on config.dataset, fold by fold; export, calibrate, and return the run folder.
 
-    Under torchrun the folds are spread over the processes (train/distributed.py); only rank 0 reports progress.
+    Under torchrun the folds are shared out over the processes, several processes training one fold with
+    DistributedDataParallel when there are more processes than folds (train/distributed.py); only rank 0
+    reports progress.
     """
     require_training_extra()
     _check_config(config)
@@ -80,7 +82,7 @@ def fit_dataset(config: FitConfig, track: Callable[[Iterable, str], Iterable] = 
 def _fit(config: FitConfig, track: Callable[[Iterable, str], Iterable], progress: ProgressFn, group) -> Path:
     from .. import __version__
     from ..data import discover_dataset, fingerprint
-    from .distributed import Ranks, rank_device
+    from .distributed import Layout, rank_device
     from .prepare import dataset_entry, preprocessed_root
     from .progress import FoldsProgress
 
@@ -124,25 +126,32 @@ def _fit(config: FitConfig, track: Callable[[Iterable, str], Iterable], progress
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             status="training", folds=groups, meta_set=meta.to_json() if meta is not None else None,
         )
-        mine = group.ranks.folds(len(groups))
-        if group.world > 1:
-            info.extra["distributed"] = {"processes": group.world, "backend": "gloo",
-                                         "folds_by_rank": [Ranks(r, group.world).folds(len(groups))
-                                                           for r in range(group.world)]}
-            if len(groups) < group.world:
-                log.warning("%d processes but %d fold(s): ranks %d-%d have no fold to train", group.world,
-                            len(groups), len(groups), group.world - 1)
-        if group.primary:
-            save_run(run_dir, info)  # the folds, for --resume
+        layout = Layout(group.world, len(groups))
+        mine = layout.folds_of(group.ranks.rank)
         device = resolve_device(rank_device(config.device, group.ranks))
         info.device = str(device)
+        team = group.team(layout, device.type)
+        if group.world > 1:
+            info.extra["distributed"] = {"processes": group.world, "backend": "gloo",
+                                         "ranks_per_fold": layout.team_size,
+                                         "folds_by_rank": [layout.folds_of(r) for r in range(group.world)]}
+            if team.backend:
+                info.extra["distributed"]["ddp_backend"] = team.backend
+            if layout.idle:
+                log.warning("%d processes for %d fold(s): ranks %s have nothing to train (give a number of "
+                            "processes that is a multiple of the folds, or at most the folds)", group.world,
+                            len(groups), ",".join(str(r) for r in layout.idle))
+        if group.primary:
+            save_run(run_dir, info)  # the folds, for --resume
         clock = FoldsProgress(progress, len(mine), config.loop.total_iterations)
         records: dict[int, dict] = {}
         for fold in mine:
             held_out = groups[fold]
             train_ids = [c for c in train_pool if c not in held_out] if len(groups) > 1 else train_pool
-            records[fold] = _fit_fold(config, spec, run_dir, fold, len(groups), [entry.case(c) for c in train_ids],
-                                      label_map.num_classes, device, clock, meta_cases)
+            record = _fit_fold(config, spec, run_dir, fold, len(groups), [entry.case(c) for c in train_ids],
+                               label_map.num_classes, device, clock, meta_cases, team)
+            if record is not None:  # the team's leader's
+                records[fold] = record
             if group.primary and fold != mine[-1]:
                 _add_models(info, records, groups)
                 save_run(run_dir, info)  # progress; after the last fold, the complete run below is written instead
@@ -262,8 +271,11 @@ def _resolve_meta_set(config: FitConfig, entry, root: Path, track: Callable[[Ite
 
 
 def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, folds: int, cases: list,
-              num_classes: int, device, clock, meta_cases: list) -> dict:
+              num_classes: int, device, clock, meta_cases: list, team) -> dict | None:
     """Train (or resume, or skip when finished) one fold; save its weights and export its graph(s).
+
+    With a DDP `team`, every member trains; the leader saves and exports and returns the record, the others
+    return None.
 
     A method with a meta net (MCPM) also saves the meta mask network (meta_weight.safetensors) and exports
     meta_weight.onnx; its parity record is export["meta_weight"], and "mcpm_cost" is the measured cost of its
@@ -291,8 +303,10 @@ def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, fol
         method = spec.build(config, seed, meta_cases)
         sampler = SliceSampler(cases, config.loop.patch_size, config.loop.foreground_fraction)
         description = f"fold {fold + 1}/{folds}" if folds > 1 else "training"
-        result = train(method, sampler, num_classes, config.loop, config.net, seed,
-                       device, checkpoint, resume=config.resume, progress=clock.fold(), description=description)
+        result = train(method, sampler, num_classes, config.loop, config.net, seed, device, checkpoint,
+                       resume=config.resume, progress=clock.fold(), description=description, team=team)
+        if not team.leader:
+            return None
         save_weights(result.net, weights, {"format": "labelaudit", "role": spec.role,
                                            "net": json.dumps(config.net.to_json())})
         if spec.meta_net:
@@ -302,6 +316,8 @@ def _fit_fold(config: FitConfig, spec: MethodSpec, run_dir: Path, fold: int, fol
         net, finished = result.net, result.log
     else:
         clock.skip()
+        if not team.leader:
+            return None
         net = load_net(weights, in_channels, num_classes, config.net)
         if spec.meta_net:
             theta = load_meta_net(meta_weights, in_channels, num_classes, config.mcpm)

@@ -27,11 +27,15 @@ from torch import nn
 from ..config import LoopParams, NetParams
 from ..errors import ModelError, UsageError
 from ..io.atomic import atomic_path
+from .distributed import SOLO, Team
 from .nets import DIVISOR, build_unet
 
 CHECKPOINT_FORMAT = 1
 #: Largest default patch side: bigger slices are randomly cropped (foreground-centred for forced samples).
 MAX_AUTO_PATCH = 256
+
+#: Members of a DDP team apply the same averaged gradients, so their weights agree to rounding at most.
+DRIFT_TOLERANCE = 1e-6
 
 #: progress(description, completed iterations, total iterations, status text)
 ProgressFn = Callable[[str, int, int, str], None]
@@ -123,15 +127,22 @@ class SliceSampler:
         self.foreground_fraction = foreground_fraction
         self.in_channels = self.cases[0].in_channels
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A batch: image (B, C_in, ph, pw) float32, classes (B, ph, pw) int64."""
+    def sample(self, batch_size: int, rng: np.random.Generator, rows: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """A batch: image (B, C_in, ph, pw) float32, classes (B, ph, pw) int64.
+
+        rows: only these rows of the batch are returned (a DDP team member's share); the draws are those of the
+        whole batch, so `rng` advances the same for every member.
+        """
+        keep = range(batch_size) if rows is None else rows
         forced = 0
         if len(self.foreground) and self.foreground_fraction > 0:
             forced = max(1, int(round(batch_size * self.foreground_fraction)))
             forced = min(forced, batch_size)
         ph, pw = self.patch
-        images = np.zeros((batch_size, self.in_channels, ph, pw), dtype=np.float32)
-        classes = np.zeros((batch_size, ph, pw), dtype=np.int64)
+        out = {b: i for i, b in enumerate(keep)}
+        images = np.zeros((len(out), self.in_channels, ph, pw), dtype=np.float32)
+        classes = np.zeros((len(out), ph, pw), dtype=np.int64)
         for b in range(batch_size):
             pool = self.foreground if b < forced else self.slices
             c, s = (int(v) for v in pool[int(rng.integers(len(pool)))])
@@ -144,10 +155,13 @@ class SliceSampler:
                 left = int(np.clip(xs[pick] - pw // 2, 0, w - pw))
             else:
                 top, left = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+            if b not in out:
+                continue
+            i = out[b]
             window = case.image_window(s, top, left, ph, pw)  # cut at the slice's edge: the rest is padding
-            images[b, :, :window.shape[1], :window.shape[2]] = window
+            images[i, :, :window.shape[1], :window.shape[2]] = window
             cut = label[top:top + ph, left:left + pw]
-            classes[b, :cut.shape[0], :cut.shape[1]] = cut
+            classes[i, :cut.shape[0], :cut.shape[1]] = cut
         return images, classes
 
 
@@ -158,14 +172,19 @@ def _round_up(size: tuple[int, ...]) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- augmentation
 
 def augment_batch(image: torch.Tensor, classes: torch.Tensor, params: LoopParams,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator, rows: Sequence[int] | None = None,
+                  batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Flips, a small rotation/scaling and an intensity scale/shift, all drawn from `generator`.
 
     image: (B, C_in, H, W) float32 on CPU; classes: (B, H, W) int64. The same number of random values is
-    drawn whatever is applied, so the generator's stream does not depend on the outcome.
+    drawn whatever is applied, so the generator's stream does not depend on the outcome. With `rows`, image
+    holds those rows of a batch of `batch_size` (a DDP team member's share): the whole batch's values are
+    drawn and the rows' are used, so every member's stream stays the same.
     """
     b = image.shape[0]
-    draws = torch.rand(b, 7, generator=generator, dtype=torch.float64)
+    draws = torch.rand(batch_size or b, 7, generator=generator, dtype=torch.float64)
+    if rows is not None:
+        draws = draws[list(rows)]
     flip_w, flip_h = draws[:, 0] < 0.5, draws[:, 1] < 0.5
     image, classes = image.clone(), classes.clone()
     for i in range(b):
@@ -216,7 +235,8 @@ class TrainingMethod(Protocol):
 
     name: str
 
-    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device) -> None: ...
+    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device,
+              team: Team = SOLO) -> None: ...
 
     def loss(self, student: nn.Module, image: torch.Tensor, classes: torch.Tensor, step: int,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -282,17 +302,21 @@ class TrainResult:
 
 def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, params: LoopParams,
           net_params: NetParams, seed: int, device: torch.device, checkpoint: Path, resume: bool = False,
-          progress: ProgressFn = no_progress, description: str = "training") -> TrainResult:
+          progress: ProgressFn = no_progress, description: str = "training", team: Team = SOLO) -> TrainResult:
     """Train `method` on patches from `sampler`; write `checkpoint` after every epoch.
 
     With `resume` and an existing checkpoint, continue from its epoch with the saved weights, optimiser
     and random states. Returns the deployment network (the EMA teacher for PINT) on CPU in eval mode.
+    A `team` of several processes trains one model under DistributedDataParallel: each member takes its rows
+    of every batch (params.batch_size is the whole team's batch), and only the leader writes the checkpoint.
     """
+    team.check_batch(params.batch_size)
+    rows = team.rows(params.batch_size) if team.size > 1 else None
     with torch.random.fork_rng(devices=[]):  # weight init from `seed`, without touching global state
         torch.manual_seed(seed)
         student = build_unet(sampler.in_channels, num_classes, net_params)
     student.to(device)
-    method.setup(student, num_classes, params.total_iterations, device)
+    method.setup(student, num_classes, params.total_iterations, device, team)
     optimizer = torch.optim.AdamW(student.parameters(), lr=params.learning_rate,
                                   weight_decay=params.weight_decay)
     rng = np.random.default_rng(seed)
@@ -316,6 +340,7 @@ def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, param
             raise ModelError(f"{checkpoint}: does not match this run's network or method ({exc})",
                              hint="start over with --force") from exc
         start_epoch, log = int(state["epoch"]), list(state["log"])
+    model = team.wrap(student, device)  # after loading: DDP starts from the leader's parameters
 
     total = params.total_iterations
     done = start_epoch * params.iterations_per_epoch
@@ -330,15 +355,15 @@ def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, param
             lr = params.learning_rate * (1 - step / total) ** params.poly_exponent
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            image_np, classes_np = sampler.sample(params.batch_size, rng)
+            image_np, classes_np = sampler.sample(params.batch_size, rng, rows)
             image, classes = torch.from_numpy(image_np), torch.from_numpy(classes_np)
             if params.augment:
-                image, classes = augment_batch(image, classes, params, generator)
+                image, classes = augment_batch(image, classes, params, generator, rows, params.batch_size)
             image, classes = image.to(device), classes.to(device)
             autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
             with autocast:
-                loss, stats = method.loss(student, image, classes, step, generator)
-            if not torch.isfinite(loss):
+                loss, stats = method.loss(model, image, classes, step, generator)
+            if not _team_finite(loss, team):  # every member stops together, none waits in a gradient exchange
                 raise ModelError(f"{description}: training diverged (loss {loss.item()} at iteration {step + 1})",
                                  hint="lower the learning rate, or check the images for extreme values")
             optimizer.zero_grad(set_to_none=True)
@@ -355,11 +380,23 @@ def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, param
         row = {"epoch": epoch + 1, **{k: v / counts[k] for k, v in sums.items()},
                "seconds": round(time.perf_counter() - started, 3), "lr": lr}
         log.append(row)
+        if not team.leader:
+            continue
         save_checkpoint(checkpoint, {
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": student.state_dict(),
             "optimizer": optimizer.state_dict(), "method": method.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "rng": _rng_state(rng, generator), "log": log,
         })
+    drift = team.drift(student)
+    if drift > DRIFT_TOLERANCE:
+        raise ModelError(f"{description}: the {team.size} processes training this fold ended with different "
+                         f"weights (largest difference {drift:.3g})", hint="train the fold in one process")
     net = method.deploy_net(student).to("cpu").eval()
     return TrainResult(net=net, log=log, device=str(device))
+
+
+def _team_finite(loss: torch.Tensor, team: Team) -> bool:
+    """Whether the loss is finite on every member of the team."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    return not bool(team.sum(bad) > 0)

@@ -36,6 +36,7 @@ from torch.func import functional_call
 
 from ..config import LoopParams, McpmParams, MetaNormalise
 from ..errors import UsageError
+from .distributed import SOLO, Team, unwrapped
 from .loop import SliceSampler, augment_batch
 
 log = logging.getLogger(__name__)
@@ -185,11 +186,12 @@ def virtual_meta_loss(student: nn.Module, theta: nn.Module, image: torch.Tensor,
 
 def meta_step(student: nn.Module, theta: nn.Module, theta_optimizer: torch.optim.Optimizer, image: torch.Tensor,
               classes: torch.Tensor, meta_image: torch.Tensor, meta_classes: torch.Tensor, alpha: float,
-              params: McpmParams) -> float:
+              params: McpmParams, team: Team = SOLO) -> float:
     """One meta update of Theta: dJ/dTheta through the virtual step, then an optimiser step on Theta.
 
     Returns J before the update. W's parameters and their .grad are left as they were (only Theta's
-    gradients are asked for).
+    gradients are asked for). In a DDP team, Theta's gradients are averaged over the members (Theta is not
+    under DDP: the virtual step calls W's parameters functionally), so every member takes the same step.
     """
     meta_loss = virtual_meta_loss(student, theta, image, classes, meta_image, meta_classes, alpha, params)
     theta_params = [p for p in theta.parameters() if p.requires_grad]
@@ -197,6 +199,7 @@ def meta_step(student: nn.Module, theta: nn.Module, theta_optimizer: torch.optim
     theta_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(theta_params, theta_grads):
         p.grad = torch.zeros_like(p) if g is None else g.detach()
+    team.average_gradients(theta_params)
     theta_optimizer.step()
     theta_optimizer.zero_grad(set_to_none=True)  # nothing of the meta step lingers into the actual step
     return float(meta_loss.detach())
@@ -274,8 +277,12 @@ class McpmMethod:
         self.guard = CollapseGuard(params.collapse_floor, params.collapse_patience, params.collapse_resets)
         self.total = 1
         self.device = torch.device("cpu")
+        self.team = SOLO
 
-    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device) -> None:
+    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device,
+              team: Team = SOLO) -> None:
+        team.check_batch(self.meta_batch, "the meta batch size")
+        self.team = team
         in_channels = self.meta_sampler.in_channels
         with torch.random.fork_rng(devices=[]):  # Theta's init from the method's own stream, not global state
             torch.manual_seed(int(self.rng.integers(2 ** 31)))
@@ -312,9 +319,10 @@ class McpmMethod:
         return self.params.virtual_lr * (1 - min(step / max(self.total, 1), 1.0)) ** self.loop.poly_exponent
 
     def sample_meta_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        image, classes = self.meta_sampler.sample(self.meta_batch, self.rng)
+        rows = self.team.rows(self.meta_batch) if self.team.size > 1 else None
+        image, classes = self.meta_sampler.sample(self.meta_batch, self.rng, rows)
         image_t, classes_t = augment_batch(torch.from_numpy(image), torch.from_numpy(classes), self.meta_augment,
-                                           self.generator)
+                                           self.generator, rows, self.meta_batch)
         return image_t.to(self.device), classes_t.to(self.device)
 
     def loss(self, student: nn.Module, image: torch.Tensor, classes: torch.Tensor, step: int,
@@ -328,8 +336,9 @@ class McpmMethod:
             meta_image, meta_classes = self.sample_meta_batch()
             # fp32 without a GradScaler: the scaler does not scale torch.autograd.grad (§8.3 item 4)
             with torch.autocast(device_type=image.device.type, enabled=False):
-                stats["meta_loss"] = meta_step(student, self.theta, self.optimizer, image.float(), classes,
-                                               meta_image, meta_classes, self.virtual_lr(step), self.params)
+                stats["meta_loss"] = meta_step(unwrapped(student), self.theta, self.optimizer, image.float(),
+                                               classes, meta_image, meta_classes, self.virtual_lr(step),
+                                               self.params, self.team)
             if image.device.type == "cuda":
                 torch.cuda.synchronize(image.device)
             stats["meta_step_s"] = time.perf_counter() - started
@@ -341,7 +350,11 @@ class McpmMethod:
                 weight = self.theta(image.float(), classes, torch.softmax(logits.detach(), dim=1))[:, 0]
         loss, ce = training_objective(logits, classes, weight, self.params)
         foreground = classes != 0
-        weight_fg = float(weight[foreground].mean()) if foreground.any() else float("nan")
+        if self.team.size == 1:
+            weight_fg = float(weight[foreground].mean()) if foreground.any() else float("nan")
+        else:  # over the whole team's batch: the guard then resets Theta on every member at the same step
+            sums = self.team.sum(torch.stack([weight[foreground].sum(), foreground.sum().to(weight.dtype)]))
+            weight_fg = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         stats.update({
             "ce": float(ce.detach().mean()), "weight_mean": float(weight.mean()),
             "weight_low": float((weight < 0.1).float().mean()), "weight_fg": weight_fg,

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import PintParams, Variant, WeightRule
 from ..errors import UsageError
+from .distributed import SOLO, Team
 from .loop import soft_dice_loss
 from .nets import perturbed_prediction
 
@@ -103,9 +104,12 @@ class PintMethod:
         self.memory: deque[torch.Tensor] = deque(maxlen=params.memory_batches)
         self.total = 1
         self.num_classes = 2
+        self.team = SOLO
 
-    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device) -> None:
+    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device,
+              team: Team = SOLO) -> None:
         self.num_classes = num_classes
+        self.team = team
         self.teacher = copy.deepcopy(student).eval()
         for param in self.teacher.parameters():
             param.requires_grad_(False)
@@ -132,7 +136,8 @@ class PintMethod:
         else:
             alpha_pixel = (1 - uncertainty).clamp(min=p.soft_floor)
         image_u = roi_uncertainty(uncertainty, classes, prob_mean, p.roi_dilation)
-        self.memory.append(image_u.detach().float().cpu())
+        # the memory holds the whole batch's U_i on every member of a DDP team, as in one process
+        self.memory.append(self.team.concat(image_u.detach().float()).cpu())
         history = torch.cat(list(self.memory))
         if p.image_weight is WeightRule.HARD:
             alpha_image = (image_u.cpu() <= torch.quantile(history, p.image_quantile)).float()

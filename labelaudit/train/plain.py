@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import SOLO, Team
 from .loop import soft_dice_loss
 
 
@@ -14,7 +15,8 @@ class PlainMethod:
 
     name = "plain"
 
-    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device) -> None:
+    def setup(self, student: nn.Module, num_classes: int, total_iterations: int, device: torch.device,
+              team: Team = SOLO) -> None:
         return None
 
     def loss(self, student: nn.Module, image: torch.Tensor, classes: torch.Tensor, step: int,

@@ -392,3 +392,34 @@ def test_progress_reports_the_time_left_over_every_fold():
     assert seen[-1][:3] == ("fold 3/3", 1, 10)
     assert seen[-1][3] == f"epoch 1/2 loss 0.9 · all folds 44%, {format_seconds(20 / 7 * 9)} left"
     assert format_seconds(3725) == "1:02:05" and format_seconds(None) == "?"
+
+
+def test_a_team_members_rows_are_those_of_the_whole_batch():
+    """DDP: each member samples and augments only its rows, with the draws of the whole batch."""
+    from labelaudit.config import LoopParams
+    from labelaudit.train.distributed import Layout, Team
+    from labelaudit.train.loop import SliceSampler, augment_batch
+
+    rng = np.random.default_rng(3)
+    cases = [(rng.normal(size=(5, 1, 40, 44)).astype(np.float32), (rng.random((5, 40, 44)) > 0.7).astype(np.int64))
+             for _ in range(2)]
+    sampler = SliceSampler(cases, patch_size=32)
+    params = LoopParams(affine_probability=0.5)
+    whole_image, whole_classes = sampler.sample(4, np.random.default_rng(0))
+    whole = augment_batch(torch.from_numpy(whole_image), torch.from_numpy(whole_classes), params,
+                          torch.Generator().manual_seed(1))
+    for member in range(2):
+        rows = Team(member, 2).rows(4)
+        image, classes = sampler.sample(4, np.random.default_rng(0), rows)
+        np.testing.assert_array_equal(image, whole_image[list(rows)])
+        mine = augment_batch(torch.from_numpy(image), torch.from_numpy(classes), params,
+                             torch.Generator().manual_seed(1), rows, 4)
+        assert torch.equal(mine[0], whole[0][list(rows)]) and torch.equal(mine[1], whole[1][list(rows)])
+
+    # folds are spread first; only processes beyond one per fold join a fold's team
+    assert [Layout(2, 3).folds_of(r) for r in range(2)] == [[0, 2], [1]]
+    assert [Layout(2, 1).folds_of(r) for r in range(2)] == [[0], [0]]
+    assert [Layout(6, 3).folds_of(r) for r in range(6)] == [[0], [0], [1], [1], [2], [2]]
+    assert Layout(4, 3).idle == [3] and Layout(8, 3).idle == [6, 7] and Layout(6, 3).idle == []
+    with pytest.raises(UsageError, match="--batch-size 3: a fold trained by 2 processes together needs a multiple"):
+        Team(1, 2).check_batch(3)
