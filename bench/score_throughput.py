@@ -2,6 +2,7 @@
 
     python bench/score_throughput.py [--slices 64] [--size 256] [--k 1 4] [--batch 16]
     python bench/score_throughput.py --ct 300 [--model RUN_DIR] [--threads 1] [--results]
+    python bench/score_throughput.py --ct 12 --cases 3 [--pairs 2] [--threads 2] [--results]
 
 Without --ct: a Markdown table of slices/s, eager against ORT, for labelaudit.train.nets' U-Net inside the
 PerturbedSegmenter (the graph `score` runs), exported with torch.onnx.export (TorchScript exporter, dynamic axes)
@@ -15,7 +16,13 @@ models/demo-pint (one model's K passes a slice; an ensemble of F folds costs F t
 network's arithmetic per slice (Conv and ConvTranspose MACs, counted by forward hooks on the torch model of the
 run's NetParams) × K passes, against this machine's sgemm rate (a numpy float32 2048² matmul on the same
 threads), and ORT against eager on that graph at SIZE² (--eager-slices slices). --results writes the section
-"Scoring memory and speed on a CT" of bench/RESULTS.md (replacing an earlier one). A benchmark: asserts nothing.
+"Scoring memory and speed on a CT" of bench/RESULTS.md (replacing an earlier one).
+
+--ct N --cases M (M > 1): M such cases, scored in children as above through score_dataset, in --pairs pairs of
+one run with each case's outputs written in the background while the next case is scored (the default) and one
+with them written before it (overlap_writes=False), in turn; the whole audit's slices/s (summary.json total_s,
+start-up excluded) of each run and their ratio pair by pair. --results writes its own section of RESULTS.md.
+A benchmark: asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 SHIPPED = HERE.parent / "models" / "demo-pint"
 TITLE = "## Scoring memory and speed on a CT (`python bench/score_throughput.py --ct N`)"
+WRITER_TITLE = "## Writes overlapped with scoring (`python bench/score_throughput.py --ct N --cases M`)"
 TARGET_MB = 2048
 
 
@@ -159,33 +167,50 @@ def one_fold_run(source: Path, target: Path) -> Path:
     return target
 
 
-def write_ct(root: Path, info: dict, size: int, slices: int) -> Path:
-    """A one-case nnU-Net dataset of a CT-like size×size×slices volume whose dataset.json matches the run."""
+def write_ct(root: Path, info: dict, size: int, slices: int, cases: int = 1) -> Path:
+    """An nnU-Net dataset of `cases` CT-like size×size×slices volumes whose dataset.json matches the run."""
     from inspect_memory import ct_like
 
     from labelaudit.io.image import write_volume
     from labelaudit.types import Geometry, Volume
 
-    image, label = ct_like((size, size, slices), np.random.default_rng(0))
     values, names = info["classes"]["values"], info["classes"]["names"]
-    label = np.where(label > 0, values[1], values[0]).astype(np.uint8)
     geometry = Geometry((size, size, slices), (0.78, 0.78, 2.5), (-200.0, -180.0, -600.0),
                         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    write_volume(Volume(image, geometry), root / "imagesTr" / "ct_000_0000.nii.gz")
-    write_volume(Volume(label, geometry), root / "labelsTr" / "ct_000.nii.gz")
+    for i in range(cases):
+        image, label = ct_like((size, size, slices), np.random.default_rng(i))
+        label = np.where(label > 0, values[1], values[0]).astype(np.uint8)
+        write_volume(Volume(image, geometry), root / "imagesTr" / f"ct_{i:03d}_0000.nii.gz")
+        write_volume(Volume(label, geometry), root / "labelsTr" / f"ct_{i:03d}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "name": root.name, "channel_names": {str(i): n for i, n in enumerate(info["channel_names"])},
-        "labels": dict(zip(names, values)), "numTraining": 1, "file_ending": ".nii.gz"}))
+        "labels": dict(zip(names, values)), "numTraining": cases, "file_ending": ".nii.gz"}))
     return root
 
 
-def measure_score(data: Path, run: Path, out: Path, cpus: list[int], batch: int) -> tuple[float, float, dict]:
-    """(peak RSS MB, wall s, summary.json timings) of `labelaudit score` in a child pinned to `cpus`."""
+#: `score` through the library (argv: dataset, run, out, batch size, overlap 1/0), for the --cases comparison.
+SCORE_CHILD = """import sys
+from pathlib import Path
+from labelaudit.config import ScoreConfig
+from labelaudit.score.pipeline import score_dataset
+data, run, out, batch, overlap = sys.argv[1:]
+score_dataset(ScoreConfig(run_dir=Path(run), dataset=Path(data), out_dir=Path(out), device="cpu",
+                          batch_size=int(batch)), overlap_writes=overlap == "1")
+"""
+
+
+def measure_score(data: Path, run: Path, out: Path, cpus: list[int], batch: int,
+                  overlap: bool | None = None) -> tuple[float, float, dict]:
+    """(peak RSS MB, wall s, summary.json timings) of `labelaudit score` in a child pinned to `cpus`; with
+    `overlap` True or False, of score_dataset(overlap_writes=overlap) instead of the command."""
+    if overlap is None:
+        command = [sys.executable, "-m", "labelaudit", "score", str(data), "--model", str(run), "--device", "cpu",
+                   "--out", str(out), "--batch-size", str(batch)]
+    else:
+        command = [sys.executable, "-c", SCORE_CHILD, str(data), str(run), str(out), str(batch), str(int(overlap))]
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as output:
-        child = subprocess.Popen([sys.executable, "-m", "labelaudit", "score", str(data), "--model", str(run),
-                                  "--device", "cpu", "--out", str(out), "--batch-size", str(batch)],
-                                 stdout=output, stderr=output, text=True,
+        child = subprocess.Popen(command, stdout=output, stderr=output, text=True,
                                  preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the maximum over all children
         elapsed = time.perf_counter() - started
@@ -244,6 +269,49 @@ def ct_benchmark(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def writer_benchmark(args) -> str:
+    """The whole audit's slices/s of --cases CT-like cases, writes overlapped against serial, in --pairs pairs."""
+    from pint_audit import machine
+
+    cpus = sorted(os.sched_getaffinity(0))[:args.threads]
+    slices = args.cases * args.ct
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="score_writer_") as tmp:
+        work = args.keep or Path(tmp)
+        run = args.model or one_fold_run(SHIPPED, work / "run")
+        info = json.loads((Path(run) / "run.json").read_text())
+        data = write_ct(work / "Dataset921_ScoreWriter", info, args.size, args.ct, args.cases)
+        for pair in range(args.pairs):
+            row = {}
+            for overlap in (True, False) if pair % 2 == 0 else (False, True):  # ABBA: drift hits both alike
+                out = work / f"audit_{pair}_{int(overlap)}"
+                peak, wall, timings = measure_score(data, Path(run), out, cpus, args.batch, overlap)
+                shutil.rmtree(out, ignore_errors=True)
+                row[overlap] = (slices / timings["total_s"], peak, timings)
+                print(f"pair {pair + 1}, {'overlapped' if overlap else 'serial'}: {row[overlap][0]:.3f} slices/s, "
+                      f"{peak:.0f} MB, timings {timings}", file=sys.stderr)
+            rows.append(row)
+    ratios = [r[True][0] / r[False][0] for r in rows]
+    lines = [
+        WRITER_TITLE, "",
+        f"- date: {dt.date.today().isoformat()}; machine: {machine()}; {len(cpus)} CPU(s) given to each child "
+        f"(ORT intra-op threads = usable CPUs; the writer and the reader are one thread each on top)",
+        f"- {args.cases} CT-like cases of {args.size}×{args.size}×{args.ct} int16 .nii.gz ({slices} slices); run: "
+        f"{args.model or 'one fold of models/demo-pint'} (K = {info['perturbations']['k']}); --batch-size "
+        f"{args.batch}; slices/s = slices / summary.json total_s (start-up excluded); pairs in ABBA order",
+        "", "| pair | overlapped (slices/s) | serial (slices/s) | overlapped / serial | write_s, write_wait_s "
+            "(overlapped) | write_s (serial) | peak RSS overlapped / serial (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, (r, ratio) in enumerate(zip(rows, ratios), start=1):
+        (fast, peak_a, a), (slow, peak_b, b) = r[True], r[False]
+        lines.append(f"| {i} | {fast:.3f} | {slow:.3f} | {ratio:.3f}× | {a['write_s']:.1f}, {a['write_wait_s']:.1f} "
+                     f"| {b['write_s']:.1f} | {peak_a:.0f} / {peak_b:.0f} |")
+    lines.append(f"\nMedian ratio overlapped / serial: **{float(np.median(ratios)):.3f}×** over {len(ratios)} "
+                 f"pair(s).")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=64)
@@ -254,6 +322,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--ct", type=int, metavar="N", help="score a CT-like SIZE×SIZE×N case (see above)")
+    parser.add_argument("--cases", type=int, default=1, help="--ct: score this many cases, writes overlapped "
+                                                             "against serial (see above)")
+    parser.add_argument("--pairs", type=int, default=2, help="--cases: pairs of runs (overlapped, serial)")
     parser.add_argument("--model", type=Path, help="the run folder --ct scores with (default: one demo fold)")
     parser.add_argument("--eager-slices", type=int, default=2, help="slices of the --ct eager/ORT comparison")
     parser.add_argument("--keep", type=Path, help="--ct: work here and keep it (default: a temp dir)")
@@ -262,12 +333,12 @@ def main() -> None:
 
     if args.ct:
         args.size = args.size or 512
-        section = ct_benchmark(args)
+        title, section = (WRITER_TITLE, writer_benchmark(args)) if args.cases > 1 else (TITLE, ct_benchmark(args))
         print(section)
         if args.results:
             from pint_audit import write_section
 
-            write_section(RESULTS, TITLE, section + "\n")
+            write_section(RESULTS, title, section + "\n")
         return
 
     import onnxruntime

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from ..config import ScoreConfig
 from ..data import CaseInfo, Track, check_case, discover_dataset, no_track, raise_fatal
 from ..diagnosis import ErrorKind, classify_slices, dominant_kind
 from ..errors import InputError, ModelError, UsageError
-from ..fix.rule import fix_case
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold, stale_calibration_note
@@ -35,6 +35,7 @@ from .routing import check_run_matches, is_fit_dataset, model_name
 from .scorer import CaseScorer, ScoringPlan
 from .shard import Shard
 from .sources import probability_plan
+from .writer import CaseWriter
 
 #: score_dataset's `calibrate`: thresholds derived from the finished audit itself (score --probabilities).
 Calibrate = Callable[[Audit], Threshold]
@@ -53,20 +54,22 @@ def _prefetched(refs: list[CaseRef], declared, track: Track, pool: ThreadPoolExe
 
 
 def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calibrate | None = None,
-                  shard: Shard | None = None) -> Audit:
+                  shard: Shard | None = None, overlap_writes: bool = True) -> Audit:
     """Score every case of the dataset with the run's ONNX graphs, or with the probabilities config names;
     write the audit folder unless `write` is False.
 
     Streams one case at a time (the next one is read in the background); each case's maps are written as soon
-    as it is done. Case-level problems skip the case (recorded in the audit), or are fatal with `strict`. The
-    audit folder replaces an earlier one only once complete (AuditFolder.commit); any failure drops it.
+    as it is done, in the background while the next case is scored (score/writer.py), or before the next case
+    is scored when `overlap_writes` is False (the same audit, byte for byte; for comparisons). Case-level
+    problems skip the case (recorded in the audit), or are fatal with `strict`. The audit folder replaces an
+    earlier one only once complete (AuditFolder.commit); any failure drops it.
     `calibrate`: derives the thresholds from the scored audit itself; every case and slice is then flagged
     again with them, before anything is written. `shard` (score --shard i/N): score only its share of the
     cases, into a partial audit that `labelaudit merge` assembles (score/merge.py).
     """
     folders: list[AuditFolder] = []
     try:
-        audit = _score_dataset(config, track, folders, calibrate, shard)
+        audit = _score_dataset(config, track, folders, calibrate, shard, overlap_writes)
     except BaseException:
         for folder in folders:
             folder.abort()
@@ -104,7 +107,8 @@ def _onnx_plan(config: ScoreConfig) -> ScoringPlan:
 
 
 def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder],
-                   calibrate: Calibrate | None = None, shard: Shard | None = None) -> Audit:
+                   calibrate: Calibrate | None = None, shard: Shard | None = None,
+                   overlap_writes: bool = True) -> Audit:
     started = time.perf_counter()
     plan = probability_plan(config) if config.probabilities else _onnx_plan(config)
     dataset, threshold, label_map = plan.dataset, plan.threshold, plan.label_map
@@ -132,9 +136,11 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     if stale:
         audit.notes.append(stale)
     declared = dataset.labels.values() if dataset.labels else None
-    seconds = {"read": 0.0, "write": 0.0}
+    seconds = {"read": 0.0}
     label_set_failures = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool:
+    # the writer sets each CaseScore's map paths and the folder's views: read them only once it is drained
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool,
+          CaseWriter(folder, overlap_writes) if folder is not None else nullcontext() as writer):
         wait = time.perf_counter()
         refs = [r for r in dataset.cases if config.cases is None or r.case_id in config.cases]
         for ref, case, case_info, problems in _prefetched(refs, declared, track, pool):
@@ -164,15 +170,12 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
             kinds = classify_slices(case.label_slices(), pred_values, noise=noise_map, scores=stats.noise_score)
             result = _case_result(ref.case_id, stats, threshold, route.name, route.routing, audit, kinds,
                                   case.geometry.slicing_axis())
-            if folder is not None:
-                t0 = time.perf_counter()
-                # the label with its regions judged wrong replaced: the same rule as `labelaudit fix`
-                fixed, judged = fix_case(case.label_slices(), pred_values, noise_map, stats.noise_score,
-                                         result.n_flagged_slices)
-                folder.add_case(ref, case, noise_map, pred_values, stats, result, fixed, judged)
-                seconds["write"] += time.perf_counter() - t0
+            if writer is not None:
+                writer.submit(ref, case, noise_map, pred_values, stats, result)
             del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()
+        if writer is not None:
+            writer.drain()
     if label_set_failures and not audit.cases:
         raise ModelError(f"{plan.model_path}: no case of {dataset.root} could be scored: its labels hold values "
                          f"outside {plan.classes} {list(label_map.values)}", hint=plan.label_hint)
@@ -184,8 +187,12 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         audit.threshold = calibrate(audit)
         decide_again(audit)
     num_slices = sum(c.n_slices for c in audit.cases)
+    # write_s: the writer thread's time (it runs alongside inference_s, so the parts may add up to more than
+    # total_s) and the tables'; write_wait_s: the time the scoring thread waited for the writer
+    written = writer.seconds if writer is not None else {"write": 0.0, "write_wait": 0.0}
     audit.timings = {"total_s": 0.0, "read_s": seconds["read"], "inference_s": scorer.seconds["inference"],
-                     "scoring_s": scorer.seconds["scoring"], "write_s": seconds["write"]}
+                     "scoring_s": scorer.seconds["scoring"], "write_s": written["write"],
+                     "write_wait_s": written["write_wait"]}
     if folder is not None:
         t0 = time.perf_counter()
         audit.timings["total_s"] = time.perf_counter() - started
