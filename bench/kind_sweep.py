@@ -9,9 +9,11 @@ records with the current diagnosis code; and prints the confusion matrix per tru
     python bench/kind_sweep.py --set one_sided=0.7   # ErrorKindParams overrides
     python bench/kind_sweep.py --show erosion        # the misnamed slices of one row, with their masses
     python bench/kind_sweep.py --skip ct_lesion/slice --quiet   # leave a cell out; print only the total
-    git show HEAD:labelaudit/diagnosis.py > /tmp/old.py
-    python bench/kind_sweep.py --diagnosis /tmp/old.py --noise none --check   # another version of the rules;
-                                       # --check: against the error_kind the audits' slices.csv recorded
+    mkdir -p /tmp/old && git archive HEAD labelaudit/diagnosis | tar -x -C /tmp/old
+    python bench/kind_sweep.py --diagnosis /tmp/old/labelaudit/diagnosis --check   # another version of the rules
+                                       # (a copy of the package folder, or of the one file diagnosis.py was
+                                       # before it became a package); --check: against the error_kind the
+                                       # audits' slices.csv recorded
 
 Held-out datasets (brain_tissue, ct_organs, brain_gm) are never read. Takes ~10 s on one core.
 """
@@ -37,13 +39,22 @@ SHORT = {k: k.split("_")[0][:5] for k in KINDS}
 
 
 def import_labelaudit(diagnosis: Path | None = None) -> None:
-    """Import what the harness uses; with `diagnosis`, that file stands in for labelaudit.diagnosis (imported
-    first, since most of the package imports it)."""
+    """Import what the harness uses; with `diagnosis`, that stands in for labelaudit.diagnosis (imported first,
+    since most of the package imports it): a folder (a copy of the package labelaudit/diagnosis/, whose modules
+    then come from it) or one file (the single module it was before it became a package)."""
     if diagnosis is not None:
         import importlib.util
 
-        import labelaudit  # noqa: F401 - the package, without its diagnosis module
-        spec = importlib.util.spec_from_file_location("labelaudit.diagnosis", diagnosis)
+        import labelaudit  # noqa: F401 - the package, without its diagnosis package
+        if any(name == "labelaudit.diagnosis" or name.startswith("labelaudit.diagnosis.") for name in sys.modules):
+            raise SystemExit("labelaudit.diagnosis is already imported; --diagnosis cannot replace it")
+        if diagnosis.is_dir():
+            spec = importlib.util.spec_from_file_location("labelaudit.diagnosis", diagnosis / "__init__.py",
+                                                          submodule_search_locations=[str(diagnosis)])
+        elif diagnosis.is_file():
+            spec = importlib.util.spec_from_file_location("labelaudit.diagnosis", diagnosis)
+        else:
+            raise SystemExit(f"--diagnosis {diagnosis}: no such file or folder")
         module = importlib.util.module_from_spec(spec)
         sys.modules["labelaudit.diagnosis"] = module
         spec.loader.exec_module(module)
@@ -182,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=40, help="at most this many slices per --show row")
     ap.add_argument("--check", action="store_true", help="count the slices whose kind differs from the "
                     "error_kind of the audit's slices.csv (which the code of the audit's day wrote)")
-    ap.add_argument("--diagnosis", type=Path, metavar="FILE", help="classify with this copy of "
-                    "labelaudit/diagnosis.py (e.g. an earlier version) instead of the installed one")
+    ap.add_argument("--diagnosis", type=Path, metavar="PATH", help="classify with this copy of the package "
+                    "folder labelaudit/diagnosis/ (or of the file diagnosis.py it was before; e.g. an earlier "
+                    "version) instead of the installed one")
     ap.add_argument("--quiet", action="store_true", help="print only the total")
     ap.add_argument("--skip", action="append", default=[], metavar="DS/REGIME", help="leave a cell out")
     args = ap.parse_args(argv)

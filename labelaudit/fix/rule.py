@@ -6,7 +6,8 @@ prediction hold label values; the noise map holds noise scores in [0, 1].
 A region (diagnosis.find_regions: a connected piece of the disagreement between label and prediction, of one
 class) is judged wrong when its slice is flagged and its own mean noise score reaches FixParams.region_score.
 The noise map is a pixel's disagreement times its slice's score (labelaudit/noise_map.py), so a region's own
-score is its mean map value divided by its slice's score.
+score is the mean of its pixels' disagreement, the map divided by its slice's score (noise_map.map_disagreement,
+as the error kinds weigh regions).
 `score` writes the label with those regions replaced by the prediction as maps/<case>_fixed<ending>; `fix
 --mode replace` writes the same array, `fix --mode ignore` puts the ignore label there instead.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..config import FixMode, FixParams
 from ..diagnosis import ErrorKindParams, Region, find_regions
+from ..noise_map import map_disagreement
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,8 +55,9 @@ def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags:
     for s in np.flatnonzero(flags):
         if scores[s] <= 0:
             continue
+        disagreement = map_disagreement(noise[s], float(scores[s]))
         for region in find_regions(label[s], pred[s], int(s), kinds):
-            score = min(1.0, float(region.values(noise[s]).mean()) / float(scores[s]))
+            score = float(region.values(disagreement).mean())
             if score >= params.region_score:
                 judged.append(JudgedRegion(region, score))
     return judged
