@@ -68,7 +68,8 @@ def corrupt(clean: Path, out: Path, args: list[str], seed: int, log: Path) -> Pa
 def fit(method: str, noisy: Path, run_dir: Path, meta: Path | None, options, log: Path) -> float:
     if (run_dir / "run.json").exists() and (run_dir / "suite_fit_seconds.json").exists():  # a finished fit
         threshold = load_run(run_dir).threshold
-        if threshold is not None and threshold.slice_rule != SLICE_RULE:  # fit before the slice score changed
+        # fit before the slice score changed, or before cases had a gate: thresholds of today's rules
+        if threshold is not None and (threshold.slice_rule != SLICE_RULE or threshold.gate is None):
             run(["calibrate", str(run_dir), "--device", "cpu"], log)
         return float(json.loads((run_dir / "suite_fit_seconds.json").read_text())["seconds"])
     args = ["fit", str(noisy), *FIT_ARGS[method], "--out", str(run_dir), "--seed", "0", "--force"]

@@ -239,13 +239,15 @@ class Calibration:
     structure_prior_mm2: float | None = None  # A₀ of the slice score
     structure_prior_rule: str | None = None
     slice_rule: str | None = None  # the slice score the thresholds were calibrated on (formulas.SLICE_RULE)
+    gate: float | None = None  # the worst-slice score that flags a case; None (earlier runs): the slice threshold
+    gate_rule: str | None = None
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__
                 if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
 
 
-OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule")
+OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule")
 
 
 class ThresholdSource(str, Enum):
@@ -256,19 +258,28 @@ class ThresholdSource(str, Enum):
 
 @dataclass(frozen=True)
 class Threshold:
-    """The slice and case noise scores at which annotations are flagged, and where they come from.
+    """The noise scores at which annotations are flagged, and where they come from (score/decide.py).
 
-    Built once (score/calibrate.resolve_threshold), already validated: both in [0, 1].
+    slice: a slice is flagged (to review, and for `fix`); case: a case is flagged by its score; gate: a case is
+    flagged by its worst slice (None: at `slice`, as before gates were calibrated). Built once
+    (score/decide.resolve_threshold), already validated: all in [0, 1].
     """
 
     slice: float
     case: float
     source: ThresholdSource
     calibration: Calibration | None = None
+    gate: float | None = None
+
+    @property
+    def worst_slice(self) -> float:
+        """The worst-slice score at which a case is flagged."""
+        return self.slice if self.gate is None else self.gate
 
     def to_json(self) -> dict:
         base = self.calibration.to_json() if self.calibration is not None else {}
-        return {**base, "slice": self.slice, "case": self.case, "source": self.source.value}
+        gate = {"gate": self.gate} if self.gate is not None else {}
+        return {**base, "slice": self.slice, "case": self.case, **gate, "source": self.source.value}
 
 
 @dataclass

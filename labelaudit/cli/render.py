@@ -73,7 +73,9 @@ def render_audit(audit: Audit, top: int = 10) -> Group:
     parts: list = [Text(f"provider: {audit.provider} ({audit.device_reason})"),
                    Text(f"scored {len(audit.cases)} cases, {len(audit.slices)} slices; flagged "
                         f"{len(audit.flagged_cases)} cases, {len(audit.flagged_slices)} slices (threshold slice "
-                        f"{threshold.slice:.3f}, case {threshold.case:.3f}, {threshold.source.value})")]
+                        f"{threshold.slice:.3f}, case {threshold.case:.3f}"
+                        + (f" or worst slice {threshold.gate:.3f}" if threshold.gate is not None else "")
+                        + f", {threshold.source.value})")]
     if audit.skipped:
         parts.append(Text(f"skipped {len(audit.skipped)} case(s): {', '.join(sorted(audit.skipped))} "
                           "(see summary.json)"))

@@ -135,7 +135,8 @@ def calibrate(
     info.threshold = calibrate_run(run_dir, device=device, track=track, batch_size=batch_size, dataset=dataset)
     save_run(run_dir, info)
     was = f" (was {before.slice:.3f} / {before.case:.3f})" if before is not None else ""
-    err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}, case {info.threshold.case:.3f}{was}, "
+    gate = f", worst slice {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
+    err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}, case {info.threshold.case:.3f}{gate}{was}, "
               f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases", markup=False,
               soft_wrap=True)
 

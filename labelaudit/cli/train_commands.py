@@ -172,8 +172,9 @@ def fit(
         stdout.print(f"  fold {max(model.fold, 0)}: final loss {loss}, {seen}, ONNX parity "
                      f"{model.export.get('max_abs_diff', float('nan')):.1e}", soft_wrap=True)
     if info.threshold is not None:
+        gate = f", worst slice of a case {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
         stdout.print(f"flagging threshold (calibrated on the training data): slice {info.threshold.slice:.3f}, "
-                     f"case {info.threshold.case:.3f}", soft_wrap=True)
+                     f"case {info.threshold.case:.3f}{gate}", soft_wrap=True)
 
 @app.command()
 @handle_errors

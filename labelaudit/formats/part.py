@@ -134,7 +134,8 @@ def _read_audit(top: Fields, block: Fields, path: Path) -> Audit:
     d, r, t = top.object("dataset"), top.object("run"), top.object("threshold")
     source = t.choice("source", ThresholdSource)
     threshold = Threshold(t.float("slice", low=0.0, high=1.0), t.float("case", low=0.0, high=1.0), source,
-                          read_calibration(t) if source is ThresholdSource.RUN else None)
+                          read_calibration(t) if source is ThresholdSource.RUN else None,
+                          t.float("gate", None, low=0.0, high=1.0))
     trained = r.object("trained_on")
     run = AuditRun(r.str("path"), r.str("method"), r.str("created"), tuple(r.strings("models")),
                    trained.str("name"), trained.int("cases", minimum=0), r.str("source", ""))

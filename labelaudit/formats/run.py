@@ -198,6 +198,7 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         flagged_slices=f.int("flagged_slices", 0, minimum=0), flagged_cases=f.int("flagged_cases", 0, minimum=0),
         structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
         structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
+        gate=f.float("gate", None, low=0.0, high=1.0), gate_rule=f.str("gate_rule", None),
     )
 
 

@@ -24,7 +24,11 @@ def describe_threshold(threshold: Threshold) -> str:
         if stats.get("median") is not None:
             spread = f" = max(floor {calibration.floor:g}, median {stats['median']:.3f} + " \
                      f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['mad']:.3f})"
-        return (f"slice {slice_t:.3f}{spread}, case {case_t:.3f}; calibrated at fit time on "
+        gate = ""
+        if threshold.gate is not None and stats.get("log_median") is not None:
+            gate = f", worst slice {threshold.gate:.3f} = max(slice, exp(median {stats['log_median']:.2f} + " \
+                   f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['log_mad']:.2f}) of log scores)"
+        return (f"slice {slice_t:.3f}{spread}{gate}, case {case_t:.3f}; calibrated at fit time on "
                 f"{calibration.n_slices} {calibration.scored} training slices")
     return f"slice {slice_t:.3f}, case {case_t:.3f} ({threshold.source.value})"
 
@@ -51,6 +55,8 @@ def failure_message(case: CaseVerdict, threshold: Threshold) -> str:
     """One line: why the case is flagged, its worst slice(s) and the likely kind of error."""
     why = (f"noise score {case.noise_score:.3f} (case threshold {threshold.case:.3f}); "
            f"{case.n_flagged_slices} of {case.n_slices} slices at or above {threshold.slice:.3f}")
+    if threshold.worst_slice != threshold.slice:
+        why += f" (a case fails from one slice at {threshold.worst_slice:.3f})"
     kind = kind_label(case.error_kind)
     return f"{why}; worst: {slices_text(case)}" + (f"; likely {kind}" if kind else "")
 
@@ -98,6 +104,7 @@ def junit_xml(result: CheckResult) -> str:
                         ("trained_on", result.model.trained_on), ("provider", result.provider),
                         ("threshold.slice", f"{result.threshold.slice:.6f}"),
                         ("threshold.case", f"{result.threshold.case:.6f}"),
+                        ("threshold.worst_slice", f"{result.threshold.worst_slice:.6f}"),
                         ("threshold.source", result.threshold.source.value),
                         ("max_flagged", str(result.max_flagged))):
         ET.SubElement(props, "property", name=name, value=str(value))

@@ -1,7 +1,10 @@
 """THE flag rule, used by scoring, calibration and `check` alike (numpy only).
 
-A slice is flagged when its noise score reaches the slice threshold; a case when its score reaches the case
-threshold or any of its slices is flagged: one wrong slice is enough to send the annotation back.
+A slice is flagged when its noise score reaches the slice threshold: it is worth a look, and `fix` may mend it.
+A case is flagged when its score reaches the case threshold or its worst slice reaches the gate threshold: one
+clearly wrong slice is enough to send the annotation back. The gate sits above the slice threshold because a
+case has many slices, each a chance of a false alarm (score/calibrate.py); without one, it is the slice
+threshold.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ class Decision:
 
 def decide(case_score: float, slice_scores: Sequence[float] | np.ndarray, threshold: Threshold) -> Decision:
     """Apply `threshold` to a case's score and its slice scores (float, (S,))."""
-    slice_flags = np.asarray(slice_scores, dtype=np.float64) >= threshold.slice
-    return Decision(bool(case_score >= threshold.case or slice_flags.any()), slice_flags)
+    scores = np.asarray(slice_scores, dtype=np.float64)
+    worst = bool(scores.size and scores.max() >= threshold.worst_slice)
+    return Decision(bool(case_score >= threshold.case or worst), scores >= threshold.slice)
 
 
 def resolve_threshold(calibration: Calibration | None, override: float | None) -> Threshold:
@@ -48,17 +52,22 @@ def resolve_threshold(calibration: Calibration | None, override: float | None) -
             raise UsageError(f"--threshold {override}: expected a noise score in [0, 1]")
         return Threshold(float(override), float(override), ThresholdSource.OVERRIDE)
     if calibration is not None:
-        return Threshold(calibration.slice, calibration.case, ThresholdSource.RUN, calibration)
+        return Threshold(calibration.slice, calibration.case, ThresholdSource.RUN, calibration, calibration.gate)
     return Threshold(DEFAULT_THRESHOLD, DEFAULT_THRESHOLD, ThresholdSource.DEFAULT)
 
 
 def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | None) -> str | None:
-    """A note for an audit flagged with thresholds calibrated on an earlier slice score, else None."""
+    """A note for an audit flagged with thresholds calibrated on an earlier slice score or without a gate, else None."""
     calibration = threshold.calibration
     if threshold.source is not ThresholdSource.RUN or calibration is None or not structure_prior_mm2:
         return None
     if calibration.slice_rule == SLICE_RULE:
-        return None
+        if calibration.gate is not None:
+            return None
+        return ("this model's thresholds were calibrated before cases had a gate of their own: a case is flagged "
+                "when any slice reaches the slice threshold, which flags more clean cases than today's rule; "
+                "recalibrate it with `labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: "
+                "score the training data with --probabilities again), or pass --threshold")
     return ("this model's thresholds were calibrated on an earlier slice score (the structure fraction alone); "
             "today's adds the worst region, so it may flag more slices than calibrated: recalibrate it with "
             "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the training data "

@@ -13,7 +13,7 @@ from labelaudit.errors import ModelError
 from labelaudit.cli.render import summary_table
 from labelaudit.formats.cache import CacheEntry
 from labelaudit.gate.check import CheckedModel, CheckResult, _verdict
-from labelaudit.gate.ci import check_json, describe_threshold, github_annotations, junit_xml
+from labelaudit.gate.ci import check_json, describe_threshold, failure_message, github_annotations, junit_xml
 from labelaudit.score.decide import decide
 from labelaudit.score.routing import check_run_matches
 from labelaudit.types import AuditDataset, Calibration, Threshold, ThresholdSource
@@ -62,6 +62,18 @@ def test_decide_by_hand():
     assert flags(entry("c", [0.35, 0.35], noise_score=0.35), THRESHOLD)[0] is True
     # the threshold is inclusive: a score that reaches it is flagged
     assert flags(entry("c", [0.4], noise_score=0.0), THRESHOLD) == (True, [True])
+
+
+def test_a_gate_above_the_slice_threshold_decides_the_case_and_leaves_the_slice_flags():
+    gated = Threshold(0.4, 0.3, ThresholdSource.RUN, THRESHOLD.calibration, gate=0.6)
+    assert gated.worst_slice == 0.6 and THRESHOLD.worst_slice == 0.4  # no gate: the slice threshold
+    # a slice at 0.45 is flagged for review, but the case fails only from a slice at the gate or its score
+    assert flags(entry("c", [0.45, 0.1]), gated) == (False, [True, False])
+    assert flags(entry("c", [0.6, 0.1]), gated) == (True, [True, False])
+    assert flags(entry("c", [0.35, 0.35], noise_score=0.35), gated)[0] is True
+    assert flags(BAD, gated) == (True, [False, True, True, False])
+    assert "threshold.worst_slice" in junit_xml(result_of([BAD], threshold=gated))
+    assert "(a case fails from one slice at 0.600)" in failure_message(_verdict(BAD, gated, "l", False), gated)
 
 
 def test_verdict_names_the_worst_flagged_slices_worst_first():

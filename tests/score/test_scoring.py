@@ -21,7 +21,7 @@ from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm, LabelMap
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
-from labelaudit.score.calibrate import calibrate_run, robust_threshold, structure_prior
+from labelaudit.score.calibrate import GATE_RULE, calibrate_run, log_robust_threshold, robust_threshold, structure_prior
 from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
@@ -190,6 +190,13 @@ def test_robust_threshold_by_hand():
     assert robust_threshold(scores, k=3.0, floor=0.0) == pytest.approx(0.2 + 3 * 1.4826 * 0.1)
     assert robust_threshold(np.zeros(10), floor=0.05) == 0.05  # a perfect model: the floor
     assert robust_threshold(np.array([]), floor=0.05) == 0.05
+    # the gate: the same rule on log scores (scores under LOG_EPS count as LOG_EPS)
+    small = scores / 10  # log median log 0.02, log MAD log 1.5
+    assert log_robust_threshold(small, k=3.0, floor=0.0) == pytest.approx(0.02 * 1.5 ** (3 * 1.4826))
+    assert log_robust_threshold(np.array([0.0, 1e-4, 1e-3]), floor=0.0) == pytest.approx(1e-3)
+    assert log_robust_threshold(np.zeros(10), floor=0.05) == 0.05
+    assert log_robust_threshold(np.array([]), floor=0.05) == 0.05
+    assert log_robust_threshold(np.array([0.5, 0.9, 0.99]), floor=0.05) == 1.0  # capped
 
 
 def test_route_case():
@@ -328,6 +335,8 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.structure_prior_mm2 == pytest.approx(structure_prior(discover_dataset(data3d)))
     assert threshold.structure_prior_mm2 > 0
     assert threshold.slice_rule == SLICE_RULE  # says which slice score the thresholds were calibrated on
+    assert threshold.gate_rule == GATE_RULE and threshold.slice <= threshold.gate <= 1.0
+    assert {"log_median", "log_mad"} <= set(threshold.slice_stats)
 
 
 def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(data3d, tmp_path, make_run):
@@ -346,6 +355,18 @@ def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(d
     assert info.models and (run_dir / "fold_0" / "segmenter.onnx").is_file()  # the rest of run.json is kept
     again = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
     assert not any("calibrate RUN_DIR" in n for n in again.notes)
+    assert again.threshold.gate == info.threshold.gate is not None
+
+
+def test_a_run_calibrated_without_a_gate_flags_as_before_and_says_so(data3d, tmp_path, make_run):
+    ungated = {"slice": 0.2, "case": 0.9, "rule": "median+k*mad", "structure_prior_mm2": 40.0,
+               "slice_rule": SLICE_RULE}
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]], threshold=ungated)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert audit.threshold.gate is None and audit.threshold.worst_slice == 0.2
+    assert any("before cases had a gate" in n for n in audit.notes)
+    by_slices = {c.case_id for c in audit.cases if c.n_flagged_slices}
+    assert {c.case_id for c in audit.cases if c.flagged} >= by_slices  # any flagged slice flags its case
 
 
 def test_calibrate_finds_a_moved_dataset_with_dataset(data3d, tmp_path, make_run):

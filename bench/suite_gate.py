@@ -1,0 +1,134 @@
+"""The gate on the audit-quality suite: false alarms on clean new cases and detections of corrupted ones.
+
+For every cell of bench/suite.py, from the audits it keeps (nothing is fit or scored again): the thresholds
+are derived from the cell's out-of-fold training audit with today's calibration (labelaudit.score.calibrate,
+as `fit` and `labelaudit calibrate` derive them), and the flag rule (labelaudit.score.decide) is applied to
+the new cases' scores, clean and corrupted. Scores do not depend on thresholds, so this is what `check` with a
+recalibrated run gives; "as scored" is the `flagged` column the audits were written with (the rule of the
+day the cell ran). The rule is chosen on the development half; the held-out half is reported.
+
+    python bench/suite.py ...              # first: the audits
+    python bench/suite_gate.py             # the development half
+    python bench/suite_gate.py --half all --results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+from pathlib import Path
+from types import SimpleNamespace
+
+from pint_audit import machine, write_section
+from suite_data import DATASETS, Half
+
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.score.calibrate import thresholds_from_audit
+from labelaudit.score.decide import decide, resolve_threshold
+
+HERE = Path(__file__).resolve().parent
+TITLE = "## The gate on the audit-quality suite (`python bench/suite_gate.py`)"
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _slices(audit: Path) -> list[SimpleNamespace]:
+    return [SimpleNamespace(case_id=r["case_id"], noise_score=float(r["noise_score"]),
+                            label_pixels=int(r["label_pixels"]), pred_pixels=int(r["pred_pixels"]))
+            for r in _rows(audit / "slices.csv")]
+
+
+def _training_audit(audit: Path) -> SimpleNamespace:
+    """What thresholds_from_audit reads of an audit, from its CSVs."""
+    cases = [SimpleNamespace(case_id=r["case_id"], noise_score=float(r["noise_score"]), routing=r["routing"])
+             for r in _rows(audit / "cases.csv")]
+    return SimpleNamespace(slices=_slices(audit), cases=cases, pixel_score=None, perturbations=None)
+
+
+def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
+    """case id -> (flagged with `threshold`, flagged as scored)."""
+    per_case: dict[str, list[float]] = {}
+    for s in _slices(audit):
+        per_case.setdefault(s.case_id, []).append(s.noise_score)
+    return {r["case_id"]: (decide(float(r["noise_score"]), per_case.get(r["case_id"], []), threshold).flagged,
+                           r["flagged"].strip().lower() in ("true", "1", "yes"))
+            for r in _rows(audit / "cases.csv")}
+
+
+def measure_cell(cell: Path, method: str) -> dict | None:
+    audits = cell / "audits"
+    needed = [audits / name / "cases.csv" for name in (method, f"{method}_new_clean", f"{method}_new_noisy")]
+    if not all(p.is_file() for p in needed):
+        return None
+    threshold = resolve_threshold(thresholds_from_audit(_training_audit(audits / method)), None)
+    corrupted = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
+                 if any(t.slices.values())}
+    clean = _flagged(audits / f"{method}_new_clean", threshold)
+    noisy = {c: v for c, v in _flagged(audits / f"{method}_new_noisy", threshold).items() if c in corrupted}
+    return {"slice": threshold.slice, "case": threshold.case, "gate": threshold.worst_slice,
+            "false_alarms": [sum(v[0] for v in clean.values()), len(clean)],
+            "false_alarms_as_scored": [sum(v[1] for v in clean.values()), len(clean)],
+            "detections": [sum(v[0] for v in noisy.values()), len(noisy)],
+            "detections_as_scored": [sum(v[1] for v in noisy.values()), len(noisy)]}
+
+
+def _share(pair: list[int]) -> str:
+    return f"{pair[0]}/{pair[1]} ({pair[0] / pair[1]:.0%})" if pair[1] else "—"
+
+
+def section(rows: list[tuple[str, str, str, str, dict]], work: Path) -> str:
+    lines = [TITLE, "", f"Generated {dt.date.today().isoformat()} on {machine()}, from the audits under "
+             f"{work.relative_to(HERE)} (nothing fit or scored again). Thresholds: today's calibration of each "
+             "cell's out-of-fold training audit; a case is flagged when its score reaches `case` or its worst "
+             "slice reaches `gate` (score/decide.py). \"As scored\": the audits' own `flagged` column, with the "
+             "rule of the day the cell ran (a case flagged when any slice reaches `slice`). Target (audit-quality "
+             "issue): at most 1 in 20 clean new cases flagged, at least half of the corrupted ones.", ""]
+    for half in (Half.DEV, Half.HELD_OUT):
+        part = [r for r in rows if r[0] == half.value]
+        if not part:
+            continue
+        lines += [f"**{'Development' if half is Half.DEV else 'Held-out'} half**", "",
+                  "| dataset | regime | method | slice / case / gate threshold | clean flagged | as scored | "
+                  "corrupted flagged | as scored |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        totals = {k: [0, 0] for k in ("false_alarms", "false_alarms_as_scored", "detections", "detections_as_scored")}
+        for _, name, regime, method, m in part:
+            lines.append(f"| {name} | {regime} | {method} | {m['slice']:.3f} / {m['case']:.3f} / {m['gate']:.3f} | "
+                         f"{_share(m['false_alarms'])} | {_share(m['false_alarms_as_scored'])} | "
+                         f"{_share(m['detections'])} | {_share(m['detections_as_scored'])} |")
+            if method == "plain":
+                for key, total in totals.items():
+                    total[0] += m[key][0]
+                    total[1] += m[key][1]
+        lines += ["", f"Default (`plain`), all cells: clean flagged {_share(totals['false_alarms'])} (as scored "
+                  f"{_share(totals['false_alarms_as_scored'])}), corrupted flagged {_share(totals['detections'])} "
+                  f"(as scored {_share(totals['detections_as_scored'])}).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--half", choices=["dev", "held-out", "all"], default="dev")
+    parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
+    parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
+    args = parser.parse_args()
+    rows = []
+    for dataset in DATASETS:
+        if args.half not in ("all", dataset.half.value):
+            continue
+        for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
+            for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):
+                measured = measure_cell(cell, method)
+                if measured is not None:
+                    rows.append((dataset.half.value, dataset.name, cell.name, method, measured))
+    text = section(rows, args.work)
+    print(text)
+    if args.results:
+        write_section(HERE / "RESULTS.md", TITLE, text)
+
+
+if __name__ == "__main__":
+    main()
