@@ -65,9 +65,30 @@ def gate_line(rows: list[dict], key: str) -> str:
     found = [row["methods"][key]["detections"] for row in rows if "detections" in row["methods"].get(key, {})]
     fa, fa_n = sum(a for a, _ in alarms), sum(n for _, n in alarms)
     de, de_n = sum(a for a, _ in found), sum(n for _, n in found)
-    return (f"Gate (`{key}`, the calibrated threshold, THE flag rule of `check`): **{fa} of {fa_n} clean new cases "
+    return (f"Gate (`{key}`, as scored: the thresholds and flag rule of the day each cell ran; bench/suite_gate.py "
+            f"recomputes them with today's): **{fa} of {fa_n} clean new cases "
             f"flagged** ({fa / max(fa_n, 1):.1%}; target at most 5 %), **{de} of {de_n} corrupted new cases "
             f"flagged** ({de / max(de_n, 1):.1%}; target at least 50 %).")
+
+
+def stronger_table(rows: list[dict], key: str) -> list[str]:
+    """labelaudit's own fit against stronger out-of-fold probabilities brought to `score --probabilities`."""
+    part = [r for r in rows if "labelaudit on stronger probabilities" in r.get("baselines", {})]
+    if not part:
+        return []
+    lines = ["| dataset | regime | level | labelaudit's own fit | labelaudit on stronger probabilities | cleanlab on "
+             "stronger probabilities | Dice new cases: own fit / stronger |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in part:
+        own = row["methods"].get(key, {})
+        given = row["baselines"]["labelaudit on stronger probabilities"]
+        theirs = row["baselines"]["cleanlab softmin on stronger probabilities"]
+        for level in LEVELS:
+            if level not in given or math.isnan(given[level]["ap"]):
+                continue
+            lines.append(f"| {row['dataset']} | {row['regime']} | {level} | {_f(_ap(own.get('levels', {}), level))} | "
+                         f"{_f(_ap(given, level))} | {_f(_ap(theirs, level))} | {_f(own.get('dice_new'))} / "
+                         f"{_f(row['methods'].get('stronger', {}).get('dice_new'))} |")
+    return lines
 
 
 def variants_table(rows: list[dict]) -> list[str]:
@@ -108,6 +129,10 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         if not part:
             continue
         out += [heading, "", *audit_table(part, key), "", gate_line(part, key), "", *methods_table(part), ""]
+        if stronger_table(part, key):
+            out += ["Stronger probabilities (`stronger`: the plain U-Net 16-16-32-64-128-16 at 30 epochs, three folds, "
+                    "its out-of-fold softmax brought to `score --probabilities`) against labelaudit's own default "
+                    "fit, AP:", "", *stronger_table(part, key), ""]
         if half == "dev" and variants_table(part):
             out += ["Candidate scoring variants on the plain run's out-of-fold probabilities (AP slice · pixel · "
                     "case):", "", *variants_table(part), ""]
