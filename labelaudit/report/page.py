@@ -8,10 +8,7 @@ sets textContent only, never innerHTML with data. A Content-Security-Policy forb
 from __future__ import annotations
 
 import html
-import json
-import os
 import re
-import shlex
 from collections import defaultdict
 from datetime import datetime, timezone
 from importlib import resources
@@ -21,9 +18,11 @@ import numpy as np
 
 from .. import __version__
 from ..diagnosis import KIND_HELP, ErrorKind
+from ..types import Routing
 from .histogram import histogram_svg
 from .picture import HEAT_RGB, class_palette, contour_path, heat_rgba, thumbnail_html  # noqa: F401 - re-exported
 from .views import CaseView, ReportConfig, SliceView
+from .where import where_html
 
 
 
@@ -44,16 +43,6 @@ def _kind(value) -> ErrorKind:
 
 # ----------------------------------------------------------------------------- pieces of the page
 
-def _rel(path: str, root: str | None) -> str:
-    """`path` relative to `root` when inside it, else as given."""
-    if not path:
-        return ""
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve())) if root else path
-    except ValueError:
-        return path
-
-
 def _fmt_time(value: str) -> str:
     try:
         return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M %Z").strip()
@@ -65,28 +54,60 @@ def _badge(kind: ErrorKind) -> str:
     return f'<span class="badge k-{kind.value}" title="{_e(KIND_HELP[kind])}">{_e(kind.label)}</span>'
 
 
+def _routing(routing: str, n_models: int, given: bool) -> str:
+    """Which models scored a case (a Routing value), in words."""
+    ensemble = "the ensemble of the fold models" if n_models > 1 else "the model"
+    if given:
+        words = {Routing.OUT_OF_FOLD.value: "the probabilities of the fold that held the case out (out-of-fold)",
+                 Routing.NEW_DATA.value: "the given probabilities"}
+    else:
+        words = {Routing.OUT_OF_FOLD.value: "the fold model that held the case out of its training (out-of-fold)",
+                 Routing.IN_SAMPLE.value: f"{ensemble} (cases it was trained on: in-sample)",
+                 Routing.NEW_DATA.value: f"{ensemble} (cases not in the training set)"}
+    return words.get(routing, routing)
+
+
+def _scored_by(audit) -> str:
+    """`all 12 cases by the ensemble …`, or the count of each when the cases were scored in different ways."""
+    counts: dict[str, int] = defaultdict(int)
+    for case in audit.cases:
+        counts[case.routing] += 1
+    words = [(n, _routing(r, len(audit.run.models), bool(audit.run.source))) for r, n in sorted(counts.items())]
+    if len(words) == 1:
+        n, text = words[0]
+        return f"{'the case' if n == 1 else f'all {n} cases'} by {text}"
+    return "; ".join(f"{n} case{'s' if n != 1 else ''} by {text}" for n, text in words)
+
+
+def _threshold(threshold) -> str:
+    return (f"slice <b>{threshold.slice:.3f}</b> (flags a slice for review); case: flagged at score "
+            f"<b>{threshold.case:.3f}</b> or worst slice <b>{threshold.worst_slice:.3f}</b> "
+            f"({_e(threshold.source.value)})")
+
+
 def _facts(audit, config: ReportConfig, views: dict[str, CaseView]) -> str:
     dataset, run, threshold = audit.dataset, audit.run, audit.threshold
     models = run.models
     trained_on = run.trained_on or "?"
     if run.trained_cases:
-        trained_on += f" ({run.trained_cases} cases)"
+        trained_on += f" ({run.trained_cases} case{'s' if run.trained_cases != 1 else ''})"
     if dataset.fit_dataset:
         trained_on += " — this dataset"
-    routing = sorted({c.routing for c in audit.cases})
-    folds = (f"{len(models)} fold models" if len(models) > 1 else "1 model") + (
-        f", cases scored {', '.join(routing)}" if routing else "")
+    folds = f"{len(models)} fold models" if len(models) > 1 else "1 model"
     rows = [
         ("dataset", f"<b>{_e(dataset.name)}</b> <code>{_e(dataset.path)}</code> "
                     f"({_e(dataset.layout)} layout)"),
-        ("model", f"<b>{_e(run.method)}</b>, trained {_e(_fmt_time(run.created))} on "
-                  f"{_e(trained_on)}; {_e(folds)} <code>{_e(run.path)}</code>"),
+        ("model", f"<b>{_e(run.method)}</b>, trained {_e(_fmt_time(run.created))} on {_e(trained_on)}; "
+                  f"{_e(folds)}"),
+        ("probabilities", f"<code>{_e(run.source)}</code>") if run.source else
+        ("run folder", f"<code>{_e(run.path)}</code>"),
+        ("scored", _e(_scored_by(audit))) if audit.cases else None,
         ("scoring", f"{_e(audit.pixel_score)} pixel score, {_e(audit.perturbations)} perturbed passes, "
                     + ("" if audit.run.source else "ONNX Runtime ") + f"{_e(audit.provider)}"),
-        ("threshold", f"slice <b>{threshold.slice:.3f}</b>, case <b>{threshold.case:.3f}</b> "
-                      f"({_e(threshold.source.value)})"),
+        ("thresholds", _threshold(threshold)),
         ("audit folder", f"<code>{_e(audit.out_dir) if audit.out_dir is not None else '(not written)'}</code>"),
     ]
+    rows = [r for r in rows if r is not None]
     body = "".join(f"<tr><th scope=\"row\">{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<table>{body}</table>'  # .about table in the CSS
 
@@ -99,50 +120,6 @@ def _counts(audit) -> str:
     cells = "".join(f'<div class="count{" hot" if "flagged" in name and n else ""}"><b>{n}</b><span>{name}</span></div>'
                     for n, name in items)
     return f'<div class="counts">{cells}</div>'
-
-
-def _abs(rel: str | None, out_dir: str | None) -> str:
-    return str(Path(out_dir) / rel) if out_dir and rel else (rel or "")
-
-
-def _where(case, view: CaseView | None, audit, slice_list: list[int]) -> str:
-    """The 'Open in 3D Slicer / ITK-SNAP' block: the files, the axis and the slices to visit, two commands."""
-    dataset_root = audit.dataset.path
-    out_dir = str(audit.out_dir) if audit.out_dir is not None else None
-    files = []
-    images = list(view.images) if view else []
-    label = view.label if view else ""
-    for i, path in enumerate(images):
-        files.append((f"image{f' (channel {i})' if len(images) > 1 else ''}", _rel(path, dataset_root), path))
-    if label:
-        files.append(("label", _rel(label, dataset_root), label))
-    fixed = view.fixed_map if view else ""
-    noise_abs, pred_abs, fixed_abs = (_abs(r, out_dir) for r in (case.noise_map, case.pred_map, fixed))
-    for name, short, full in (("noise map", case.noise_map, noise_abs), ("robust prediction", case.pred_map, pred_abs),
-                              ("fixed label", fixed, fixed_abs)):
-        if short:
-            files.append((name, short, full))
-    rows = "".join(f'<dt>{_e(k)}</dt><dd><code title="{_e(full)}">{_e(short)}</code></dd>' for k, short, full in files)
-    if view is not None and view.orientation.itk_axis >= 0:
-        o = view.orientation
-        axis = (f"{o.plane} slices, voxel index {o.axis_name} (0-based, of {o.num_slices}): "
-                f"{', '.join(str(i) for i in slice_list) or '—'}")
-    else:
-        axis = f"slice index: {', '.join(str(i) for i in slice_list) or '—'}"
-    commands = ""
-    if images and label:
-        image, label, noise_abs, fixed_abs = (os.path.abspath(p) if p else "" for p in (images[0], label, noise_abs,
-                                                                                       fixed_abs))
-        overlays = " ".join(shlex.quote(p) for p in (noise_abs, fixed_abs) if p)
-        itksnap = f"itksnap -g {shlex.quote(image)} -s {shlex.quote(label)}" + (f" -o {overlays}" if overlays else "")
-        loads = [f"slicer.util.loadVolume({json.dumps(image)})", f"slicer.util.loadLabelVolume({json.dumps(label)})"]
-        loads += [f"slicer.util.loadLabelVolume({json.dumps(fixed_abs)})"] if fixed_abs else []
-        slicer = "Slicer --python-code " + shlex.quote("; ".join(loads))
-        commands = (f'<p class="cmd-label">ITK-SNAP (image, label; noise map and fixed label as overlays):</p>'
-                    f'<pre class="cmd">{_e(itksnap)}</pre><p class="cmd-label">3D Slicer (image, label and fixed '
-                    f'label):</p><pre class="cmd">{_e(slicer)}</pre>')
-    return (f'<details class="where"><summary>Open in 3D Slicer / ITK-SNAP</summary><dl>{rows}</dl>'
-            f'<p class="axis">{_e(axis)}</p>{commands}</details>')
 
 
 def _slice_range(indices: list[int], limit: int = 6) -> str:
@@ -198,18 +175,21 @@ def _fix_line(case, view: CaseView | None, names: dict[int, str], palette: dict[
 def _tile(s, view: SliceView | None, case_id: str, threshold: float, orientation_text: str,
           palette: dict[int, str], heat: bool) -> str:
     kind = _kind(getattr(s, "error_kind", "none"))
-    doubt = f"{s.doubt_fraction:.0%} in doubt" if s.label_pixels else "nothing labelled"
     flagged = " flagged" if s.flagged else ""
+    # no "share in doubt" here: it counts labelled pixels only, so a slice whose label misses a structure (the
+    # error is in unlabelled pixels) would read "0% in doubt" under a flagged score
+    state = '<span class="state">flagged</span>' if s.flagged else ""
+    empty = "" if s.label_pixels else '<span class="state">nothing labelled</span>'
     alt = f"case {case_id}, slice {s.slice_index}"
     picture = thumbnail_html(view, alt, palette, heat) if view is not None else \
         '<div class="view none">no thumbnail</div>'
     return (f'<figure class="tile{flagged}" tabindex="0" role="button" data-slice="{s.slice_index}" '
-            f'data-score="{s.noise_score:.6f}" data-kind="{kind.value}" data-doubt="{s.doubt_fraction:.6f}" '
-            f'aria-label="{_e(alt)}, noise score {s.noise_score:.3f}, {_e(kind.label)}">'
+            f'data-score="{s.noise_score:.6f}" data-kind="{kind.value}" '
+            f'aria-label="{_e(alt)}, noise score {s.noise_score:.3f}{flagged and ", flagged"}, {_e(kind.label)}">'
             f'{picture}<figcaption><span class="slice">slice {s.slice_index}</span>'
-            f'<span class="score" title="slice noise score (threshold {threshold:.3f})">{s.noise_score:.3f}</span>'
-            f'<span class="doubt" title="share of the labelled pixels on this slice whose noise score is above 0.5">'
-            f'{doubt}</span>{_badge(kind)}<span class="orient">{_e(orientation_text)}</span></figcaption></figure>')
+            f'<span class="score" title="slice noise score (a slice is flagged at {threshold:.3f})">'
+            f'{s.noise_score:.3f}</span>{state}{empty}{_badge(kind)}<span class="orient">{_e(orientation_text)}</span>'
+            f'</figcaption></figure>')
 
 
 def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, config: ReportConfig,
@@ -235,13 +215,12 @@ def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, c
         listed = ", ".join(str(i) for i in sorted(more)[:40]) + (" …" if len(more) > 40 else "")
         extra = f'<p class="more">{len(more)} more flagged slice{"s" if len(more) > 1 else ""}: {listed}</p>'
     worst = max((s.noise_score for s in slices), default=0.0)
-    doubt = max((s.doubt_fraction for s in shown), default=0.0)
     kinds = " ".join(sorted({_kind(getattr(s, "error_kind", "none")).value for s in shown} | {kind.value}))
     flag = (f'<span class="flag">flagged · {case.n_flagged_slices} of {case.n_slices} slices</span>' if case.flagged
             else f'<span class="ok">not flagged · {case.n_slices} slices</span>')
     return (f'<section class="case{" flagged" if case.flagged else ""}" tabindex="-1" data-case="{_e(case.case_id)}" '
             f'data-rank="{rank}" data-score="{case.noise_score:.6f}" data-worst="{worst:.6f}" '
-            f'data-doubt="{doubt:.6f}" data-nflagged="{case.n_flagged_slices}" data-kinds="{_e(kinds)}" '
+            f'data-nflagged="{case.n_flagged_slices}" data-kinds="{_e(kinds)}" '
             f'data-flagged="{int(case.flagged)}">'
             f'<header class="case-head"><span class="title"><span class="rank">#{rank}</span>'
             f'<h3 class="case-id">{_e(case.case_id)}</h3></span>'
@@ -250,7 +229,7 @@ def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, c
             f'<span class="dice" title="1 − Dice of the label against the robust prediction, whole case">'
             f'1 − Dice {case.disagreement:.2f}</span></header>'
             f'<div class="tiles">{tiles}</div>{_fix_line(case, view, names, palette)}{extra}'
-            f'{_where(case, view, audit, [s.slice_index for s in shown])}</section>')
+            f'{where_html(case, view, audit, [s.slice_index for s in shown])}</section>')
 
 
 def _classes(names: dict[int, str], palette: dict[int, str]) -> str:
@@ -260,15 +239,25 @@ def _classes(names: dict[int, str], palette: dict[int, str]) -> str:
     return f'<p class="classes"><span class="key-title">classes:</span> {items}</p>' if items else ""
 
 
-def _legend(config: ReportConfig, names: dict[int, str], palette: dict[int, str]) -> str:
+def _which_cases(n_cases: int, top_cases: int) -> str:
+    """`all 12 cases` while the cap on thumbnails is not reached, else `the 50 worst cases`."""
+    if n_cases > top_cases:
+        return f"the {top_cases} worst cases"
+    return "the one case" if n_cases == 1 else f"all {n_cases} cases"
+
+
+def _legend(config: ReportConfig, names: dict[int, str], palette: dict[int, str], n_cases: int) -> str:
     kinds = "".join(f"<li>{_badge(k)} {_e(KIND_HELP[k])}</li>" for k in ErrorKind if k is not ErrorKind.NONE)
-    return (f'<div class="legend">{_classes(names, palette)}<p><span class="swatch lab mono"></span>given label '
-            f'(solid) <span class="swatch pred mono"></span>robust prediction (dashed), each in its class\'s colour '
-            f'<span class="swatch heat"></span>where the model disagrees with the label (1 − its probability of the '
-            f'given class; on for each case\'s worst slices; <kbd>o</kbd>: all, none)</p>'
+    return (f'<div class="legend">{_classes(names, palette)}<p class="keys-line"><span class="key">'
+            f'<span class="swatch lab mono"></span>given label (solid)</span> <span class="key"><span class="swatch '
+            f'pred mono"></span>robust prediction (dashed)</span>, each in its class\'s colour; <span class="key">'
+            f'<span class="swatch heat"></span>noise map:</span> where the model\'s probability of the label\'s '
+            f'class is below one half, deeper where it is surer the label is wrong. It is on for the flagged slices '
+            f'of flagged cases; <span class="key">the <i>noise map</i> menu or the key <kbd>o</kbd></span> shows it '
+            f'on all slices or none.</p>'
             f'<p class="note">Every case is listed, worst first, with its {config.top_slices} worst slices; thumbnails '
-            f'for the {config.top_slices} worst slices of the {config.top_cases} worst cases, cropped around the '
-            f'structure, displayed with the patient\'s right on the left; click one to enlarge it. Noise scores are '
+            f'for the {config.top_slices} worst slices of {_which_cases(n_cases, config.top_cases)}, cropped around '
+            f'the structure, displayed with the patient\'s right on the left; click one to enlarge it. Noise scores are '
             f'in [0, 1]: the estimated share of the structure that is mislabelled, higher is worse. '
             f'"What to fix" names the likely error of the regions judged wrong (a region of a flagged slice where '
             f'label and prediction disagree, the model being sure) and the <b>fixed label</b> '
@@ -301,10 +290,10 @@ def _toolbar(kinds_present: list[ErrorKind]) -> str:
 <label class="check"><input id="f-flagged" type="checkbox"> flagged only</label>
 <label>sort <select id="sort">
 <option value="score">case score</option><option value="worst">worst slice</option>
-<option value="doubt">share in doubt</option><option value="nflagged">flagged slices</option>
+<option value="nflagged">flagged slices</option>
 <option value="case">case id</option></select></label>
 <button id="sort-dir" type="button" aria-label="reverse the order" title="reverse the order">↓</button>
-<label>noise map <select id="heat" title="o cycles through these"><option value="worst">worst slices</option>
+<label>noise map <select id="heat" title="o cycles through these"><option value="worst">flagged slices</option>
 <option value="all">all slices</option><option value="off">off</option></select></label>
 <span id="shown" aria-live="polite"></span>
 <button id="help" type="button" title="keyboard shortcuts">?</button>
@@ -361,7 +350,7 @@ def render_report(audit, config: ReportConfig = ReportConfig()) -> str:
         "counts": _counts(audit),
         "histogram": histogram_svg(structure_scores, audit.threshold.slice, config.histogram_bins),
         "histnote": _e(hist_note),
-        "legend": _legend(config, names, palette),
+        "legend": _legend(config, names, palette, len(audit.cases)),
         "toolbar": _toolbar(kinds_present),
         "cases": "".join(sections) or '<p class="empty">No case was scored.</p>',
         "skipped": _skipped(audit),

@@ -29,15 +29,18 @@ def class_palette(values) -> dict[int, str]:
     return {value: CLASS_COLOURS[i % len(CLASS_COLOURS)] for i, value in enumerate(ordered)}
 
 
-#: The overlay is clear up to HEAT_CLEAR and opaque (HEAT_ALPHA) from HEAT_FULL: the faint doubt along every
-#: boundary stays out of the way, the regions the model is sure of stand out.
-HEAT_CLEAR, HEAT_FULL, HEAT_ALPHA = 0.15, 0.6, 0.7
+#: The overlay is drawn only where the model gives the label's class less than even odds (1 - p̄_y > HEAT_LEVEL),
+#: at an opacity rising from HEAT_ALPHA[0] there to HEAT_ALPHA[1] at certainty: the region the model is sure of
+#: stands out while the image and the outlines stay readable beneath it, and boundary doubt is not drawn at all.
+HEAT_LEVEL = 0.5
+HEAT_ALPHA = (0.25, 0.5)
 
 
 def heat_rgba(noise: np.ndarray) -> np.ndarray:
-    """uint8 noise (h, w) -> RGBA (h, w, 4): reddish purple, opacity rising with the score (see HEAT_CLEAR)."""
+    """uint8 noise (h, w) -> RGBA (h, w, 4): reddish purple above HEAT_LEVEL, opacity rising with the value."""
     score = noise.astype(np.float32) / 255.0
-    alpha = HEAT_ALPHA * np.clip((score - HEAT_CLEAR) / (HEAT_FULL - HEAT_CLEAR), 0.0, 1.0)
+    ramp = np.clip((score - HEAT_LEVEL) / (1.0 - HEAT_LEVEL), 0.0, 1.0)
+    alpha = np.where(score > HEAT_LEVEL, HEAT_ALPHA[0] + (HEAT_ALPHA[1] - HEAT_ALPHA[0]) * ramp, 0.0)
     rgba = np.empty((*noise.shape, 4), dtype=np.uint8)
     rgba[..., :3] = HEAT_RGB
     rgba[..., 3] = np.round(alpha * 255).astype(np.uint8)

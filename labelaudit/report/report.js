@@ -149,7 +149,32 @@
   $("zoom-next").addEventListener("click", function () { moveTile(1); });
   zoom.addEventListener("click", function (ev) { if (ev.target === zoom) { zoom.close(); } });
   zoom.addEventListener("close", function () { if (activeTile) { activeTile.focus({ preventScroll: true }); } });
+  // copy a viewer command: the Clipboard API where the page may use it, else the selection and execCommand
+  function copyCommand(button) {
+    var pre = button.parentNode.querySelector("pre.cmd");
+    var text = pre ? pre.textContent : "";
+    function done(ok) {
+      button.textContent = ok ? "copied" : "selected: Ctrl+C";
+      button.classList.toggle("done", ok);
+      window.setTimeout(function () { button.textContent = "copy"; button.classList.remove("done"); }, 1500);
+    }
+    function fallback() {
+      var range = document.createRange();
+      range.selectNodeContents(pre);
+      var sel = window.getSelection();
+      sel.removeAllRanges(); sel.addRange(range);
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      done(ok);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); }, fallback);
+    } else { fallback(); }
+  }
+
   list.addEventListener("click", function (ev) {
+    var copy = ev.target.closest("button.copy");
+    if (copy) { copyCommand(copy); return; }
     if (ev.target.closest("details, pre, a")) { return; }
     var tile = ev.target.closest(".tile");
     if (tile) { openZoom(tile); return; }

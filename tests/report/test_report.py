@@ -57,6 +57,10 @@ def test_report_lists_cases_worst_first_with_the_planted_slice_on_top(planted):
     slices = [int(v) for v in re.findall(r'class="tile[^"]*"[^>]*data-slice="(\d+)"', first)]
     assert slices[0] == 3 and len(slices) == ReportConfig().top_slices
     assert 'data-kind="missing_structure"' in first.split('data-slice="3"')[1][:200]
+    # a flagged slice whose label misses the structure reads "flagged", not "0% in doubt"
+    planted_tile = first.split('data-slice="3"')[1]
+    planted_tile = planted_tile[:planted_tile.index("</figure>")]
+    assert '<span class="state">flagged</span>' in planted_tile and "in doubt" not in page
     # tile scores within a case descend
     scores = [float(v) for v in re.findall(r'class="tile[^"]*"[^>]*data-score="([0-9.]+)"', first)]
     assert scores == sorted(scores, reverse=True)
@@ -69,12 +73,13 @@ def test_report_header_facts_counts_and_histogram(planted):
     audit, out, page = planted
     assert "<title>labelaudit: Dataset007_Report</title>" in page
     assert "<b>pint</b>" in page and "trained" in page
-    assert f"slice <b>{audit.threshold.slice:.3f}</b>" in page
+    assert f"slice <b>{audit.threshold.slice:.3f}</b> (flags a slice for review)" in page
+    assert f"worst slice <b>{audit.threshold.worst_slice:.3f}</b>" in page
     for number, name in ((3, "cases"), (18, "slices"), (len(audit.flagged_cases), "flagged cases"),
                          (len(audit.flagged_slices), "flagged slices")):
         assert f"<b>{number}</b><span>{name}</span>" in page
     assert '<svg class="histogram"' in page and 'class="threshold"' in page
-    assert "worst slices of the 50 worst cases" in page  # N and M stated on the page
+    assert "worst slices of all 3 cases" in page  # N stated, and M not reached: every case has thumbnails
 
 
 def test_report_names_the_files_and_slices_to_open(planted):
@@ -84,8 +89,10 @@ def test_report_names_the_files_and_slices_to_open(planted):
     assert "imagesTr/case_001_0000.nii.gz" in section and "labelsTr/case_001.nii.gz" in section
     assert "maps/case_001_noise.nii.gz" in section and "maps/case_001_pred.nii.gz" in section
     assert re.search(r"axial slices, voxel index k \(0-based, of 6\): 3, ", section)
-    assert f"itksnap -g {audit.dataset.path}/imagesTr/case_001_0000.nii.gz" in section
-    assert f"-o {out.resolve()}/maps/case_001_noise.nii.gz" in section or f"-o {out}/maps/case_001_noise.nii.gz" in section
+    commands = section.replace("<wbr>", "")  # break opportunities after folder names, no text of their own
+    assert f"itksnap -g {audit.dataset.path}/imagesTr/case_001_0000.nii.gz" in commands
+    assert (f"-o {out.resolve()}/maps/case_001_noise.nii.gz" in commands
+            or f"-o {out}/maps/case_001_noise.nii.gz" in commands)
 
 
 def test_report_is_self_contained(planted):
@@ -330,17 +337,23 @@ def test_each_case_says_what_to_fix_and_how_to_open_the_fixed_label(make_audit, 
                            "(slice 1)")
     assert "fixed label: maps/c1_fixed.nii.gz" in text
     assert "<dt>fixed label</dt><dd><code" in section and "/a/maps/c1_fixed.nii.gz" in section
-    assert "-o /a/maps/c1_noise.nii.gz /a/maps/c1_fixed.nii.gz" in section  # ITK-SNAP: image, label, fix
-    assert ("Slicer --python-code &#x27;slicer.util.loadVolume(&quot;" in section
-            and "slicer.util.loadLabelVolume(&quot;/a/maps/c1_fixed.nii.gz&quot;)" in section)
+    commands = section.replace("<wbr>", "")
+    assert "-o /a/maps/c1_noise.nii.gz /a/maps/c1_fixed.nii.gz" in commands  # ITK-SNAP: image, label, fix
+    assert ("Slicer --python-code &#x27;slicer.util.loadVolume(&quot;" in commands
+            and "slicer.util.loadLabelVolume(&quot;/a/maps/c1_fixed.nii.gz&quot;)" in commands)
     # the noise overlay is on by default on a flagged case's worst slice
     assert '<div class="view heat-default"' in section
     other = page[page.index('data-case="c2"'):]  # flagged, but no region the model is sure enough of
     assert '<p class="fix none">What to fix: no region' in other[:other.index("</section>")]
 
 
-def test_the_noise_overlay_is_clear_on_faint_doubt():
+def test_the_noise_overlay_is_clear_below_even_odds_and_never_opaque():
+    # drawn only where the model's probability of the label's class is below one half (1 - p̄_y > 0.5), at
+    # 25-50 % opacity, so the image and the outlines stay visible beneath it
     from labelaudit.report.picture import heat_rgba
 
-    rgba = heat_rgba(np.array([[0, 25, 60, 255]], dtype=np.uint8))
-    assert rgba[0, 0, 3] == 0 and rgba[0, 1, 3] == 0 and 0 < rgba[0, 2, 3] < rgba[0, 3, 3] <= 255
+    rgba = heat_rgba(np.array([[0, 60, 127, 128, 200, 255]], dtype=np.uint8))
+    alpha = rgba[0, :, 3].astype(int)
+    assert list(alpha[:3]) == [0, 0, 0]
+    assert round(0.25 * 255) - 1 <= alpha[3] < alpha[4] < alpha[5] == round(0.5 * 255)
+    assert (rgba[0, :, :3] == (204, 121, 167)).all()

@@ -36,6 +36,12 @@ EXERCISE = """<script>
   check(zoom.open, "arrows step through slices in the enlarged view");
   key("Escape");
   check(!zoom.open, "Esc closes");
+  document.querySelector("section.case .tile").click();
+  check(zoom.open && zoom.querySelector(".view img.heat"), "a click enlarges the slice, noise map and all");
+  zoom.close();
+  var copy = document.querySelector("button.copy");
+  check(copy && copy.parentNode.querySelector("pre.cmd"), "each command has a copy button");
+  copy.click();  // an error in the copy path would show on the console
   key("o");
   check(document.body.classList.contains("heat-on"), "o shows the noise map");
   var f = document.getElementById("f-kind");
