@@ -81,11 +81,12 @@ def render_audit(audit: Audit, top: int = 10) -> Group:
                           "(see summary.json)"))
     parts.extend(Text(f"note: {note}") for note in audit.notes)
     table = Table(title=f"top {min(top, len(audit.slices))} slices", title_justify="left")
-    for column in ("case", "slice", "noise score", "flagged", "1 - Dice", "in doubt", "label px"):
-        table.add_column(column, justify="left" if column == "case" else "right")
+    # the likely kind, not the doubt share: that counts labelled pixels only, so a missing structure reads 0 %
+    for column in ("case", "slice", "noise score", "flagged", "1 - Dice", "likely error", "label px"):
+        table.add_column(column, justify="left" if column in ("case", "likely error") else "right")
     for s in audit.slices[:top]:
         table.add_row(escape(s.case_id), str(s.slice_index), f"{s.noise_score:.3f}", "yes" if s.flagged else "",
-                      f"{s.disagreement:.3f}", f"{s.doubt_fraction:.0%}", str(s.label_pixels))
+                      f"{s.disagreement:.3f}", escape(kind_label(s.error_kind)), str(s.label_pixels))
     parts.append(table)
     if audit.out_dir is not None:
         parts.append(Text(f"audit: {audit.out_dir}  (cases.csv, slices.csv, maps/, summary.json)"))
