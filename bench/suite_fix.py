@@ -25,7 +25,7 @@ from labelaudit.config import FixMode, FixParams
 from labelaudit.diagnosis import classify_slices
 from labelaudit.evaluate.kinds import CLEAN, EXPECTED_KIND, kind_confusion
 from labelaudit.fix.dataset import read_audit
-from labelaudit.fix.rule import apply_fix, judge_regions
+from labelaudit.fix.rule import agreement_counts, apply_fix, class_agreement, judge_regions, untrusted_classes
 from labelaudit.formats.audit import find_map
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.io.image import read_volume
@@ -41,11 +41,17 @@ def measure_cell(cell: Path, classes: int) -> dict:
     sums = {"noisy": [], "prediction": [], **{f"fixed@{r}": [] for r in REGION_SCORES}}
     masked = {r: [0, 0, 0, 0] for r in REGION_SCORES}  # wrong masked, wrong, right lost, right
     named: dict[tuple[str, int], str] = {}
+    arrays, counts = {}, {}
     for case_id in audit.cases:
-        noisy = read_volume(cell / "noisy" / "labelsTr" / f"{case_id}.nii.gz").to_slices()
-        clean = read_volume(clean_root / "labelsTr" / f"{case_id}.nii.gz").to_slices()
-        pred = read_volume(find_map(audit.path, case_id, "pred")).to_slices()
-        noise = read_volume(find_map(audit.path, case_id, "noise")).to_slices().astype(np.float32)
+        arrays[case_id] = (read_volume(cell / "noisy" / "labelsTr" / f"{case_id}.nii.gz").to_slices(),
+                           read_volume(clean_root / "labelsTr" / f"{case_id}.nii.gz").to_slices(),
+                           read_volume(find_map(audit.path, case_id, "pred")).to_slices(),
+                           read_volume(find_map(audit.path, case_id, "noise")).to_slices().astype(np.float32))
+        agreement_counts(arrays[case_id][0], arrays[case_id][2], counts)
+    # the classes the calibration of this (out-of-fold, training) audit would find the model does not segment
+    untrusted = untrusted_classes(class_agreement(counts))
+    for case_id in audit.cases:
+        noisy, clean, pred, noise = arrays[case_id]
         # the kinds the current rules name (as `score` calls them), whenever the audit was written
         for index, kind in enumerate(classify_slices(noisy, pred, noise=noise, scores=audit.scores[case_id])):
             named[(case_id, index)] = kind.value
@@ -53,14 +59,15 @@ def measure_cell(cell: Path, classes: int) -> dict:
         sums["prediction"].append(dice_per_case(pred, clean, classes))
         wrong = noisy != clean
         for r in REGION_SCORES:
-            judged = judge_regions(noisy, pred, noise, audit.flags[case_id], audit.scores[case_id], FixParams(r))
+            judged = judge_regions(noisy, pred, noise, audit.flags[case_id], audit.scores[case_id], FixParams(r),
+                                   untrusted=untrusted)
             sums[f"fixed@{r}"].append(dice_per_case(apply_fix(noisy, pred, judged), clean, classes))
             ignored = apply_fix(noisy, pred, judged, FixMode.IGNORE, ignore_value=255) == 255
             m = masked[r]
             m[0] += int((ignored & wrong).sum()); m[1] += int(wrong.sum())
             m[2] += int((ignored & ~wrong).sum()); m[3] += int((~wrong).sum())
     confusion = kind_confusion(read_manifest(cell / "noisy" / "corruption.json"), named)
-    return {"kinds": confusion.counts if confusion is not None else {},
+    return {"kinds": confusion.counts if confusion is not None else {}, "unmended": sorted(untrusted),
             "dice": {k: float(np.mean(v)) for k, v in sums.items()},
             "ignore": {str(r): {"wrong_masked": m[0] / max(m[1], 1), "right_lost": m[2] / max(m[3], 1)}
                        for r, m in masked.items()}}
@@ -104,22 +111,25 @@ def main() -> None:
             found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes)))
     lines = [TITLE, "", "Dice against the clean labels (mean over the training cases) of the noisy labels, the "
              "plain model's out-of-fold prediction and the labels fixed with `--mode replace` at each region "
-             "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost.", ""]
+             "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost. Classes whose "
+             "prediction agrees with the training labels below FixParams.min_agreement (Dice over the training "
+             "audit, as the run's calibration records it) are never mended.", ""]
     for half in ("held-out", "dev"):
         part = [(r, m) for r, m in found if r["half"] == half]
         if not part:
             continue
         lines += [f"### {'Held-out' if half == 'held-out' else 'Development'} half", "",
                   "| dataset | regime | noisy | prediction | " + " | ".join(f"replace @{r}" for r in REGION_SCORES)
-                  + " | ignore @0.3: wrong masked / right lost |",
-                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- |"]
+                  + " | ignore @0.3: wrong masked / right lost | classes not mended |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- | --- |"]
         for row, m in part:
             d, ig = m["dice"], m["ignore"]["0.3"]
             best = max(d[f"fixed@{r}"] for r in REGION_SCORES)
             lines.append(f"| {row['dataset']} | {row['regime']} | {d['noisy']:.3f} | {d['prediction']:.3f} | "
                          + " | ".join(("**%.3f**" if d[f'fixed@{r}'] == best else "%.3f") % d[f"fixed@{r}"]
                                       for r in REGION_SCORES)
-                         + f" | {ig['wrong_masked']:.1%} / {ig['right_lost']:.2%} |")
+                         + f" | {ig['wrong_masked']:.1%} / {ig['right_lost']:.2%} | "
+                         + (", ".join(str(v) for v in m["unmended"]) or "—") + " |")
         lines.append("")
         lines += kind_lines(part)
     write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")

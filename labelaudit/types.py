@@ -241,13 +241,16 @@ class Calibration:
     slice_rule: str | None = None  # the slice score the thresholds were calibrated on (formulas.SLICE_RULE)
     gate: float | None = None  # the worst-slice score that flags a case; None (earlier runs): the slice threshold
     gate_rule: str | None = None
+    # label value (as text) -> Dice of the prediction against the training labels, over the whole training audit
+    class_agreement: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__
                 if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
 
 
-OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule")
+OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule",
+                               "class_agreement")
 
 
 class ThresholdSource(str, Enum):
@@ -367,6 +370,8 @@ class Audit:
     files: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     views: dict = field(default_factory=dict)  # case id -> report.CaseView (files, thumbnails), when writing
+    # label value -> [2 |label ∩ prediction|, |label| + |prediction|] in pixels, summed over the scored cases
+    class_counts: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def flagged_cases(self) -> list[CaseScore]:

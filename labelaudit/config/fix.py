@@ -23,16 +23,22 @@ class FixParams:
     between label and prediction (diagnosis.find_regions) whose mean noise score reaches `region_score`.
 
     region_score: chosen on the corrupted demo data (see docs/decisions.md).
+    min_agreement: a class whose prediction agrees with the training labels less than this (Dice over the
+    training audit, run.json's threshold.class_agreement) is never mended: the model does not segment it, so
+    its prediction would only erase it (chosen on the suite's development half, docs/decisions.md).
     """
 
     region_score: float = 0.3
+    min_agreement: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.region_score <= 1.0 or math.isnan(self.region_score):
             raise UsageError(f"--region-score {self.region_score}: expected a noise score in [0, 1]")
+        if not 0.0 <= self.min_agreement <= 1.0 or math.isnan(self.min_agreement):
+            raise UsageError(f"--min-agreement {self.min_agreement}: expected a Dice in [0, 1]")
 
     def to_json(self) -> dict:
-        return {"region_score": self.region_score}
+        return {"region_score": self.region_score, "min_agreement": self.min_agreement}
 
 
 @dataclass(frozen=True)

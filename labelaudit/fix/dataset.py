@@ -29,7 +29,7 @@ from ..formats.fields import Fields, load_json
 from ..formats.outputs import OutputKind, StagedFolder, dataset_inputs, guard_output
 from ..types import CaseRef, Dataset, from_slices, to_slices
 from .manifest import FIX_MANIFEST_NAME, FixCaseRecord, FixManifest, FixRegionRecord, write_fix_manifest
-from .rule import JudgedRegion, apply_fix, judge_regions
+from .rule import JudgedRegion, apply_fix, judge_regions, untrusted_classes
 
 _AUDIT_HINT = "AUDIT_DIR is a folder written by `labelaudit score`"
 
@@ -44,6 +44,8 @@ class AuditInput:
     flags: dict[str, np.ndarray]  # case id -> bool (S,), in slice order
     skipped: dict[str, str]
     scores: dict[str, np.ndarray]  # case id -> float (S,) slice noise scores, in slice order
+    # label value (text) -> Dice of the run's prediction against its training labels (its calibration), if known
+    agreement: dict[str, float] | None = None
 
 
 def read_audit(audit_dir: Path) -> AuditInput:
@@ -57,7 +59,10 @@ def read_audit(audit_dir: Path) -> AuditInput:
     skipped_field = top.object("skipped", None)
     skipped = {k: "; ".join(skipped_field.strings(k)) for k in skipped_field.data} if skipped_field else {}
     flags, scores = _read_flags(audit_dir / "slices.csv", cases)
-    return AuditInput(audit_dir, dataset, cases, flags, skipped, scores)
+    threshold = top.object("threshold", None)
+    block = threshold.object("class_agreement", None) if threshold is not None else None
+    agreement = {k: block.float(k, low=0.0, high=1.0) for k in block.data} if block is not None else None
+    return AuditInput(audit_dir, dataset, cases, flags, skipped, scores, agreement)
 
 
 def _read_flags(path: Path, cases: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -163,11 +168,12 @@ def fix_dataset(config: FixConfig, track: Track = no_track) -> FixManifest:
                          hint="convert the labels to NIfTI (.nii.gz) or NRRD first")
     ignore, dataset_json = ignore_setup(dataset, config.mode)
     names = {v: k for k, v in (dataset.labels or {}).items()}
+    untrusted = untrusted_classes(audit.agreement, config.params)
     stage = StagedFolder(config.out, "--out")
     try:
         cases: dict[str, FixCaseRecord] = {}
         for case_id in track(list(audit.cases), "fixing labels"):
-            record = _fix_case(refs[case_id], audit, config, ignore, names, dataset.root, stage.path)
+            record = _fix_case(refs[case_id], audit, config, ignore, names, dataset.root, stage.path, untrusted)
             if record is not None:
                 cases[case_id] = record
         written = {dataset.root / cases[c].label_file for c in cases}
@@ -180,6 +186,7 @@ def fix_dataset(config: FixConfig, track: Track = no_track) -> FixManifest:
         skipped = {c: audit.skipped.get(c, "not scored by the audit") for c in refs if c not in audit.cases}
         manifest = FixManifest(config.mode, str(audit.path.resolve()), str(dataset.root.resolve()), config.params,
                                cases, ignore, {v: k for v, k in names.items() if v != 0}, skipped, __version__,
+                               unmended={v: audit.agreement[str(v)] for v in sorted(untrusted)},
                                path=config.out / FIX_MANIFEST_NAME)
         write_fix_manifest(manifest, stage.path / FIX_MANIFEST_NAME)
         stage.commit()
@@ -192,7 +199,7 @@ def fix_dataset(config: FixConfig, track: Track = no_track) -> FixManifest:
 
 
 def _fix_case(ref: CaseRef, audit: AuditInput, config: FixConfig, ignore: int | None, names: dict[int, str],
-              root: Path, out: Path) -> FixCaseRecord | None:
+              root: Path, out: Path, untrusted: frozenset[int] = frozenset()) -> FixCaseRecord | None:
     """Judge one case's regions; write its changed label into `out` (None when nothing is judged wrong)."""
     label = io.read_volume(ref.label_path)  # its own dtype, to write it back alike
     geometry = label.geometry
@@ -209,7 +216,7 @@ def _fix_case(ref: CaseRef, audit: AuditInput, config: FixConfig, ignore: int | 
         raise InputError(f"case {ref.case_id}: slices.csv lists {len(flags)} slices, the label has "
                          f"{stack.shape[0]}", hint="the dataset changed since it was scored: score it again")
     judged = judge_regions(stack, pred_s, noise_s.astype(np.float32, copy=False), flags, audit.scores[ref.case_id],
-                           config.params)
+                           config.params, untrusted=untrusted)
     if not judged:
         return None
     fixed = apply_fix(stack, pred_s, judged, config.mode, ignore)

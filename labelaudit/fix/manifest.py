@@ -1,6 +1,7 @@
 """fixes.json, the manifest `labelaudit fix` writes into the fixed dataset: every change, typed (stdlib only).
 
     FIXED/fixes.json   format, labelaudit_version, mode, audit, source, params, ignore_label, classes,
+                       unmended {label value: agreement} (classes the model does not segment, never changed),
                        counts {cases, regions, pixels}, skipped {case_id: why},
                        cases: {case_id: {label_file, axis, changed_pixels,
                                regions: [{slice_index, bbox, pixels, score, kind, class, class_name,
@@ -74,6 +75,7 @@ class FixManifest:
     classes: dict[int, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     version: str = ""
+    unmended: dict[int, float] = field(default_factory=dict)  # label value -> its prediction's agreement
     format: int = FIX_FORMAT
     path: Path | None = field(default=None, compare=False)
 
@@ -86,6 +88,7 @@ class FixManifest:
             "format": self.format, "labelaudit_version": self.version, "mode": self.mode.value,
             "audit": self.audit, "source": self.source, "params": self.params.to_json(),
             "ignore_label": self.ignore_label, "classes": {str(k): v for k, v in sorted(self.classes.items())},
+            "unmended": {str(k): v for k, v in sorted(self.unmended.items())},
             "counts": {"cases": len(self.cases), "regions": len(self.regions),
                        "pixels": sum(c.changed_pixels for c in self.cases.values())},
             "skipped": self.skipped,
@@ -120,6 +123,7 @@ def read_fix_manifest(path: Path | str) -> FixManifest:
     params = top.object("params")
     classes = top.object("classes", None)
     skipped = top.object("skipped", None)
+    unmended = top.object("unmended", None)
     cases = {}
     cases_field = top.object("cases")
     for cid in cases_field.data:
@@ -129,8 +133,11 @@ def read_fix_manifest(path: Path | str) -> FixManifest:
                                         tuple(_region(r) for r in f.objects("regions")))
     return FixManifest(
         mode=top.choice("mode", FixMode), audit=top.str("audit"), source=top.str("source"),
-        params=FixParams(params.float("region_score", low=0.0, high=1.0)), cases=cases,
+        params=FixParams(params.float("region_score", low=0.0, high=1.0),
+                         params.float("min_agreement", FixParams.min_agreement, low=0.0, high=1.0)), cases=cases,
         ignore_label=top.int("ignore_label", None, minimum=1),
         classes={int(k): classes.str(k) for k in classes.data if k.lstrip("-").isdigit()} if classes else {},
         skipped={str(k): skipped.str(k) for k in skipped.data} if skipped else {},
-        version=top.str("labelaudit_version", ""), path=path)
+        version=top.str("labelaudit_version", ""), path=path,
+        unmended={int(k): unmended.float(k, low=0.0, high=1.0) for k in unmended.data if k.lstrip("-").isdigit()}
+        if unmended else {})

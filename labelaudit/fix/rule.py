@@ -44,10 +44,37 @@ def slice_flags(scores: np.ndarray, n_flagged: int) -> np.ndarray:
     return scores >= cut
 
 
+def agreement_counts(label: np.ndarray, pred: np.ndarray, counts: dict[int, list[int]]) -> None:
+    """Add to `counts` (label value -> [2 |label ∩ pred|, |label| + |pred|]) one case's foreground classes.
+
+    label, pred: integer arrays of one shape, label values (0 = background, not counted)."""
+    for value in np.union1d(np.unique(label), np.unique(pred)):
+        if value == 0:
+            continue
+        given, seen = label == value, pred == value
+        entry = counts.setdefault(int(value), [0, 0])
+        entry[0] += 2 * int(np.count_nonzero(given & seen))
+        entry[1] += int(np.count_nonzero(given)) + int(np.count_nonzero(seen))
+
+
+def class_agreement(counts: dict[int, list[int]]) -> dict[str, float]:
+    """Dice of the prediction against the labels per class, from agreement_counts (keys: label values as text)."""
+    return {str(value): (both / total if total else 1.0) for value, (both, total) in sorted(counts.items())}
+
+
+def untrusted_classes(agreement: dict[str, float] | None, params: FixParams = FixParams()) -> frozenset[int]:
+    """The label values whose prediction is too far from the training labels to mend with (none when unknown)."""
+    if not agreement:
+        return frozenset()
+    return frozenset(int(v) for v, dice in agreement.items() if dice < params.min_agreement)
+
+
 def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray, scores: np.ndarray,
-                  params: FixParams = FixParams(), kinds: ErrorKindParams = ErrorKindParams()) -> list[JudgedRegion]:
+                  params: FixParams = FixParams(), kinds: ErrorKindParams = ErrorKindParams(),
+                  untrusted: frozenset[int] = frozenset()) -> list[JudgedRegion]:
     """The regions judged wrong: label, pred integer (S, H, W); noise float (S, H, W) the noise map; flags bool
-    (S,); scores float (S,) the slice noise scores."""
+    (S,); scores float (S,) the slice noise scores. A region that gives or takes a class of `untrusted`
+    (untrusted_classes) is never judged wrong."""
     if not (label.shape == pred.shape == noise.shape) or not len(flags) == len(scores) == label.shape[0]:
         raise ValueError(f"label {label.shape}, prediction {pred.shape}, noise map {noise.shape}, "
                          f"{len(flags)} slice flags and {len(scores)} slice scores do not match")
@@ -57,6 +84,8 @@ def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags:
             continue
         disagreement = map_disagreement(noise[s], float(scores[s]))
         for region in find_regions(label[s], pred[s], int(s), kinds):
+            if region.label_value in untrusted or region.pred_value in untrusted:
+                continue
             score = float(region.values(disagreement).mean())
             if score >= params.region_score:
                 judged.append(JudgedRegion(region, score))
@@ -94,11 +123,13 @@ def fixed_label(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: n
 
 
 def fix_case(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, scores: np.ndarray, n_flagged: int,
-             params: FixParams = FixParams()) -> tuple[np.ndarray, list[JudgedRegion]]:
+             params: FixParams = FixParams(), untrusted: frozenset[int] = frozenset()
+             ) -> tuple[np.ndarray, list[JudgedRegion]]:
     """What `score` writes as a case's `_fixed` map, and the regions behind it.
 
     label, pred integer (S, H, W); noise float (S, H, W); scores (S,) the slice noise scores, `n_flagged`
-    of them flagged. Returns (fixed label (S, H, W), the regions judged wrong).
+    of them flagged; untrusted: classes never mended (untrusted_classes). Returns (fixed label (S, H, W), the
+    regions judged wrong).
     """
-    judged = judge_regions(label, pred, noise, slice_flags(scores, n_flagged), scores, params)
+    judged = judge_regions(label, pred, noise, slice_flags(scores, n_flagged), scores, params, untrusted=untrusted)
     return apply_fix(label, pred, judged), judged

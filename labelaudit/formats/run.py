@@ -187,6 +187,10 @@ def read_calibration(f: Fields | None) -> Calibration | None:
             return {}
         return {k: (block.float(k, None)) for k in block.data}
 
+    def stats_in_unit(key: str) -> dict | None:
+        block = f.object(key, None)
+        return None if block is None else {k: block.float(k, low=0.0, high=1.0) for k in block.data}
+
     return Calibration(
         slice=f.float("slice", low=0.0, high=1.0), case=f.float("case", f.data.get("slice"), low=0.0, high=1.0),
         rule=f.str("rule", ""), case_rule=f.str("case_rule", ""), meaning=f.str("meaning", ""),
@@ -199,6 +203,7 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
         structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
         gate=f.float("gate", None, low=0.0, high=1.0), gate_rule=f.str("gate_rule", None),
+        class_agreement=stats_in_unit("class_agreement"),
     )
 
 

@@ -26,6 +26,7 @@ from ..formats.run import DatasetRecord, load_run
 from .decide import decide, resolve_threshold
 from ..io import read_volume
 from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
+from ..fix.rule import class_agreement
 from .formulas import SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
 
@@ -116,7 +117,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         case_stats={**spread(case_scores), **quantiles(case_scores)},
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
-        gate=gate, gate_rule=GATE_RULE,
+        gate=gate, gate_rule=GATE_RULE, class_agreement=class_agreement(audit.class_counts) or None,
     )
 
 

@@ -23,6 +23,7 @@ from ..config import ScoreConfig
 from ..data import CaseInfo, Track, check_case, discover_dataset, no_track, raise_fatal
 from ..diagnosis import ErrorKind, classify_slices, dominant_kind
 from ..errors import InputError, ModelError, UsageError
+from ..fix.rule import agreement_counts, untrusted_classes
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold, stale_calibration_note
@@ -140,7 +141,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     label_set_failures = 0
     # the writer sets each CaseScore's map paths and the folder's views: read them only once it is drained
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool,
-          CaseWriter(folder, overlap_writes) if folder is not None else nullcontext() as writer):
+          CaseWriter(folder, overlap_writes, _untrusted(threshold)) if folder is not None else nullcontext() as writer):
         wait = time.perf_counter()
         refs = [r for r in dataset.cases if config.cases is None or r.case_id in config.cases]
         for ref, case, case_info, problems in _prefetched(refs, declared, track, pool):
@@ -167,6 +168,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                 wait = time.perf_counter()
                 continue
             pred_values = label_map.decode(pred_map)
+            agreement_counts(case.label_slices(), pred_values, audit.class_counts)
             kinds = classify_slices(case.label_slices(), pred_values, noise=noise_map, scores=stats.noise_score)
             result = _case_result(ref.case_id, stats, threshold, route.name, route.routing, audit, kinds,
                                   case.geometry.slicing_axis())
@@ -203,6 +205,12 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     if folder is not None:
         folder.write_summary(audit)  # once more, with the final timings
     return audit
+
+
+def _untrusted(threshold: Threshold) -> frozenset[int]:
+    """The classes that the run's calibration found its model does not segment (none without a calibration)."""
+    calibration = threshold.calibration
+    return untrusted_classes(calibration.class_agreement if calibration is not None else None)
 
 
 def fit_dataset_path(info: RunInfo, run_dir: Path) -> Path:

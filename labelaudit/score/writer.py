@@ -24,12 +24,14 @@ from .formulas import SliceStats
 class CaseWriter:
     """Writes scored cases into `folder` one case behind the scoring (`overlap`), or at once (not overlapped).
 
+    untrusted: the classes the `_fixed` maps never mend (fix.rule.untrusted_classes of the run's calibration).
+
     seconds: "write", the time the writes took (in the writer thread); "write_wait", the time the scoring
     thread spent waiting for them.
     """
 
-    def __init__(self, folder: AuditFolder, overlap: bool = True) -> None:
-        self.folder = folder
+    def __init__(self, folder: AuditFolder, overlap: bool = True, untrusted: frozenset[int] = frozenset()) -> None:
+        self.folder, self.untrusted = folder, untrusted
         self.seconds = {"write": 0.0, "write_wait": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-write") if overlap else None
         self._pending: Future | None = None
@@ -67,6 +69,7 @@ class CaseWriter:
                result: CaseScore) -> None:
         t0 = time.perf_counter()
         # the label with its regions judged wrong replaced: the same rule as `labelaudit fix`
-        fixed, judged = fix_case(case.label_slices(), pred, noise, stats.noise_score, result.n_flagged_slices)
+        fixed, judged = fix_case(case.label_slices(), pred, noise, stats.noise_score, result.n_flagged_slices,
+                                 untrusted=self.untrusted)
         self.folder.add_case(ref, case, noise, pred, stats, result, fixed, judged)
         self.seconds["write"] += time.perf_counter() - t0

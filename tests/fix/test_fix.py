@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from labelaudit.diagnosis import ErrorKind
 from labelaudit.errors import InputError, UsageError
 from labelaudit.fix.dataset import fix_dataset
 from labelaudit.fix.manifest import FIX_MANIFEST_NAME, read_fix_manifest
-from labelaudit.fix.rule import apply_fix, fixed_label, judge_regions, slice_flags
+from labelaudit.fix.rule import (agreement_counts, apply_fix, class_agreement, fixed_label, judge_regions,
+                                 slice_flags, untrusted_classes)
 from labelaudit.formats.manifest import Corruption
 from labelaudit.noise.ops import apply_corruption
 from labelaudit.score.pipeline import score_dataset
@@ -199,3 +201,35 @@ def test_the_rule_on_arrays():
     assert ignored.dtype == np.uint16 and int((ignored == 300).sum()) == 8
     np.testing.assert_array_equal(slice_flags(np.array([0.2, 0.9, 0.5, 0.9]), 2), [False, True, False, True])
     np.testing.assert_array_equal(slice_flags(np.array([0.2, 0.5]), 0), [False, False])
+
+
+def test_a_class_the_model_does_not_segment_is_never_mended():
+    label = np.zeros((2, 20, 20), dtype=np.uint8)
+    label[:, 5:15, 5:15] = 1
+    label[:, 2:4, 2:6] = 2  # a small class the model never predicts
+    pred = np.where(label == 2, 0, label)
+    counts: dict[int, list[int]] = {}
+    agreement_counts(label, pred, counts)
+    assert counts == {1: [400, 400], 2: [0, 16]}
+    agreement = class_agreement(counts)
+    assert agreement == {"1": 1.0, "2": 0.0}
+    assert untrusted_classes(agreement) == frozenset({2}) and untrusted_classes(None) == frozenset()
+    assert untrusted_classes(agreement, FixParams(min_agreement=0.0)) == frozenset()
+    scores = np.array([0.5, 0.5])
+    noise = np.where(label != pred, 0.9, 0.0).astype(np.float32) * 0.5
+    flags = np.array([True, True])
+    assert {j.region.label_value for j in judge_regions(label, pred, noise, flags, scores)} == {2}
+    assert judge_regions(label, pred, noise, flags, scores, untrusted=frozenset({2})) == []
+
+
+def test_fix_follows_the_calibrations_class_agreement(planted, tmp_path):
+    audit = tmp_path / "audit"
+    shutil.copytree(planted["audit"], audit)
+    summary = json.loads((audit / "summary.json").read_text())
+    summary["threshold"]["class_agreement"] = {"1": 0.2, "2": 0.9}  # as a calibration would record it
+    (audit / "summary.json").write_text(json.dumps(summary))
+    manifest = fix_dataset(FixConfig(audit, tmp_path / "fixed"))
+    assert manifest.unmended == {1: 0.2}
+    assert all(r.label_value != 1 and r.pred_value != 1 for _, r in manifest.regions)
+    assert read_fix_manifest(tmp_path / "fixed" / FIX_MANIFEST_NAME).unmended == {1: 0.2}
+    assert fix_dataset(FixConfig(planted["audit"], tmp_path / "all")).unmended == {}  # none recorded: all mended

@@ -337,6 +337,8 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.slice_rule == SLICE_RULE  # says which slice score the thresholds were calibrated on
     assert threshold.gate_rule == GATE_RULE and threshold.slice <= threshold.gate <= 1.0
     assert {"log_median", "log_mad"} <= set(threshold.slice_stats)
+    # how well the model segments each class of the training labels (fix never mends one below min_agreement)
+    assert threshold.class_agreement and all(0.0 <= v <= 1.0 for v in threshold.class_agreement.values())
 
 
 def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(data3d, tmp_path, make_run):
