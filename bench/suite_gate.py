@@ -46,7 +46,7 @@ def _training_audit(audit: Path) -> SimpleNamespace:
     """What thresholds_from_audit reads of an audit, from its CSVs."""
     cases = [SimpleNamespace(case_id=r["case_id"], noise_score=float(r["noise_score"]), routing=r["routing"])
              for r in _rows(audit / "cases.csv")]
-    return SimpleNamespace(slices=_slices(audit), cases=cases, pixel_score=None, perturbations=None)
+    return SimpleNamespace(slices=_slices(audit), cases=cases, pixel_score=None, perturbations=None, class_counts={})
 
 
 def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
