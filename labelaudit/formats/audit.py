@@ -175,17 +175,24 @@ class AuditFolder:
         return self._stage.path
 
     def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore,
-                 fixed: np.ndarray, judged: list) -> None:
+                 fixed: np.ndarray, judged: list, maps: bool = True) -> None:
         """Write one case's maps; noise float32 (S, H, W), pred and fixed label values (S, H, W); stats: its
-        SliceStats; judged: the regions (fix.rule.JudgedRegion) that `fixed` replaced, for the report."""
+        SliceStats; judged: the regions (fix.rule.JudgedRegion) that `fixed` replaced, for the report.
+        Without `maps`, the noise and prediction maps are those written before: only the fixed map and the
+        case's view are written again (after the flags changed)."""
         try:
-            result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
+            if maps:
+                result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
             fixed_rel = f"maps/{ref.case_id}_fixed{map_ending(ref)}"
             io.write_like(from_slices(fixed, case.label.geometry), case.label.geometry, self._root / fixed_rel)
         except OSError as exc:
             raise cannot_write(self.path / "maps", exc) from exc
         self.views.add(ref, case, noise, pred, stats.noise_score, (stats.label_pixels + stats.pred_pixels) > 0,
                        result.noise_score, judged, fixed_rel)
+
+    def written(self, rel: str) -> Path:
+        """Where the file `rel` (e.g. a CaseScore's noise_map) written into this folder lies now."""
+        return self._root / rel
 
     def add_file(self, rel: str, source: Path) -> None:
         """Put the file `source` at `rel` in the folder (merge's maps): hard-linked where it can be, else copied."""

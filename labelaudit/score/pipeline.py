@@ -138,6 +138,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         audit.notes.append(stale)
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0}
+    kept: dict[str, tuple[CaseRef, SliceStats]] = {}  # for the fixed maps again, once `calibrate` flagged anew
     label_set_failures = 0
     # the writer sets each CaseScore's map paths and the folder's views: read them only once it is drained
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool,
@@ -174,6 +175,8 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                                   case.geometry.slicing_axis())
             if writer is not None:
                 writer.submit(ref, case, noise_map, pred_values, stats, result)
+                if calibrate is not None:
+                    kept[ref.case_id] = (ref, stats)
             del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()
         if writer is not None:
@@ -188,6 +191,8 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     if calibrate is not None:
         audit.threshold = calibrate(audit)
         decide_again(audit)
+        if folder is not None:
+            _rewrite_fixed(folder, audit, kept, declared, track)
     num_slices = sum(c.n_slices for c in audit.cases)
     # write_s: the writer thread's time (it runs alongside inference_s, so the parts may add up to more than
     # total_s) and the tables'; write_wait_s: the time the scoring thread waited for the writer
@@ -205,6 +210,19 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     if folder is not None:
         folder.write_summary(audit)  # once more, with the final timings
     return audit
+
+
+def _rewrite_fixed(folder: AuditFolder, audit: Audit, kept: dict[str, tuple[CaseRef, SliceStats]], declared,
+                   track: Track) -> None:
+    """The fixed maps and views again with the flags of the thresholds derived from this audit (the same rule
+    as `labelaudit fix` on the finished audit); each case is read once more, its maps are read back."""
+    writer = CaseWriter(folder, overlap=False, untrusted=_untrusted(audit.threshold))
+    for result in track([c for c in audit.cases if c.case_id in kept], "flagging with the derived thresholds"):
+        ref, stats = kept[result.case_id]
+        case, _, problems = check_case(ref, declared)
+        if case is None:
+            raise InputError("\n".join(str(p) for p in problems), hint="the dataset changed while it was scored")
+        writer.rewrite_fixed(ref, case, stats, result)
 
 
 def _untrusted(threshold: Threshold) -> frozenset[int]:

@@ -97,10 +97,10 @@ def test_a_failing_write_surfaces_and_leaves_the_earlier_audit(data, tmp_path, m
 def test_a_failing_last_write_surfaces_too(data, tmp_path, monkeypatch):
     real = AuditFolder.add_case
 
-    def failing(self, ref, *args):
+    def failing(self, ref, *args, **kwargs):
         if ref.case_id == CASES[-1]:
             raise RuntimeError(f"case {ref.case_id}: planted")
-        return real(self, ref, *args)
+        return real(self, ref, *args, **kwargs)
 
     monkeypatch.setattr(AuditFolder, "add_case", failing)
     with pytest.raises(RuntimeError, match="case case_003: planted"):
@@ -121,13 +121,13 @@ def test_writes_overlap_the_next_case_and_lag_one_case_at_most(data, tmp_path, m
         scoring[case.case_id].set()
         return real_score(self, case, route)
 
-    def add_case(self, ref, *args):
+    def add_case(self, ref, *args, **kwargs):
         record("write", ref.case_id)
         later = CASES.index(ref.case_id) + 1
         # the write holds on until the next case is being scored: only an overlapped writer lets that happen
         if later < len(CASES) and not scoring[CASES[later]].wait(HANG_GUARD_S):
             record("not overlapped", ref.case_id)
-        real_add(self, ref, *args)
+        real_add(self, ref, *args, **kwargs)
         record("written", ref.case_id)
 
     monkeypatch.setattr(CaseScorer, "score_case", score_case)
@@ -150,9 +150,9 @@ def test_the_serial_path_writes_on_the_scoring_thread(data, tmp_path, monkeypatc
     threads = []
     real = AuditFolder.add_case
 
-    def add_case(self, *args):
+    def add_case(self, *args, **kwargs):
         threads.append(threading.current_thread().name)
-        return real(self, *args)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AuditFolder, "add_case", add_case)
     audit = _score(data, tmp_path / "audit", overlap=False)

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labelaudit import io
+from labelaudit.fix.manifest import FIX_MANIFEST_NAME, read_fix_manifest
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Volume
 
@@ -142,6 +143,22 @@ def test_planted_error_ranks_first_from_an_nnunet_model_folder(audited, training
     assert any("normalised entropy of the given probabilities" in n for n in summary["notes"])
     assert (audited / "maps" / f"{PLANTED[0]}_noise.nii.gz").is_file()
     assert "given probabilities" in (audited / "report.html").read_text()
+
+
+def test_the_fixed_maps_follow_the_thresholds_derived_from_the_audit(training, tmp_path, monkeypatch):
+    from labelaudit.score import decide
+
+    # before the thresholds are derived nothing is flagged, so maps written then would mend nothing
+    monkeypatch.setattr(decide, "DEFAULT_THRESHOLD", 1.0)
+    root, model, _ = training
+    out, fixed = tmp_path / "audit", tmp_path / "fixed"
+    assert invoke("score", root, "--probabilities", model, "--out", out).exit_code == 0
+    assert invoke("fix", out, "--out", fixed).exit_code == 0
+    assert read_fix_manifest(fixed / FIX_MANIFEST_NAME).regions  # the planted error is mended
+    for path in sorted((root / "labelsTr").glob("*.nii.gz")):
+        case_id = path.name[:-7]
+        np.testing.assert_array_equal(io.read_volume(out / "maps" / f"{case_id}_fixed.nii.gz").array,
+                                      io.read_volume(fixed / "labelsTr" / path.name).array, err_msg=case_id)
 
 
 def test_score_saves_a_calibration_that_check_reuses(audited, incoming):
