@@ -7,7 +7,6 @@ sets textContent only, never innerHTML with data. A Content-Security-Policy forb
 
 from __future__ import annotations
 
-import html
 import re
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -21,13 +20,10 @@ from ..diagnosis import KIND_HELP, ErrorKind
 from ..types import Routing
 from .histogram import histogram_svg
 from .picture import HEAT_RGB, class_palette, contour_path, heat_rgba, thumbnail_html  # noqa: F401 - re-exported
+from .picture import escape as _e
 from .views import CaseView, ReportConfig, SliceView
 from .where import where_html
 
-
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _asset(name: str) -> str:

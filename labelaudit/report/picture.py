@@ -19,7 +19,8 @@ HEAT_RGB = (204, 121, 167)  # Okabe-Ito reddish purple: the noise map (alpha fol
 CLASS_COLOURS = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00")
 
 
-def _e(value) -> str:
+def escape(value) -> str:
+    """`value` as HTML text or attribute content (None as empty)."""
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -92,7 +93,7 @@ def thumbnail_html(view: SliceView, alt: str, palette: dict[int, str] | None = N
     h, w = view.image.shape
     ratio = w / (h * view.pixel_aspect)
     return (f'<div class="view{" heat-default" if heat else ""}" style="aspect-ratio:{ratio:.4f}">'
-            f'<img class="base" src="{png_data_uri(view.image)}" alt="{_e(alt)}">'
+            f'<img class="base" src="{png_data_uri(view.image)}" alt="{escape(alt)}">'
             f'<img class="heat" src="{png_data_uri(heat_rgba(view.noise))}" alt="">'
             f'<svg viewBox="0 0 {w} {h}" preserveAspectRatio="none" aria-hidden="true">'
             f'{_paths("lab", view.label, palette)}{_paths("pred", view.pred, palette)}</svg></div>')

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
 import shlex
 from pathlib import Path
 
+from .picture import escape as _e
 from .views import CaseView
-
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _rel(path: str, root: str | None) -> str:
