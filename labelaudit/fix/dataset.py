@@ -26,6 +26,7 @@ from ..data import Track, discover_dataset, no_track
 from ..errors import InputError, UsageError
 from ..formats.audit import find_map, unescape_cell
 from ..formats.fields import Fields, load_json
+from ..formats.run import read_calibration
 from ..formats.outputs import OutputKind, StagedFolder, dataset_inputs, guard_output
 from ..types import CaseRef, Dataset, from_slices, to_slices
 from .manifest import FIX_MANIFEST_NAME, FixCaseRecord, FixManifest, FixRegionRecord, write_fix_manifest
@@ -59,9 +60,8 @@ def read_audit(audit_dir: Path) -> AuditInput:
     skipped_field = top.object("skipped", None)
     skipped = {k: "; ".join(skipped_field.strings(k)) for k in skipped_field.data} if skipped_field else {}
     flags, scores = _read_flags(audit_dir / "slices.csv", cases)
-    threshold = top.object("threshold", None)
-    block = threshold.object("class_agreement", None) if threshold is not None else None
-    agreement = {k: block.float(k, low=0.0, high=1.0) for k in block.data} if block is not None else None
+    calibration = read_calibration(top.object("threshold", None))  # the run's, as summary.json carries it
+    agreement = calibration.class_agreement if calibration is not None else None
     return AuditInput(audit_dir, dataset, cases, flags, skipped, scores, agreement)
 
 

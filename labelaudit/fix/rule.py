@@ -14,6 +14,7 @@ as the error kinds weigh regions).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,17 +45,21 @@ def slice_flags(scores: np.ndarray, n_flagged: int) -> np.ndarray:
     return scores >= cut
 
 
-def agreement_counts(label: np.ndarray, pred: np.ndarray, counts: dict[int, list[int]]) -> None:
+def agreement_counts(label: np.ndarray, pred: np.ndarray, counts: dict[int, list[int]],
+                     values: Iterable[int] | None = None) -> None:
     """Add to `counts` (label value -> [2 |label ∩ pred|, |label| + |pred|]) one case's foreground classes.
 
-    label, pred: integer arrays of one shape, label values (0 = background, not counted)."""
-    for value in np.union1d(np.unique(label), np.unique(pred)):
+    label, pred: integer arrays of one shape, label values (0 = background, not counted); values: every value
+    they can hold (the label set), which spares sorting the volumes to find them."""
+    for value in (np.union1d(np.unique(label), np.unique(pred)) if values is None else values):
         if value == 0:
             continue
         given, seen = label == value, pred == value
-        entry = counts.setdefault(int(value), [0, 0])
-        entry[0] += 2 * int(np.count_nonzero(given & seen))
-        entry[1] += int(np.count_nonzero(given)) + int(np.count_nonzero(seen))
+        n_given, n_seen = int(np.count_nonzero(given)), int(np.count_nonzero(seen))
+        if n_given or n_seen:  # a class in neither is not counted
+            entry = counts.setdefault(int(value), [0, 0])
+            entry[0] += 2 * int(np.count_nonzero(given & seen))
+            entry[1] += n_given + n_seen
 
 
 def class_agreement(counts: dict[int, list[int]]) -> dict[str, float]:

@@ -67,12 +67,17 @@ def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = 
     return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
 
 
+def log_scores(scores: np.ndarray) -> np.ndarray:
+    """log(max(score, LOG_EPS)): the scale the gate's rule works on."""
+    return np.log(np.maximum(scores, LOG_EPS))
+
+
 def log_robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
     """`robust_threshold` on log(max(scores, LOG_EPS)), back in score units; `floor` when empty. At most 1."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.size == 0:
         return float(floor)
-    logs = np.log(np.maximum(scores, LOG_EPS))
+    logs = log_scores(scores)
     median = float(np.median(logs))
     mad = float(np.median(np.abs(logs - median)))
     return float(min(1.0, max(floor, np.exp(median + k * MAD_SCALE * mad))))
@@ -113,7 +118,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         scored="out-of-fold" if any(c.routing == Routing.OUT_OF_FOLD.value for c in audit.cases) else "in-sample",
         n_slices=int(slice_scores.size), n_cases=int(case_scores.size),
         slice_stats={**spread(slice_scores), **quantiles(slice_scores),
-                     **{f"log_{k}": v for k, v in spread(np.log(np.maximum(slice_scores, LOG_EPS))).items()}},
+                     **{f"log_{k}": v for k, v in spread(log_scores(slice_scores)).items()}},
         case_stats={**spread(case_scores), **quantiles(case_scores)},
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),

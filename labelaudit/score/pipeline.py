@@ -65,7 +65,7 @@ def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calib
     problems skip the case (recorded in the audit), or are fatal with `strict`. The audit folder replaces an
     earlier one only once complete (AuditFolder.commit); any failure drops it.
     `calibrate`: derives the thresholds from the scored audit itself; every case and slice is then flagged
-    again with them, before anything is written. `shard` (score --shard i/N): score only its share of the
+    again with them, and each case's fixed map and report view are written again with those flags. `shard` (score --shard i/N): score only its share of the
     cases, into a partial audit that `labelaudit merge` assembles (score/merge.py).
     """
     folders: list[AuditFolder] = []
@@ -169,7 +169,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
                 wait = time.perf_counter()
                 continue
             pred_values = label_map.decode(pred_map)
-            agreement_counts(case.label_slices(), pred_values, audit.class_counts)
+            agreement_counts(case.label_slices(), pred_values, audit.class_counts, label_map.values)
             kinds = classify_slices(case.label_slices(), pred_values, noise=noise_map, scores=stats.noise_score)
             result = _case_result(ref.case_id, stats, threshold, route.name, route.routing, audit, kinds,
                                   case.geometry.slicing_axis())

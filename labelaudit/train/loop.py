@@ -398,5 +398,7 @@ def train(method: TrainingMethod, sampler: SliceSampler, num_classes: int, param
 
 def _team_finite(loss: torch.Tensor, team: Team) -> bool:
     """Whether the loss is finite on every member of the team."""
+    if team.size == 1:
+        return bool(torch.isfinite(loss))
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
     return not bool(team.sum(bad) > 0)
