@@ -127,3 +127,21 @@ def test_a_graph_off_the_contract_is_a_model_error(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match="do not follow the segmenter contract"):
         Segmenter(path, DeviceChoice(CPU), in_channels=1, num_classes=2)
+
+
+def test_iobinding_gives_the_same_outputs_and_copies_the_noise_once(tmp_path, segmenter_graph):
+    # the CUDA path (IOBinding, noise bank kept on the device) run on a CPU session: same numbers as session.run
+    path = segmenter_graph(tmp_path / "segmenter.onnx", in_channels=1, num_classes=3)
+    plain = Segmenter(path, DeviceChoice(CPU), in_channels=1, num_classes=3)
+    bound = Segmenter(path, DeviceChoice(CPU), in_channels=1, num_classes=3, bound=True)
+    assert plain.binding is None and bound.binding is not None
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(4, 1, 16, 16)).astype(np.float32)
+    for _ in range(3):
+        image = rng.normal(size=(2, 1, 16, 16)).astype(np.float32)
+        for chunk in (noise, noise[:2], noise[2:]):
+            want_prob, want_unc = plain.run(image, chunk)
+            prob, unc = bound.run(image, chunk, release=True)
+            np.testing.assert_array_equal(prob, want_prob)
+            np.testing.assert_array_equal(unc, want_unc)
+    assert bound.binding.uploads == 3  # the whole bank and its two chunks, each once over three batches
