@@ -22,13 +22,14 @@ class FixParams:
     """The rule that judges a region wrong (fix/rule.py): on a flagged slice, a region of the disagreement
     between label and prediction (diagnosis.find_regions) whose mean noise score reaches `region_score`.
 
-    region_score: chosen on the corrupted demo data (see docs/decisions.md).
+    region_score: the mean disagreement (1 − p̄ of the given label) a region must reach; chosen on the
+    suite's development half (docs/decisions.md).
     min_agreement: a class whose prediction agrees with the training labels less than this (Dice over the
     training audit, run.json's threshold.class_agreement) is never mended: the model does not segment it, so
     its prediction would only erase it (chosen on the suite's development half, docs/decisions.md).
     """
 
-    region_score: float = 0.3
+    region_score: float = 0.8
     min_agreement: float = 0.5
 
     def __post_init__(self) -> None:
