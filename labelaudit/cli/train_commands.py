@@ -159,7 +159,7 @@ def fit(
     for case_id, problems in info.dataset.skipped.items():
         err.print(f"[yellow]skipped[/] case {case_id}: {'; '.join(problems)}", soft_wrap=True)
     stdout.print(f"run folder: {run_dir}", soft_wrap=True)
-    stdout.print(f"method: {info.method}" + (f" ({info.config.get('variant')})" if info.method == Method.PINT else "")
+    stdout.print(f"method: {info.method}" + (f" ({info.settings.variant})" if info.method == Method.PINT else "")
                  + f", device: {info.device or '?'}, folds: {len(info.models)}", soft_wrap=True)
     meta = info.meta_set
     if meta:

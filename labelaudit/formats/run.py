@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Perturbations, PixelScore
+from ..config import Exporter, McpmParams, NetParams, Perturbations, PixelScore, params_from_json
 from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
@@ -72,6 +72,38 @@ class DatasetRecord:
                    skipped={k: skipped.strings(k) for k in skipped.data} if skipped is not None else {})
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """The parts of run.json's `config` (FitConfig.to_json()) that export, weights and scoring read.
+
+    exporter: None for a run written before the option (those were exported with dynamo).
+    """
+
+    net: NetParams = NetParams()
+    mcpm: McpmParams = McpmParams()
+    exporter: Exporter | None = None
+    variant: str | None = None
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> RunSettings:
+        """Read `config` with validation; a field of the wrong shape is a ModelError (exit 4) naming it."""
+        parts = {}
+        for key, read in (("net", NetParams.from_json), ("mcpm", lambda d: params_from_json(McpmParams, d))):
+            value = f.object(key, None)
+            try:
+                parts[key] = read(value.data if value is not None else {})
+            except (TypeError, ValueError) as exc:
+                raise f.fail(key, f"the {key} parameters `labelaudit fit` writes ({exc})") from exc
+        exporter = f.str("exporter", None)
+        if exporter is not None and exporter not in {e.value for e in Exporter}:
+            raise f.fail("exporter", " or ".join(repr(e.value) for e in Exporter))
+        return cls(parts["net"], parts["mcpm"], Exporter(exporter) if exporter is not None else None,
+                   f.str("variant", None))
+
+
+_RUN_HINT = "re-fit the run, or restore run.json as `labelaudit fit` wrote it"
+
+
 @dataclass
 class RunInfo:
     """Everything in run.json. `config` is FitConfig.to_json(); `log` maps fold -> per-epoch rows."""
@@ -95,6 +127,11 @@ class RunInfo:
     mcpm_cost: dict | None = None  # measured cost of MCPM epochs against plain ones, per fold
     extra: dict = field(default_factory=dict)  # fields of other writers (e.g. "shipped"), kept as they are
 
+    @property
+    def settings(self) -> RunSettings:
+        """`config`, typed: the network, MCPM's parameters, the exporter and the PINT variant."""
+        return RunSettings.from_fields(Fields(self.config, "run.json", "config", hint=_RUN_HINT))
+
     def to_json(self) -> dict:
         optional = {name: getattr(self, name) for name in ("status", "folds", "device", "meta_set", "mcpm_cost")
                     if getattr(self, name) is not None}
@@ -110,7 +147,7 @@ class RunInfo:
     @classmethod
     def from_json(cls, data, where: Path) -> RunInfo:
         """Parse run.json's content; any field of the wrong shape is a ModelError (exit 4) naming it."""
-        f = Fields(data, where, hint="re-fit the run, or restore run.json as `labelaudit fit` wrote it")
+        f = Fields(data, where, hint=_RUN_HINT)
         if data.get("format") != RUN_FORMAT:
             raise ModelError(f"{where}: run.json format {data.get('format')!r}, expected {RUN_FORMAT}",
                              hint="re-export or re-fit the run with this version of labelaudit")
@@ -126,7 +163,7 @@ class RunInfo:
             preprocessing=read_preprocessing(f.object("preprocessing")),
             perturbations=read_perturbations(f.object("perturbations", None)),
             models=[FoldModel.from_fields(m) for m in f.objects("models")],
-            config=f.object("config", None).data if f.has("config") else {},
+            config=_checked_config(f),
             log=f.object("log", None).data if f.has("log") else {},
             threshold=read_calibration(f.object("threshold", None)) if f.has("threshold") else None,
             versions=f.object("versions", None).data if f.has("versions") else {},
@@ -135,6 +172,15 @@ class RunInfo:
             mcpm_cost=f.object("mcpm_cost", None).data if f.has("mcpm_cost") else None,
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+def _checked_config(f: Fields) -> dict:
+    """run.json's `config` as written (it round-trips), checked once here so that `settings` cannot fail later."""
+    config = f.object("config", None)
+    if config is None:
+        return {}
+    RunSettings.from_fields(config)
+    return config.data
 
 
 def _relative(f: Fields, key: str, default=...):

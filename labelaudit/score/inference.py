@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import NetParams, PixelScore
+from ..config import PixelScore
 from ..errors import ModelError, UsageError
 from ..formats.run import RunInfo, perturbation_noise
 from ..preprocess import (
@@ -57,10 +57,7 @@ CALL_MEMORY_BYTES = 1 << 29
 
 def pass_bytes_per_pixel(info: RunInfo) -> int:
     """Bytes of ORT working memory per pixel of one pass of the run's network (its NetParams from run.json)."""
-    features = (info.config.get("net") or {}).get("features") if isinstance(info.config, dict) else None
-    if not (isinstance(features, (list, tuple)) and len(features) >= 2
-            and all(isinstance(f, int) and f > 0 for f in features)):
-        features = NetParams().features  # a run folder without its net's shape: the default U-Net
+    features = info.settings.net.features  # a run folder without its net's shape: the default U-Net
     return BYTES_PER_PIXEL_CHANNEL * (features[0] + features[1] + features[-1])
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DEFAULT_EXPORTER, Exporter, McpmParams, params_from_json
+from ..config import DEFAULT_EXPORTER, Exporter
 from ..data import no_track
 from ..errors import ModelError
 from ..formats.run import Perturbations, RunInfo, perturbation_noise, read_run_info, save_run
@@ -208,7 +208,7 @@ def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] =
     if not info.models:
         raise ModelError(f"{run_dir / 'run.json'}: lists no models (the fit did not finish)",
                          hint="finish it with: labelaudit fit DATASET --resume")
-    exporter = _exporter(exporter or info.config.get("exporter", Exporter.DYNAMO))  # runs of before: dynamo
+    exporter = _exporter(exporter or info.settings.exporter or Exporter.DYNAMO)  # runs of before: dynamo
     for model in track(info.models, "exporting"):
         net = build_fold_net(info, run_dir / model.weights)
         model.export = export_segmenter(net, info.label_map.num_classes, len(info.channel_names),
@@ -216,7 +216,7 @@ def export_run(run_dir: Path | str, track: Callable[[Iterable, str], Iterable] =
         if model.meta_weight:
             theta = load_meta_net(run_dir / Path(model.weights).parent / "meta_weight.safetensors",
                                   len(info.channel_names), info.label_map.num_classes,
-                                  params_from_json(McpmParams, info.config.get("mcpm", {})))
+                                  info.settings.mcpm)
             model.export["meta_weight"] = export_meta_weight(theta, info.label_map.num_classes,
                                                              len(info.channel_names), run_dir / model.meta_weight,
                                                              exporter)

@@ -54,8 +54,7 @@ def load_meta_net(weights: Path, in_channels: int, num_classes: int, params: Mcp
 
 def build_fold_net(info: RunInfo, weights: Path):
     """The deployment network of one fold, rebuilt from run.json's net parameters and its weights."""
-    params = NetParams.from_json(info.config.get("net", {}))
-    return load_net(weights, len(info.channel_names), info.label_map.num_classes, params)
+    return load_net(weights, len(info.channel_names), info.label_map.num_classes, info.settings.net)
 
 
 def _with_weights(module, weights: Path, what: str):
