@@ -241,12 +241,15 @@ class Calibration:
     slice_rule: str | None = None  # the slice score the thresholds were calibrated on (formulas.SLICE_RULE)
     gate: float | None = None  # the worst-slice score that flags a case; None (earlier runs): the slice threshold
     gate_rule: str | None = None
-    # label value (as text) -> Dice of the prediction against the training labels, over the whole training audit
-    class_agreement: dict[str, float] | None = None
+    # label value -> Dice of the prediction against the training labels, over the whole training audit
+    class_agreement: dict[int, float] | None = None
 
     def to_json(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__
                 if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
+        if self.class_agreement is not None:  # JSON keys are text
+            data["class_agreement"] = {str(v): d for v, d in sorted(self.class_agreement.items())}
+        return data
 
 
 OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule",

@@ -45,8 +45,8 @@ class AuditInput:
     flags: dict[str, np.ndarray]  # case id -> bool (S,), in slice order
     skipped: dict[str, str]
     scores: dict[str, np.ndarray]  # case id -> float (S,) slice noise scores, in slice order
-    # label value (text) -> Dice of the run's prediction against its training labels (its calibration), if known
-    agreement: dict[str, float] | None = None
+    # label value -> Dice of the run's prediction against its training labels (its calibration), if known
+    agreement: dict[int, float] | None = None
 
 
 def read_audit(audit_dir: Path) -> AuditInput:
@@ -186,7 +186,7 @@ def fix_dataset(config: FixConfig, track: Track = no_track) -> FixManifest:
         skipped = {c: audit.skipped.get(c, "not scored by the audit") for c in refs if c not in audit.cases}
         manifest = FixManifest(config.mode, str(audit.path.resolve()), str(dataset.root.resolve()), config.params,
                                cases, ignore, {v: k for v, k in names.items() if v != 0}, skipped, __version__,
-                               unmended={v: audit.agreement[str(v)] for v in sorted(untrusted)},
+                               unmended={v: audit.agreement[v] for v in sorted(untrusted)},
                                path=config.out / FIX_MANIFEST_NAME)
         write_fix_manifest(manifest, stage.path / FIX_MANIFEST_NAME)
         stage.commit()

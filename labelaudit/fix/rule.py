@@ -62,16 +62,16 @@ def agreement_counts(label: np.ndarray, pred: np.ndarray, counts: dict[int, list
             entry[1] += n_given + n_seen
 
 
-def class_agreement(counts: dict[int, list[int]]) -> dict[str, float]:
-    """Dice of the prediction against the labels per class, from agreement_counts (keys: label values as text)."""
-    return {str(value): (both / total if total else 1.0) for value, (both, total) in sorted(counts.items())}
+def class_agreement(counts: dict[int, list[int]]) -> dict[int, float]:
+    """Dice of the prediction against the labels per label value, from agreement_counts."""
+    return {value: (both / total if total else 1.0) for value, (both, total) in sorted(counts.items())}
 
 
-def untrusted_classes(agreement: dict[str, float] | None, params: FixParams = FixParams()) -> frozenset[int]:
+def untrusted_classes(agreement: dict[int, float] | None, params: FixParams = FixParams()) -> frozenset[int]:
     """The label values whose prediction is too far from the training labels to mend with (none when unknown)."""
     if not agreement:
         return frozenset()
-    return frozenset(int(v) for v, dice in agreement.items() if dice < params.min_agreement)
+    return frozenset(v for v, dice in agreement.items() if dice < params.min_agreement)
 
 
 def judge_regions(label: np.ndarray, pred: np.ndarray, noise: np.ndarray, flags: np.ndarray, scores: np.ndarray,

@@ -233,10 +233,6 @@ def read_calibration(f: Fields | None) -> Calibration | None:
             return {}
         return {k: (block.float(k, None)) for k in block.data}
 
-    def stats_in_unit(key: str) -> dict | None:
-        block = f.object(key, None)
-        return None if block is None else {k: block.float(k, low=0.0, high=1.0) for k in block.data}
-
     return Calibration(
         slice=f.float("slice", low=0.0, high=1.0), case=f.float("case", f.data.get("slice"), low=0.0, high=1.0),
         rule=f.str("rule", ""), case_rule=f.str("case_rule", ""), meaning=f.str("meaning", ""),
@@ -249,8 +245,18 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
         structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
         gate=f.float("gate", None, low=0.0, high=1.0), gate_rule=f.str("gate_rule", None),
-        class_agreement=stats_in_unit("class_agreement"),
+        class_agreement=_class_agreement(f),
     )
+
+
+def _class_agreement(f: Fields) -> dict[int, float] | None:
+    """threshold.class_agreement: label value (as text) -> a Dice in [0, 1]."""
+    block = f.object("class_agreement", None)
+    if block is None:
+        return None
+    if not all(k.lstrip("-").isdigit() for k in block.data):
+        raise f.fail("class_agreement", "label values (integers) as keys")
+    return {int(k): block.float(k, low=0.0, high=1.0) for k in block.data}
 
 
 def save_run(run_dir: Path, info: RunInfo) -> Path:

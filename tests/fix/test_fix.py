@@ -212,7 +212,7 @@ def test_a_class_the_model_does_not_segment_is_never_mended():
     agreement_counts(label, pred, counts)
     assert counts == {1: [400, 400], 2: [0, 16]}
     agreement = class_agreement(counts)
-    assert agreement == {"1": 1.0, "2": 0.0}
+    assert agreement == {1: 1.0, 2: 0.0}
     assert untrusted_classes(agreement) == frozenset({2}) and untrusted_classes(None) == frozenset()
     assert untrusted_classes(agreement, FixParams(min_agreement=0.0)) == frozenset()
     scores = np.array([0.5, 0.5])

@@ -521,6 +521,8 @@ def _edit_run(run_dir: Path, how: str) -> str:
         field = "classes"
     elif how == "std":
         data["preprocessing"]["channels"][0]["std"], field = 0.0, "preprocessing.channels[0].std"
+    elif how == "agreement":
+        data["threshold"]["class_agreement"], field = {"liver": 0.5}, "threshold.class_agreement"
     elif how == "net":
         data.setdefault("config", {})["net"], field = {"features": ["wide"]}, "config.net"
     elif how == "exporter":
@@ -530,7 +532,7 @@ def _edit_run(run_dir: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["list", "divisor", "threshold", "perturbations", "dotdot", "missing", "std", "net",
-                                 "exporter"])
+                                 "exporter", "agreement"])
 def test_run_json_of_the_wrong_shape_exits_4_naming_the_field(cli, ds, run, tmp_path, how):
     field = _edit_run(run, how)
     for result in (score(cli, ds, run, "--out", tmp_path / "a"), check(cli, ds, run)):
