@@ -8,6 +8,7 @@ records with the current diagnosis code; and prints the confusion matrix per tru
     python bench/kind_sweep.py --noise none          # without the noise map (by region size)
     python bench/kind_sweep.py --set one_sided=0.7   # ErrorKindParams overrides
     python bench/kind_sweep.py --show erosion        # the misnamed slices of one row, with their masses
+    python bench/kind_sweep.py --audit stronger      # the kinds from the stronger model's audit
     python bench/kind_sweep.py --skip ct_lesion/slice --quiet   # leave a cell out; print only the total
     mkdir -p /tmp/old && git archive HEAD labelaudit/diagnosis | tar -x -C /tmp/old
     python bench/kind_sweep.py --diagnosis /tmp/old/labelaudit/diagnosis --check   # another version of the rules
@@ -88,13 +89,13 @@ class Cell:
     slices: dict[tuple[str, int], SliceData]
 
 
-def development_cells() -> list[Path]:
+def development_cells(audit: str = "plain") -> list[Path]:
     found = []
     for dataset, regimes in DEVELOPMENT.items():
         assert dataset not in HELD_OUT
         for regime in regimes:
             folder = SUITE / dataset / regime
-            if (folder / "audits" / "plain" / "summary.json").is_file():
+            if (folder / "audits" / audit / "summary.json").is_file():
                 found.append(folder)
     return found
 
@@ -104,10 +105,10 @@ def read_slice_scores(path: Path) -> dict[tuple[str, int], float]:
         return {(row["case_id"], int(row["slice_index"])): float(row["noise_score"]) for row in csv.DictReader(handle)}
 
 
-def load_cell(folder: Path) -> Cell:
+def load_cell(folder: Path, audit_name: str = "plain") -> Cell:
     """Every slice the manifest records (corrupted, or clean with structure), with label, prediction, noise."""
     manifest = read_manifest(folder / "noisy" / "corruption.json")
-    audit = folder / "audits" / "plain"
+    audit = folder / "audits" / audit_name
     scores = read_slice_scores(audit / "slices.csv")
     slices = {}
     for case_id, case in sorted(manifest.record.cases.items()):
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                     "folder labelaudit/diagnosis/ (or of the file diagnosis.py it was before; e.g. an earlier "
                     "version) instead of the installed one")
     ap.add_argument("--quiet", action="store_true", help="print only the total")
+    ap.add_argument("--audit", default="plain", help="the cells' audit to read (audits/NAME: plain, or e.g. "
+                    "stronger, the audit of suite.py --methods stronger)")
     ap.add_argument("--skip", action="append", default=[], metavar="DS/REGIME", help="leave a cell out")
     args = ap.parse_args(argv)
     import_labelaudit(args.diagnosis)
@@ -207,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"pass --noise {'map' if 'noise' in taken else 'none'}")
     total: dict = {}
     shown = {row: 0 for row in args.show}
-    for folder in development_cells():
+    for folder in development_cells(args.audit):
         if f"{folder.parent.name}/{folder.name}" in args.skip:
             continue
-        cell = load_cell(folder)
+        cell = load_cell(folder, args.audit)
         kinds = classify(cell, params, args.noise)
         confusion = kind_confusion(cell.manifest, kinds)
         if confusion is None:
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cell.name}  ({len(cell.slices)} slices, accuracy {confusion.accuracy():.1%})")
             print("\n".join(row_table(confusion.counts)))
         if args.check:
-            recorded = read_slice_kinds(folder / "audits" / "plain" / "slices.csv")
+            recorded = read_slice_kinds(folder / "audits" / args.audit / "slices.csv")
             differ = [k for k in kinds if recorded.get(k) is not None and recorded[k] != kinds[k]]
             print(f"  check: {len(differ)} of {len(kinds)} slices differ from slices.csv {differ[:5]}")
         for key, s in cell.slices.items():

@@ -36,8 +36,8 @@ DEFAULT = FixParams().region_score  # the ignore-mode column: the default rule
 TITLE = "## Corrected labels on the audit-quality suite (`python bench/suite_fix.py`)"
 
 
-def measure_cell(cell: Path, classes: int) -> dict:
-    audit = read_audit(cell / "audits" / "plain")
+def measure_cell(cell: Path, classes: int, audit_name: str = "plain") -> dict:
+    audit = read_audit(cell / "audits" / audit_name)
     clean_root = read_manifest(cell / "noisy" / "corruption.json").source
     sums = {"noisy": [], "prediction": [], **{f"fixed@{r}": [] for r in REGION_SCORES}}
     masked = {r: [0, 0, 0, 0] for r in REGION_SCORES}  # wrong masked, wrong, right lost, right
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--half", choices=("dev", "held-out"), help="measure this half only and print its table "
                         "(RESULTS.md and fix_rows.json are left as they are): choose on dev")
+    parser.add_argument("--audit", default="plain", help="the cells' audit (audits/NAME; not plain: printed, "
+                        "like --half)")
     args = parser.parse_args()
     rows = json.loads((args.work / "rows.json").read_text())
     found = []
@@ -112,8 +114,8 @@ def main() -> None:
         cell = args.work / row["dataset"] / row["regime"]
         if args.half and row["half"] != args.half:
             continue
-        if "plain" in row["methods"] and (cell / "audits" / "plain" / "summary.json").exists():
-            found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes)))
+        if args.audit in row["methods"] and (cell / "audits" / args.audit / "summary.json").exists():
+            found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes, args.audit)))
     lines = [TITLE, "", "Dice against the clean labels (mean over the training cases) of the noisy labels, the "
              "plain model's out-of-fold prediction and the labels fixed with `--mode replace` at each region "
              "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost. Classes whose "
@@ -137,7 +139,7 @@ def main() -> None:
                          + (", ".join(str(v) for v in m["unmended"]) or "—") + " |")
         lines.append("")
         lines += kind_lines(part)
-    if args.half:
+    if args.half or args.audit != "plain":
         print("\n".join(lines))
         return
     write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")
