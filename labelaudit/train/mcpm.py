@@ -350,11 +350,10 @@ class McpmMethod:
                 weight = self.theta(image.float(), classes, torch.softmax(logits.detach(), dim=1))[:, 0]
         loss, ce = training_objective(logits, classes, weight, self.params)
         foreground = classes != 0
-        if self.team.size == 1:
-            weight_fg = float(weight[foreground].mean()) if foreground.any() else float("nan")
-        else:  # over the whole team's batch: the guard then resets Theta on every member at the same step
-            sums = self.team.sum(torch.stack([weight[foreground].sum(), foreground.sum().to(weight.dtype)]))
-            weight_fg = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+        # over the whole team's batch (a solo team: this process's), so the guard resets Theta on every member
+        # at the same step
+        sums = self.team.sum(torch.stack([weight[foreground].sum(), foreground.sum().to(weight.dtype)]))
+        weight_fg = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         stats.update({
             "ce": float(ce.detach().mean()), "weight_mean": float(weight.mean()),
             "weight_low": float((weight < 0.1).float().mean()), "weight_fg": weight_fg,
