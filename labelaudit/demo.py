@@ -98,7 +98,7 @@ class DemoConfig:
     seed: int = 0
     method: Method = DEFAULT_METHOD  # fit's default, whatever it is
     folds: int = 3
-    epochs: int | None = None  # None: fit's defaults
+    epochs: int | None = None  # None: the FAST preset's (a CPU budget: the demo must run in minutes)
     iterations_per_epoch: int | None = None
     device: str = "auto"
     exporter: Exporter = DEFAULT_EXPORTER
@@ -210,15 +210,16 @@ def step_fit(config: DemoConfig, result: DemoResult, hooks: DemoHooks) -> Path:
     """Train the robust model on the noisy copy (cross-fitted folds) and export its ONNX graphs."""
     from dataclasses import replace
 
-    from .config import FitConfig, LoopParams
+    from .config import FitConfig, Preset, preset_budget
     from .train.fit import fit_dataset
 
     assert result.noisy is not None
-    loop = LoopParams()
+    loop, net = preset_budget(Preset.FAST)
     loop = replace(loop, epochs=config.epochs or loop.epochs,
                    iterations_per_epoch=config.iterations_per_epoch or loop.iterations_per_epoch)
     fit_config = FitConfig(dataset=result.noisy, out=config.run_dir, method=config.method, folds=config.folds,
-                           seed=config.seed, device=config.device, force=True, exporter=config.exporter, loop=loop)
+                           seed=config.seed, device=config.device, force=True, exporter=config.exporter, loop=loop,
+                           net=net)
     kwargs = {"progress": hooks.progress} if hooks.progress is not None else {}
     result.run_dir = fit_dataset(fit_config, track=hooks.track, **kwargs)
     return result.run_dir

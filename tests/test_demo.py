@@ -120,6 +120,11 @@ def test_run_demo_steps_and_result(tmp_path):
         info.num_slices for info in result.summary.cases)
     assert result.manifest.rate == 0.2
     assert sum(row["slices"] for row in result.corrupted_by_kind.values()) == result.manifest.corrupted_count > 0
+    from labelaudit.config import PRESET_BUDGETS, Preset
+    from labelaudit.formats.run import load_run
+
+    # the demo trains the fast preset's network on a CPU budget, whatever fit's default is
+    assert load_run(result.run_dir).settings.net.features == PRESET_BUDGETS[Preset.FAST][1]
 
 
 def test_cli_demo_writes_clean_and_noisy_copies(tmp_path, cli):

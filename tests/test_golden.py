@@ -44,15 +44,16 @@ def differences(new: Path, golden: Path = GOLDEN, limit: int = 20) -> list[str]:
 
 def fit_and_score_demo(work: Path) -> Path:
     """Materialize the demo into `work`, fit 2 folds x 2 epochs x 4 iterations on the CPU, score; slices.csv."""
-    from labelaudit.config import FitConfig, LoopParams, Method, PintParams, ScoreConfig, Variant
+    from labelaudit.config import FitConfig, LoopParams, Method, PintParams, Preset, ScoreConfig, Variant, preset_budget
     from labelaudit.demo import materialize_demo
     from labelaudit.score.pipeline import score_dataset
     from labelaudit.train.fit import fit_dataset
 
     data = materialize_demo(work / "demo")
-    # the method the golden file was made with, whatever the default is now
+    # the method and network the golden file was made with, whatever the defaults are now
     run = fit_dataset(FitConfig(dataset=data, out=work / "run", method=Method.PINT, folds=2, seed=0, device="cpu",
                                 loop=LoopParams(epochs=2, iterations_per_epoch=4, batch_size=4),
+                                net=preset_budget(Preset.FAST)[1],
                                 pint=PintParams(variant=Variant.INT)))
     score_dataset(ScoreConfig(run_dir=run, out_dir=work / "audit", device="cpu"))
     return work / "audit" / "slices.csv"

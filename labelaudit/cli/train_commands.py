@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 # stdlib-only dataclasses and enums: the documented defaults, shown by --help
-from ..config import Exporter, FitConfig, LoopParams, McpmParams, Method, NetParams, PintParams, Variant
+from ..config import (DEFAULT_PRESET, PRESET_BUDGETS, Exporter, FitConfig, LoopParams, McpmParams, Method, NetParams,
+                      PintParams, Preset, Variant, preset_budget)
 from ..config.train import ImageDtype
 from .app import DatasetArg, app, handle_errors
 
@@ -16,6 +17,11 @@ from .app import DatasetArg, app, handle_errors
 _FIT, _LOOP, _PINT, _MCPM = FitConfig(dataset=Path()), LoopParams(), PintParams(), McpmParams()
 
 _NET = NetParams()
+
+
+def _budget(preset: Preset) -> str:
+    epochs, features = PRESET_BUDGETS[preset]
+    return f"{epochs} epochs, U-Net {','.join(str(f) for f in features)}"
 
 def _training_progress():
     """Rich progress bars for training, one per fold, fed by fit's progress callback.
@@ -61,7 +67,12 @@ def fit(
     folds: Annotated[int, typer.Option("--folds", min=1, help="Train one model per fold of cases, each scoring "
                                                               "the cases it did not see; 1: one model on all.")
                      ] = _FIT.folds,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train.")] = _LOOP.epochs,
+    preset: Annotated[Preset, typer.Option("--preset", help="Training budget: standard (real data; "
+                                           f"{_budget(Preset.STANDARD)}; best on a GPU) or fast (the demo's CPU "
+                                           f"budget: {_budget(Preset.FAST)}); --epochs and --features override "
+                                           "it.")] = DEFAULT_PRESET,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train (default: the "
+                                                  "preset's).", show_default=False)] = None,
     iterations: Annotated[int, typer.Option("--iterations-per-epoch", min=1, help="Training steps per epoch.")
                           ] = _LOOP.iterations_per_epoch,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per training step.")
@@ -112,8 +123,7 @@ def fit(
         show_default=False)] = None,
     features: Annotated[Optional[str], typer.Option(
         "--features", help="U-Net channels of its 5 encoder levels and last decoder level, e.g. "
-                           "16,32,64,128,256,16 (a GPU; see the README); default: "
-                           + ",".join(str(f) for f in _NET.features) + " (a CPU).", show_default=False)] = None,
+                           "32,32,64,128,256,32 (see the README); default: the preset's.", show_default=False)] = None,
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Folder of preprocessed cases, reused across fits of the same data (default: "
                                ".preprocessed/ beside the run folder; delete it to free the space).",
@@ -133,13 +143,14 @@ def fit(
 
     from ..formats.outputs import OutputKind, dataset_inputs, guard_output
     guard_output(out, "--out", OutputKind.RUN, [*dataset_inputs("DATASET", dataset), ("--meta-set", meta_set)])
+    loop, net = preset_budget(preset, _LOOP, _NET)
     config = FitConfig(
         dataset=dataset, out=out, method=method, folds=folds, seed=seed, device=device,
         resume=resume, force=force, strict=strict, target_spacing=target_spacing, meta_set=meta_set,
         exporter=exporter, preprocessed=preprocessed, image_dtype=image_dtype,
-        loop=replace(_LOOP, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
+        loop=replace(loop, epochs=epochs or loop.epochs, iterations_per_epoch=iterations, batch_size=batch_size,
                      learning_rate=learning_rate, patch_size=patch_size),
-        net=replace(_NET, features=NetParams.parse_features(features)) if features else _NET,
+        net=replace(net, features=NetParams.parse_features(features)) if features else net,
         pint=replace(_PINT, variant=variant, teacher_passes=teacher_passes, ema_decay=ema_decay,
                      warmup_fraction=warmup, pseudo_weight=pseudo_weight, image_quantile=image_quantile,
                      memory_batches=memory_batches),
@@ -161,6 +172,9 @@ def fit(
     stdout.print(f"run folder: {run_dir}", soft_wrap=True)
     stdout.print(f"method: {info.method}" + (f" ({info.settings.variant})" if info.method == Method.PINT else "")
                  + f", device: {info.device or '?'}, folds: {len(info.models)}", soft_wrap=True)
+    stdout.print(f"budget: {config.loop.epochs} epochs, U-Net {','.join(str(f) for f in config.net.features)}"
+                 + (f" (the {preset.value} preset)" if (config.loop.epochs, config.net.features)
+                    == PRESET_BUDGETS[preset] else f" (the {preset.value} preset, changed)"), soft_wrap=True)
     meta = info.meta_set
     if meta:
         stdout.print(f"meta set: {len(meta['cases'])} verified case(s) from {meta['path']}, left out of training",
@@ -207,8 +221,8 @@ def demo(
     method: Annotated[Method, typer.Option("--method", help="The training method, as fit's --method (mcpm needs a "
                                                          "meta set, which the demo does not make).")] = _FIT.method,
     folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 3,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per fold (default: fit's).",
-                                                  show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per fold (default: the fast "
+                                                  "preset's).", show_default=False)] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations-per-epoch", min=1, show_default=False,
                                                       help="Training steps per epoch (default: fit's).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",

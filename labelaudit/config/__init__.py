@@ -11,6 +11,7 @@ from .choices import parse_choice
 from .train import (
     DEFAULT_EXPORTER, DEFAULT_METHOD, DEFAULT_VARIANT, Exporter, FitConfig, LoopParams, McpmParams, MetaNormalise,
     Method, NetParams, Perturbations, PintParams, Variant, WeightRule, params_from_json, params_to_json,
+    DEFAULT_PRESET, PRESET_BUDGETS, Preset, preset_budget,
 )
 from .score import CheckConfig, PixelScore, ScoreConfig
 from .noise import DEFAULT_KINDS, CorruptConfig, EvaluateConfig, Level, NoiseKind, NoiseParams, parse_kinds
@@ -19,7 +20,7 @@ from .fix import FixConfig, FixMode, FixParams
 __all__ = [
     "parse_choice", "Method", "Variant", "Exporter", "DEFAULT_METHOD", "DEFAULT_VARIANT", "DEFAULT_EXPORTER",
     "params_to_json", "NetParams", "LoopParams", "PintParams", "McpmParams", "MetaNormalise", "WeightRule",
-    "params_from_json",
+    "params_from_json", "Preset", "DEFAULT_PRESET", "PRESET_BUDGETS", "preset_budget",
     "Perturbations", "FitConfig", "PixelScore", "ScoreConfig", "CheckConfig", "NoiseKind", "DEFAULT_KINDS",
     "Level", "NoiseParams", "CorruptConfig", "parse_kinds", "EvaluateConfig", "FixMode", "FixParams", "FixConfig",
 ]

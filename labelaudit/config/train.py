@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 
@@ -69,18 +69,37 @@ def _plain(value):
         return value.value
     return list(value) if isinstance(value, tuple) else value
 
+class Preset(str, Enum):
+    """The training budget `fit` starts from; --epochs and --features override its parts.
+
+    STANDARD, the default, is for real data (a GPU makes it quick; on 2 CPU cores a fit takes about three times
+    FAST's time); FAST is the CPU budget of the demo, the tests and a first look (docs/decisions.md).
+    """
+
+    STANDARD = "standard"
+    FAST = "fast"
+
+
+#: (epochs, U-Net features) of each preset; LoopParams' and NetParams' defaults are STANDARD's.
+PRESET_BUDGETS = {
+    Preset.STANDARD: (30, (16, 16, 32, 64, 128, 16)),
+    Preset.FAST: (10, (8, 16, 32, 64, 128, 8)),
+}
+DEFAULT_PRESET = Preset.STANDARD
+
+
 @dataclass(frozen=True)
 class NetParams:
     """The U-Net's shape (MONAI BasicUNet, 2D).
 
     features: channels of the 5 encoder levels and of the last decoder level (BasicUNet's convention);
-    the default is small enough for CPU training (see docs/decisions.md), use wider features on a GPU.
+    the default is the STANDARD preset's (Preset); FAST's is half as wide at full resolution.
     groups: GroupNorm groups; must divide every feature count. GroupNorm has no running statistics,
     so the EMA teacher needs no buffer averaging and training and inference behave alike; unlike
     InstanceNorm it also works on the 1x1 bottleneck of a 16x16 input.
     """
 
-    features: tuple[int, ...] = (8, 16, 32, 64, 128, 8)
+    features: tuple[int, ...] = PRESET_BUDGETS[DEFAULT_PRESET][1]
     groups: int = 4
     dropout: float = 0.0
 
@@ -115,7 +134,7 @@ class NetParams:
 
 @dataclass(frozen=True)
 class LoopParams:
-    """The shared training loop (train/loop.py); the defaults fit the demo on a CPU, raise `epochs` for real data.
+    """The shared training loop (train/loop.py); `epochs` defaults to the STANDARD preset's (Preset).
 
     Optimiser: AdamW, which converges within a CPU budget (see docs/decisions.md), with nnU-Net's poly decay
     lr*(1-t/T)^0.9.
@@ -124,7 +143,7 @@ class LoopParams:
     intensity scale/shift on every sample.
     """
 
-    epochs: int = 10
+    epochs: int = PRESET_BUDGETS[DEFAULT_PRESET][0]
     iterations_per_epoch: int = 25
     batch_size: int = 8
     patch_size: int | None = None  # side of a training patch; None: the largest slice, capped at 256 (see docs/decisions.md)
@@ -142,6 +161,13 @@ class LoopParams:
     @property
     def total_iterations(self) -> int:
         return self.epochs * self.iterations_per_epoch
+
+
+def preset_budget(preset: Preset, loop: LoopParams | None = None, net: NetParams | None = None
+                  ) -> tuple[LoopParams, NetParams]:
+    """`loop` and `net` (default: the defaults) with `preset`'s epochs and features."""
+    epochs, features = PRESET_BUDGETS[Preset(preset)]
+    return (replace(loop or LoopParams(), epochs=epochs), replace(net or NetParams(), features=features))
 
 @dataclass(frozen=True)
 class PintParams:

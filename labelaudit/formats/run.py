@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Exporter, McpmParams, NetParams, Perturbations, PixelScore, params_from_json
+from ..config import (PRESET_BUDGETS, Exporter, McpmParams, NetParams, Perturbations, PixelScore, Preset,
+                      params_from_json)
 from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
@@ -77,9 +78,10 @@ class RunSettings:
     """The parts of run.json's `config` (FitConfig.to_json()) that export, weights and scoring read.
 
     exporter: None for a run written before the option (those were exported with dynamo).
+    net: a run written before run.json recorded its network has the one U-Net of that time, FAST's.
     """
 
-    net: NetParams = NetParams()
+    net: NetParams = NetParams(features=PRESET_BUDGETS[Preset.FAST][1])
     mcpm: McpmParams = McpmParams()
     exporter: Exporter | None = None
     variant: str | None = None
@@ -87,9 +89,11 @@ class RunSettings:
     @classmethod
     def from_fields(cls, f: Fields) -> RunSettings:
         """Read `config` with validation; a field of the wrong shape is a ModelError (exit 4) naming it."""
-        parts = {}
+        parts = {"net": cls.net}
         for key, read in (("net", NetParams.from_json), ("mcpm", lambda d: params_from_json(McpmParams, d))):
             value = f.object(key, None)
+            if value is None and key == "net":
+                continue
             try:
                 parts[key] = read(value.data if value is not None else {})
             except (TypeError, ValueError) as exc:

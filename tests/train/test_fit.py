@@ -423,3 +423,25 @@ def test_a_team_members_rows_are_those_of_the_whole_batch():
     assert Layout(4, 3).idle == [3] and Layout(8, 3).idle == [6, 7] and Layout(6, 3).idle == []
     with pytest.raises(UsageError, match="--batch-size 3: a fold trained by 2 processes together needs a multiple"):
         Team(1, 2).check_batch(3)
+
+
+def test_presets_set_the_budget_and_options_override_them(dataset, tmp_path, cli):
+    from labelaudit.config import PRESET_BUDGETS, Preset, preset_budget
+
+    common = ("--method", "plain", "--folds", "1", "--iterations-per-epoch", "1", "--batch-size", "2",
+              "--device", "cpu", "--preprocessed", tmp_path / "pre")
+    fast = cli("fit", dataset, *common, "--preset", "fast", "--out", tmp_path / "fast")
+    assert fast.exit_code == 0, fast.stderr
+    config = json.loads((tmp_path / "fast" / "run.json").read_text())["config"]
+    epochs, features = PRESET_BUDGETS[Preset.FAST]
+    assert config["loop"]["epochs"] == epochs == 10 and tuple(config["net"]["features"]) == features
+    assert "budget: 10 epochs, U-Net 8,16,32,64,128,8 (the fast preset)" in fast.stdout
+    # the default is the standard preset; --epochs changes only the epochs
+    mixed = cli("fit", dataset, *common, "--epochs", "2", "--out", tmp_path / "standard")
+    assert mixed.exit_code == 0, mixed.stderr
+    config = json.loads((tmp_path / "standard" / "run.json").read_text())["config"]
+    assert config["loop"]["epochs"] == 2
+    assert tuple(config["net"]["features"]) == PRESET_BUDGETS[Preset.STANDARD][1] == (16, 16, 32, 64, 128, 16)
+    assert "(the standard preset, changed)" in mixed.stdout
+    loop, net = preset_budget(Preset.FAST)
+    assert (loop.epochs, net.features) == PRESET_BUDGETS[Preset.FAST]
