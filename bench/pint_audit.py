@@ -99,7 +99,7 @@ def main() -> None:
             audit = work / "audits" / f"{method}-k{folds}"
             fit_args = ["fit", str(data), "--method", "plain" if method == "plain-clean" else method,
                         "--folds", str(folds), "--out", str(run_dir),
-                        "--seed", str(args.seed), "--device", args.device, "--force"]
+                        "--seed", str(args.seed), "--device", args.device, "--force", "--preset", "fast"]
             if method == "mcpm":
                 fit_args += ["--meta-set", str(meta_dir)]
             if epochs:

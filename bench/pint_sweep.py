@@ -69,7 +69,7 @@ def main() -> None:
         run_dir = args.work / name.replace(" ", "_")
         start = time.perf_counter()
         fit = [*cli, "fit", str(noisy), "--folds", "1", "--out", str(run_dir), "--device", args.device,
-               "--exporter", "torchscript", "--force", *extra]
+               "--exporter", "torchscript", "--force", "--preset", "fast", *extra]
         if args.epochs:
             fit += ["--epochs", str(args.epochs)]
         done = subprocess.run(fit, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
