@@ -180,7 +180,7 @@ def run_cell(dataset: SuiteDataset, regime_name: str, methods: list[str], option
                  "levels": levels_json(audit_signal(method, audit, order), truth),
                  "dice_new": new_case_dice(audit_new, clean_new, dataset.classes),
                  "false_alarms": flagged_share(audit_new)}
-        if method == "plain" or options.quick:
+        if method in ("plain", "stronger") or options.quick:
             audit_noisy_new, _ = score(noisy_new, run_dir, cell / "audits" / f"{method}_new_noisy", log)
             entry["detections"] = flagged_share(audit_noisy_new, new_truth_cases)
         row["methods"][method] = entry

@@ -7,7 +7,7 @@ import socket
 from xml.etree import ElementTree as ET
 
 from ..diagnosis import ErrorKind
-from ..score.calibrate import MAD_SCALE, THRESHOLD_RULE
+from ..score.calibrate import GATE_K, GATE_RULE, MAD_SCALE, THRESHOLD_RULE
 from ..types import Threshold, ThresholdSource
 from .check import CaseVerdict, CheckResult
 
@@ -25,9 +25,10 @@ def describe_threshold(threshold: Threshold) -> str:
             spread = f" = max(floor {calibration.floor:g}, median {stats['median']:.3f} + " \
                      f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['mad']:.3f})"
         gate = ""
-        if threshold.gate is not None and stats.get("log_median") is not None:
-            gate = f", worst slice {threshold.gate:.3f} = max(slice, exp(median {stats['log_median']:.2f} + " \
-                   f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['log_mad']:.2f}) of log scores)"
+        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and stats.get("median") is not None:
+            gate = f", worst slice {threshold.gate:.3f} = max(slice, median + {GATE_K:g}·{MAD_SCALE:g}·MAD)"
+        elif threshold.gate is not None:
+            gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"
         return (f"slice {slice_t:.3f}{spread}{gate}, case {case_t:.3f}; calibrated at fit time on "
                 f"{calibration.n_slices} {calibration.scored} training slices")
     return f"slice {slice_t:.3f}, case {case_t:.3f} ({threshold.source.value})"

@@ -6,9 +6,10 @@ not move the estimate of the clean bulk much; K = 3 robust standard deviations f
 clean bulk; the floor keeps a near-perfect model (MAD ≈ 0) from flagging every slice with a few uncertain
 boundary pixels.
 
-The gate (the worst-slice score that flags a whole case) is the same rule on the logarithm of the scores: a
-clean slice's score is skewed to the right (a few uncertain pixels more or less), nearly log-normal, so in
-raw units k MADs cut into the clean tail, and a case of 15 slices has 15 chances to cross it.
+The gate (the worst-slice score that flags a whole case) is the same rule with GATE_K MADs: a clean slice's
+score is skewed to the right (a few uncertain pixels more or less), so K MADs cut into the clean tail, and a
+case of 15 slices has 15 chances to cross it. (The rule on log scores, used before, broke with strong models:
+clean slices scoring near 0 widened the log MAD until the gate reached 1; docs/decisions.md.)
 """
 
 from __future__ import annotations
@@ -36,17 +37,16 @@ THRESHOLD_RULE = "median+k*mad"
 THRESHOLD_K = 3.0
 MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
 THRESHOLD_FLOOR = 0.05
-#: The gate's rule: max(THRESHOLD_FLOOR, exp(median + THRESHOLD_K · MAD_SCALE · MAD of log(max(score, LOG_EPS)))).
-GATE_RULE = "exp(median+k*mad of log score)"
-#: Scores below this count as this in the logarithm (an all but perfect slice), so log 0 never occurs.
-LOG_EPS = 1e-3
+#: The gate's rule: max(slice threshold, median + GATE_K · MAD_SCALE · MAD) of the same scores.
+GATE_K = 8.0
+GATE_RULE = f"median+{GATE_K:g}*mad"
 #: Stored with the thresholds in run.json, so that a committed model says what its threshold means.
 THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = max(floor, median + k * mad_scale "
                      "* MAD) of the scores of the training slices with structure ('scored' says whether "
                      "out-of-fold or in-sample): k robust standard deviations above a typical training "
                      "annotation, robust to up to half of them being wrong; a case is flagged when its worst "
-                     "slice reaches 'gate' (the same rule on the logarithm of the scores) or its score (mean of "
-                     "its 3 worst slices) reaches 'case'")
+                     f"slice reaches 'gate' (the same rule with k = {GATE_K:g}) or its score (mean of its 3 worst "
+                     "slices) reaches 'case'")
 #: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
@@ -67,22 +67,6 @@ def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = 
     return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
 
 
-def log_scores(scores: np.ndarray) -> np.ndarray:
-    """log(max(score, LOG_EPS)): the scale the gate's rule works on."""
-    return np.log(np.maximum(scores, LOG_EPS))
-
-
-def log_robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
-    """`robust_threshold` on log(max(scores, LOG_EPS)), back in score units; `floor` when empty. At most 1."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        return float(floor)
-    logs = log_scores(scores)
-    median = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - median)))
-    return float(min(1.0, max(floor, np.exp(median + k * MAD_SCALE * mad))))
-
-
 def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> Calibration:
     """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
 
@@ -92,7 +76,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     slice_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels], dtype=float)
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
     slice_threshold = robust_threshold(slice_scores, k, floor)
-    gate = max(slice_threshold, log_robust_threshold(slice_scores, k, floor))  # never below a slice flag
+    gate = max(slice_threshold, robust_threshold(slice_scores, GATE_K, floor))  # never below a slice flag
     if len(case_scores) >= MIN_CASES_FOR_CASE_RULE:
         case_threshold, case_rule = robust_threshold(case_scores, k, floor), THRESHOLD_RULE
     else:
@@ -117,8 +101,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         perturbations=audit.perturbations,
         scored="out-of-fold" if any(c.routing == Routing.OUT_OF_FOLD.value for c in audit.cases) else "in-sample",
         n_slices=int(slice_scores.size), n_cases=int(case_scores.size),
-        slice_stats={**spread(slice_scores), **quantiles(slice_scores),
-                     **{f"log_{k}": v for k, v in spread(log_scores(slice_scores)).items()}},
+        slice_stats={**spread(slice_scores), **quantiles(slice_scores)},
         case_stats={**spread(case_scores), **quantiles(case_scores)},
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),

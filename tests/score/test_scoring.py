@@ -21,7 +21,7 @@ from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm, LabelMap
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
-from labelaudit.score.calibrate import GATE_RULE, calibrate_run, log_robust_threshold, robust_threshold, structure_prior
+from labelaudit.score.calibrate import GATE_K, GATE_RULE, calibrate_run, robust_threshold, structure_prior
 from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
@@ -190,13 +190,10 @@ def test_robust_threshold_by_hand():
     assert robust_threshold(scores, k=3.0, floor=0.0) == pytest.approx(0.2 + 3 * 1.4826 * 0.1)
     assert robust_threshold(np.zeros(10), floor=0.05) == 0.05  # a perfect model: the floor
     assert robust_threshold(np.array([]), floor=0.05) == 0.05
-    # the gate: the same rule on log scores (scores under LOG_EPS count as LOG_EPS)
-    small = scores / 10  # log median log 0.02, log MAD log 1.5
-    assert log_robust_threshold(small, k=3.0, floor=0.0) == pytest.approx(0.02 * 1.5 ** (3 * 1.4826))
-    assert log_robust_threshold(np.array([0.0, 1e-4, 1e-3]), floor=0.0) == pytest.approx(1e-3)
-    assert log_robust_threshold(np.zeros(10), floor=0.05) == 0.05
-    assert log_robust_threshold(np.array([]), floor=0.05) == 0.05
-    assert log_robust_threshold(np.array([0.5, 0.9, 0.99]), floor=0.05) == 1.0  # capped
+    # the gate: the same rule with GATE_K MADs, capped at 1
+    assert GATE_K == 8.0 and GATE_RULE == "median+8*mad"
+    assert robust_threshold(scores / 10, k=GATE_K, floor=0.0) == pytest.approx(0.02 + 8 * 1.4826 * 0.01)
+    assert robust_threshold(np.array([0.5, 0.9, 0.99]), k=GATE_K) == 1.0
 
 
 def test_route_case():
@@ -336,7 +333,9 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.structure_prior_mm2 > 0
     assert threshold.slice_rule == SLICE_RULE  # says which slice score the thresholds were calibrated on
     assert threshold.gate_rule == GATE_RULE and threshold.slice <= threshold.gate <= 1.0
-    assert {"log_median", "log_mad"} <= set(threshold.slice_stats)
+    stats = threshold.slice_stats
+    assert threshold.gate == pytest.approx(max(threshold.slice, min(1.0, max(
+        threshold.floor, stats["median"] + GATE_K * 1.4826 * stats["mad"]))))
     # how well the model segments each class of the training labels (fix never mends one below min_agreement)
     assert threshold.class_agreement and all(0.0 <= v <= 1.0 for v in threshold.class_agreement.values())
 
