@@ -88,7 +88,7 @@ def kind_lines(part: list[tuple[dict, dict]]) -> list[str]:
         return []
     columns = [c for c in next(iter(total.values())) if any(r.get(c, 0) for r in total.values())]
     order = [k for k in (*EXPECTED_KIND, "elastic") if k in total and k != CLEAN] + ([CLEAN] if CLEAN in total else [])
-    lines = ["Error kind named (slices.csv `error_kind`, by the current rules from each plain audit's prediction "
+    lines = ["Error kind named (slices.csv `error_kind`, by the current rules from each audit's prediction "
              "and noise map; rows: the corruption that made the slice; every training slice, flagged or not):", "",
              "| truth | " + " | ".join(columns) + " | right |", "| --- | " + " | ".join("---" for _ in columns)
              + " | --- |"]
@@ -109,23 +109,50 @@ def main() -> None:
                         "like --half)")
     args = parser.parse_args()
     rows = json.loads((args.work / "rows.json").read_text())
-    found = []
-    for row in rows:
-        cell = args.work / row["dataset"] / row["regime"]
-        if args.half and row["half"] != args.half:
-            continue
-        if args.audit in row["methods"] and (cell / "audits" / args.audit / "summary.json").exists():
-            found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes, args.audit)))
+    found = measure_audits(args.work, rows, args.audit, args.half)
     lines = [TITLE, "", "Dice against the clean labels (mean over the training cases) of the noisy labels, the "
-             "plain model's out-of-fold prediction and the labels fixed with `--mode replace` at each region "
+             "model's out-of-fold prediction and the labels fixed with `--mode replace` at each region "
              "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost. Classes whose "
              "prediction agrees with the training labels below FixParams.min_agreement (Dice over the training "
-             "audit, as the run's calibration records it) are never mended.", ""]
+             "audit, as the run's calibration records it) are never mended. The audits of `plain` at the fast "
+             "preset (every cell), then of fit's default, the standard preset (`stronger`, slice regime).", ""]
+    lines += half_tables(found, "")
+    standard = []
+    if args.audit == "plain" and not args.half:
+        standard = measure_audits(args.work, rows, "stronger", None)
+        if standard:
+            lines += ["### The standard preset (fit's default): corrected labels and error kinds", "",
+                      *half_tables(standard, "#")]
+    if args.half or args.audit != "plain":
+        print("\n".join(lines))
+        return
+    write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")
+    (args.work / "fix_rows.json").write_text(json.dumps([{"dataset": r["dataset"], "regime": r["regime"],
+                                                          "half": r["half"], "audit": audit, **m}
+                                                         for audit, part in (("plain", found), ("stronger", standard))
+                                                         for r, m in part], indent=1))
+
+
+def measure_audits(work: Path, rows: list[dict], audit: str, half: str | None) -> list[tuple[dict, dict]]:
+    """(row, measure_cell) of every cell with audits/`audit` (of `half` only, when given)."""
+    found = []
+    for row in rows:
+        cell = work / row["dataset"] / row["regime"]
+        if half and row["half"] != half:
+            continue
+        if audit in row["methods"] and (cell / "audits" / audit / "summary.json").exists():
+            found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes, audit)))
+    return found
+
+
+def half_tables(found: list[tuple[dict, dict]], deeper: str) -> list[str]:
+    """Each half's Dice table and kind confusion matrix; `deeper`: '#' to nest the headings one level down."""
+    lines = []
     for half in ("held-out", "dev"):
         part = [(r, m) for r, m in found if r["half"] == half]
         if not part:
             continue
-        lines += [f"### {'Held-out' if half == 'held-out' else 'Development'} half", "",
+        lines += [f"###{deeper} {'Held-out' if half == 'held-out' else 'Development'} half", "",
                   "| dataset | regime | noisy | prediction | " + " | ".join(f"replace @{r}" for r in REGION_SCORES)
                   + f" | ignore @{DEFAULT}: wrong masked / right lost | classes not mended |",
                   "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- | --- |"]
@@ -139,12 +166,7 @@ def main() -> None:
                          + (", ".join(str(v) for v in m["unmended"]) or "—") + " |")
         lines.append("")
         lines += kind_lines(part)
-    if args.half or args.audit != "plain":
-        print("\n".join(lines))
-        return
-    write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines) + "\n")
-    (args.work / "fix_rows.json").write_text(json.dumps([{"dataset": r["dataset"], "regime": r["regime"],
-                                                          "half": r["half"], **m} for r, m in found], indent=1))
+    return lines
 
 
 if __name__ == "__main__":
