@@ -172,9 +172,9 @@ def fit(
     stdout.print(f"run folder: {run_dir}", soft_wrap=True)
     stdout.print(f"method: {info.method}" + (f" ({info.settings.variant})" if info.method == Method.PINT else "")
                  + f", device: {info.device or '?'}, folds: {len(info.models)}", soft_wrap=True)
-    stdout.print(f"budget: {config.loop.epochs} epochs, U-Net {','.join(str(f) for f in config.net.features)}"
-                 + (f" (the {preset.value} preset)" if (config.loop.epochs, config.net.features)
-                    == PRESET_BUDGETS[preset] else f" (the {preset.value} preset, changed)"), soft_wrap=True)
+    trained = info.settings  # the run's own budget (a resumed run keeps the one it started with)
+    stdout.print(f"budget: {trained.epochs} epochs, U-Net {','.join(str(f) for f in trained.net.features)}"
+                 + (f" (the {trained.preset.value} preset)" if trained.preset else " (no preset's)"), soft_wrap=True)
     meta = info.meta_set
     if meta:
         stdout.print(f"meta set: {len(meta['cases'])} verified case(s) from {meta['path']}, left out of training",

@@ -85,6 +85,12 @@ class RunSettings:
     mcpm: McpmParams = McpmParams()
     exporter: Exporter | None = None
     variant: str | None = None
+    epochs: int | None = None  # of each fold (config.loop.epochs)
+
+    @property
+    def preset(self) -> Preset | None:
+        """The preset whose budget (epochs, features) the run was trained with, if any."""
+        return next((p for p, budget in PRESET_BUDGETS.items() if budget == (self.epochs, self.net.features)), None)
 
     @classmethod
     def from_fields(cls, f: Fields) -> RunSettings:
@@ -101,8 +107,9 @@ class RunSettings:
         exporter = f.str("exporter", None)
         if exporter is not None and exporter not in {e.value for e in Exporter}:
             raise f.fail("exporter", " or ".join(repr(e.value) for e in Exporter))
+        loop = f.object("loop", None)
         return cls(parts["net"], parts["mcpm"], Exporter(exporter) if exporter is not None else None,
-                   f.str("variant", None))
+                   f.str("variant", None), loop.int("epochs", None, minimum=1) if loop is not None else None)
 
 
 _RUN_HINT = "re-fit the run, or restore run.json as `labelaudit fit` wrote it"

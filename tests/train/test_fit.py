@@ -442,6 +442,8 @@ def test_presets_set_the_budget_and_options_override_them(dataset, tmp_path, cli
     config = json.loads((tmp_path / "standard" / "run.json").read_text())["config"]
     assert config["loop"]["epochs"] == 2
     assert tuple(config["net"]["features"]) == PRESET_BUDGETS[Preset.STANDARD][1] == (16, 16, 32, 64, 128, 16)
-    assert "(the standard preset, changed)" in mixed.stdout
+    assert "budget: 2 epochs, U-Net 16,16,32,64,128,16 (no preset's)" in mixed.stdout
+    assert load_run(tmp_path / "fast").settings.preset is Preset.FAST
+    assert load_run(tmp_path / "standard").settings.preset is None
     loop, net = preset_budget(Preset.FAST)
     assert (loop.epochs, net.features) == PRESET_BUDGETS[Preset.FAST]
