@@ -5,7 +5,8 @@
 1. ONNX Runtime's CUDA provider against its CPU provider on the run's segmenter.onnx (default: fold 0 of the
    shipped models/demo-pint) at SIZE² with the run's K perturbations: the largest difference of prob_mean and of
    the uncertainty, and slices/s of the CPU provider, of CUDA through session.run and of CUDA through IOBinding
-   (labelaudit.score.providers.NoiseBinding, what `score` uses on CUDA); each the best of 3 passes after a warm-up.
+   (labelaudit.score.providers.NoiseBinding, what `score` uses on CUDA); each the best of 3 passes after a warm-up
+   (score_throughput.timed).
 2. --fit: `labelaudit fit` of the embedded demo under `torchrun --nproc_per_node G` (G = the visible GPUs, 2 folds,
    2 epochs): its wall time, the run.json `distributed` block, and that the run scores (`labelaudit score`).
 
@@ -26,20 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from score_throughput import timed
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = HERE.parent / "models" / "demo-pint"
-
-
-def best_rate(run, images: np.ndarray, batch: int, repeats: int = 3) -> float:
-    run(images[:batch])  # warm-up: CUDA kernels are chosen on the first call of a shape
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(images), batch):
-            run(images[i:i + batch])
-        best = max(best, len(images) / (time.perf_counter() - start))
-    return best
 
 
 def provider_parity(args) -> dict:
@@ -67,9 +58,9 @@ def provider_parity(args) -> dict:
         "max_abs_diff_uncertainty": float(np.abs(unc - want_unc).max()),
         "bound_vs_run_max_abs_diff": float(np.abs(prob - same_prob).max()),
         "slices_per_s": {
-            "cpu": best_rate(lambda x: cpu.run(x, noise), images, args.batch),
-            "gpu_run": best_rate(lambda x: plain.run(x, noise), images, args.batch),
-            "gpu_iobinding": best_rate(lambda x: bound.run(x, noise), images, args.batch),
+            "cpu": timed(lambda x: cpu.run(x, noise), images, args.batch, 3),
+            "gpu_run": timed(lambda x: plain.run(x, noise), images, args.batch, 3),
+            "gpu_iobinding": timed(lambda x: bound.run(x, noise), images, args.batch, 3),
         },
     }
 

@@ -19,8 +19,7 @@ _FIT, _LOOP, _PINT, _MCPM = FitConfig(dataset=Path()), LoopParams(), PintParams(
 _NET = NetParams()
 
 
-def _budget(preset: Preset) -> str:
-    epochs, features = PRESET_BUDGETS[preset]
+def _budget(epochs: int | None, features: tuple[int, ...]) -> str:
     return f"{epochs} epochs, U-Net {','.join(str(f) for f in features)}"
 
 def _training_progress():
@@ -68,8 +67,8 @@ def fit(
                                                               "the cases it did not see; 1: one model on all.")
                      ] = _FIT.folds,
     preset: Annotated[Preset, typer.Option("--preset", help="Training budget: standard (real data; "
-                                           f"{_budget(Preset.STANDARD)}; best on a GPU) or fast (the demo's CPU "
-                                           f"budget: {_budget(Preset.FAST)}); --epochs and --features override "
+                                           f"{_budget(*PRESET_BUDGETS[Preset.STANDARD])}; best on a GPU) or fast "
+                                           f"(the demo's CPU budget: {_budget(*PRESET_BUDGETS[Preset.FAST])}); --epochs and --features override "
                                            "it.")] = DEFAULT_PRESET,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train (default: the "
                                                   "preset's).", show_default=False)] = None,
@@ -173,7 +172,7 @@ def fit(
     stdout.print(f"method: {info.method}" + (f" ({info.settings.variant})" if info.method == Method.PINT else "")
                  + f", device: {info.device or '?'}, folds: {len(info.models)}", soft_wrap=True)
     trained = info.settings  # the run's own budget (a resumed run keeps the one it started with)
-    stdout.print(f"budget: {trained.epochs} epochs, U-Net {','.join(str(f) for f in trained.net.features)}"
+    stdout.print(f"budget: {_budget(trained.epochs, trained.net.features)}"
                  + (f" (the {trained.preset.value} preset)" if trained.preset else " (no preset's)"), soft_wrap=True)
     meta = info.meta_set
     if meta:

@@ -95,21 +95,22 @@ class RunSettings:
     @classmethod
     def from_fields(cls, f: Fields) -> RunSettings:
         """Read `config` with validation; a field of the wrong shape is a ModelError (exit 4) naming it."""
-        parts = {"net": cls.net}
-        for key, read in (("net", NetParams.from_json), ("mcpm", lambda d: params_from_json(McpmParams, d))):
-            value = f.object(key, None)
-            if value is None and key == "net":
-                continue
-            try:
-                parts[key] = read(value.data if value is not None else {})
-            except (TypeError, ValueError) as exc:
-                raise f.fail(key, f"the {key} parameters `labelaudit fit` writes ({exc})") from exc
-        exporter = f.str("exporter", None)
-        if exporter is not None and exporter not in {e.value for e in Exporter}:
-            raise f.fail("exporter", " or ".join(repr(e.value) for e in Exporter))
         loop = f.object("loop", None)
-        return cls(parts["net"], parts["mcpm"], Exporter(exporter) if exporter is not None else None,
-                   f.str("variant", None), loop.int("epochs", None, minimum=1) if loop is not None else None)
+        return cls(_params(f, "net", NetParams.from_json, cls.net),
+                   _params(f, "mcpm", lambda d: params_from_json(McpmParams, d), McpmParams()),
+                   f.choice("exporter", Exporter, None), f.str("variant", None),
+                   loop.int("epochs", None, minimum=1) if loop is not None else None)
+
+
+def _params(f: Fields, key: str, read, default):
+    """The parameter block `key` of `config` through `read` (its from_json), `default` when absent."""
+    block = f.object(key, None)
+    if block is None:
+        return default
+    try:
+        return read(block.data)
+    except (TypeError, ValueError) as exc:
+        raise f.fail(key, f"the {key} parameters `labelaudit fit` writes ({exc})") from exc
 
 
 _RUN_HINT = "re-fit the run, or restore run.json as `labelaudit fit` wrote it"

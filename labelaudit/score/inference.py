@@ -57,7 +57,7 @@ CALL_MEMORY_BYTES = 1 << 29
 
 def pass_bytes_per_pixel(info: RunInfo) -> int:
     """Bytes of ORT working memory per pixel of one pass of the run's network (its NetParams from run.json)."""
-    features = info.settings.net.features  # a run folder without its net's shape: the default U-Net
+    features = info.settings.net.features  # a run.json without its net: that of its time (RunSettings)
     return BYTES_PER_PIXEL_CHANNEL * (features[0] + features[1] + features[-1])
 
 

@@ -65,8 +65,9 @@ def score_dataset(config: ScoreConfig, track: Track = no_track, calibrate: Calib
     problems skip the case (recorded in the audit), or are fatal with `strict`. The audit folder replaces an
     earlier one only once complete (AuditFolder.commit); any failure drops it.
     `calibrate`: derives the thresholds from the scored audit itself; every case and slice is then flagged
-    again with them, and each case's fixed map and report view are written again with those flags. `shard` (score --shard i/N): score only its share of the
-    cases, into a partial audit that `labelaudit merge` assembles (score/merge.py).
+    again with them, and each case's fixed map and report view are written again with those flags. `shard`
+    (score --shard i/N): score only its share of the cases, into a partial audit that `labelaudit merge`
+    assembles (score/merge.py).
     """
     folders: list[AuditFolder] = []
     try:

@@ -364,7 +364,7 @@ class NoiseBinding:
         for name in SEGMENTER_OUTPUTS:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding, options)
-        prob, unc = binding.copy_outputs_to_cpu()
+        prob, unc = binding.copy_outputs_to_cpu()  # in SEGMENTER_OUTPUTS' order
         return prob, unc
 
 
