@@ -89,8 +89,8 @@ def stronger_table(rows: list[dict], key: str) -> list[str]:
             if ours is None or math.isnan(ours):
                 continue
             cl = _ap(theirs, level)
-            ratio = (1 - ours) / (1 - cl) if cl is not None and cl < 1 else float("nan")
-            shown = f"**{ratio:.2f}**" if ratio == ratio and ratio < 1 else _f(ratio, 2)
+            ratio = miss_ratio(ours, cl if cl is not None else float("nan"))
+            shown = f"**{ratio:.2f}**" if ratio < 1 else _f(ratio, 2)
             lines.append(f"| {row['dataset']} | {row['regime']} | {level} | {_f(_ap(fast.get('levels', {}), level))} | "
                          f"{_f(ours)} | {_f(cl)} | {shown} | {_f(fast.get('dice_new'))} / "
                          f"{_f(standard.get('dice_new'))} |")
