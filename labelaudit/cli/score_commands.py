@@ -128,6 +128,7 @@ def calibrate(
     from ..console import err, track
     from ..formats.run import latest_run, load_run, save_run
     from ..score.calibrate import calibrate_run
+    from ..score.decide import saturated_calibration_note
 
     run_dir = model if model is not None else latest_run()
     info = load_run(run_dir)
@@ -139,6 +140,9 @@ def calibrate(
     err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}, case {info.threshold.case:.3f}{gate}{was}, "
               f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases", markup=False,
               soft_wrap=True)
+    saturated = saturated_calibration_note(info.threshold)
+    if saturated:
+        err.print(f"warning: {saturated}", markup=False, soft_wrap=True)
 
 
 @app.command()

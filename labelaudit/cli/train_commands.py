@@ -163,7 +163,10 @@ def fit(
         stop()
     if not is_primary():  # under torchrun, rank 0 reports
         return
+    from rich.markup import escape
+
     from ..formats.run import load_run
+    from ..score.decide import saturated_calibration_note
 
     info = load_run(run_dir)
     for case_id, problems in info.dataset.skipped.items():
@@ -188,6 +191,9 @@ def fit(
         gate = f", worst slice of a case {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
         stdout.print(f"flagging threshold (calibrated on the training data): slice {info.threshold.slice:.3f}, "
                      f"case {info.threshold.case:.3f}{gate}", soft_wrap=True)
+        saturated = saturated_calibration_note(info.threshold)
+        if saturated:
+            err.print(f"[yellow]warning:[/] {escape(saturated)}", soft_wrap=True)
 
 @app.command()
 @handle_errors

@@ -24,7 +24,7 @@ from ..config import ScoreConfig
 from ..data import Track, discover_dataset, fingerprint, no_track
 from ..errors import ImageReadError
 from ..formats.run import DatasetRecord, load_run
-from .decide import decide, resolve_threshold
+from .decide import decide, resolve_threshold, saturated_calibration_note
 from ..io import read_volume
 from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
 from ..fix.rule import class_agreement
@@ -157,6 +157,9 @@ def score_probabilities(config: ScoreConfig, track: Track = no_track) -> Audit:
             audit.notes.append("thresholds derived from probabilities that are not nnU-Net's out-of-fold validation: "
                                "a model trained on these labels agrees with them too well, so they come out low")
         derived.append(calibration)
+        saturated = saturated_calibration_note(calibration) if config.threshold is None else None
+        if saturated:
+            audit.notes.append(saturated)
         return resolve_threshold(calibration, config.threshold)
 
     audit = score_dataset(config, track, calibrate=calibrate)

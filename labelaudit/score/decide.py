@@ -72,3 +72,22 @@ def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | No
             "today's adds the worst region, so it may flag more slices than calibrated: recalibrate it with "
             "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the training data "
             "with --probabilities again), or pass --threshold")
+
+
+def saturated_calibration_note(calibration: Calibration | None) -> str | None:
+    """A warning when calibration put the slice threshold at its ceiling of 1, else None.
+
+    The median + k·MAD rule needs a clean majority of training slices with low scores; when the model cannot
+    segment the structure well (small or low-contrast structures, too short a fit), most slices score high and
+    spread widely, the rule overshoots 1 and nothing is ever flagged: `check` would pass every case in silence.
+    """
+    if calibration is None or calibration.slice < 1.0:
+        return None
+    stats = calibration.slice_stats
+    spread = (f" (median {stats['median']:.2f}, MAD {stats['mad']:.2f})"
+              if stats.get("median") is not None and stats.get("mad") is not None else "")
+    return (f"the calibrated slice threshold is 1: the training slices' noise scores{spread} are too high and "
+            "too spread for a clean majority to stand out, so no slice is flagged and `check` passes every case; "
+            "the model does not segment this structure well enough to audit it. Fit a larger budget "
+            "(`--preset standard`, more --epochs), or flag at an explicit --threshold chosen on cases you have "
+            "verified")

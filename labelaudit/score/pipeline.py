@@ -26,7 +26,7 @@ from ..errors import InputError, ModelError, UsageError
 from ..fix.rule import agreement_counts, untrusted_classes
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
-from .decide import decide, resolve_threshold, stale_calibration_note
+from .decide import decide, resolve_threshold, saturated_calibration_note, stale_calibration_note
 from ..types import (
     Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
 )
@@ -134,9 +134,10 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         notes=list(source.notes) + plan.notes,
         class_names={v: k for k, v in (dataset.labels or {}).items()},
     )
-    stale = stale_calibration_note(threshold, plan.structure_prior_mm2)
-    if stale:
-        audit.notes.append(stale)
+    for note in (stale_calibration_note(threshold, plan.structure_prior_mm2),
+                 saturated_calibration_note(threshold.calibration)):
+        if note:
+            audit.notes.append(note)
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0}
     kept: dict[str, tuple[CaseRef, SliceStats]] = {}  # for the fixed maps again, once `calibrate` flagged anew

@@ -370,6 +370,34 @@ def test_a_run_calibrated_without_a_gate_flags_as_before_and_says_so(data3d, tmp
     assert {c.case_id for c in audit.cases if c.flagged} >= by_slices  # any flagged slice flags its case
 
 
+def test_a_calibration_at_its_ceiling_warns_that_nothing_will_be_flagged():
+    from labelaudit.score.decide import saturated_calibration_note
+    from labelaudit.types import Calibration
+
+    # scores of a model that cannot segment the structure: high and spread, median + 3 MADs beyond 1
+    scores = np.array([0.3, 0.45, 0.6, 0.62, 0.8, 0.85, 0.9])
+    assert robust_threshold(scores) == 1.0
+    note = saturated_calibration_note(Calibration(slice=1.0, case=1.0, slice_stats={"median": 0.6, "mad": 0.22}))
+    assert "threshold is 1" in note and "median 0.60, MAD 0.22" in note and "--threshold" in note
+    assert saturated_calibration_note(Calibration(slice=1.0, case=1.0)) is not None  # stats not stored: still said
+    assert saturated_calibration_note(Calibration(slice=0.99, case=1.0)) is None
+    assert saturated_calibration_note(None) is None
+
+
+def test_scoring_and_check_with_a_saturated_calibration_say_so(data3d, tmp_path, make_run):
+    saturated = {"slice": 1.0, "case": 1.0, "gate": 1.0, "rule": "median+k*mad", "structure_prior_mm2": 40.0,
+                 "slice_rule": SLICE_RULE, "slice_stats": {"median": 0.6, "mad": 0.22}}
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]], threshold=saturated)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert not any(c.flagged for c in audit.cases)
+    assert any("threshold is 1" in n for n in audit.notes)
+    overridden = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu", threshold=0.3))
+    assert not any("threshold is 1" in n for n in overridden.notes)  # the user chose the threshold
+    result = _cli(["check", str(data3d), "--model", str(run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "threshold is 1" in " ".join(result.output.split())
+
+
 def test_calibrate_finds_a_moved_dataset_with_dataset(data3d, tmp_path, make_run):
     import shutil
 
