@@ -18,14 +18,16 @@ import argparse
 import csv
 import datetime as dt
 from pathlib import Path
-from types import SimpleNamespace
+
+import numpy as np
 
 from pint_audit import machine, write_section
 from suite_data import DATASETS, Half
 
 from labelaudit.formats.manifest import read_manifest
-from labelaudit.score.calibrate import thresholds_from_audit
-from labelaudit.score.decide import decide, resolve_threshold
+from labelaudit.score.calibrate import threshold_from_scores
+from labelaudit.score.decide import decide
+from labelaudit.types import Threshold
 
 HERE = Path(__file__).resolve().parent
 TITLE = "## The gate on the audit-quality suite (`python bench/suite_gate.py`)"
@@ -38,24 +40,19 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _slices(audit: Path) -> list[SimpleNamespace]:
-    return [SimpleNamespace(case_id=r["case_id"], noise_score=float(r["noise_score"]),
-                            label_pixels=int(r["label_pixels"]), pred_pixels=int(r["pred_pixels"]))
-            for r in _rows(audit / "slices.csv")]
-
-
-def _training_audit(audit: Path) -> SimpleNamespace:
-    """What thresholds_from_audit reads of an audit, from its CSVs."""
-    cases = [SimpleNamespace(case_id=r["case_id"], noise_score=float(r["noise_score"]), routing=r["routing"])
-             for r in _rows(audit / "cases.csv")]
-    return SimpleNamespace(slices=_slices(audit), cases=cases, pixel_score=None, perturbations=None, class_counts={})
+def _training_threshold(audit: Path) -> Threshold:
+    """Today's calibration rule on a training audit's CSVs: the slices with structure, every case."""
+    slices = [float(r["noise_score"]) for r in _rows(audit / "slices.csv")
+              if int(r["label_pixels"]) or int(r["pred_pixels"])]
+    cases = [float(r["noise_score"]) for r in _rows(audit / "cases.csv")]
+    return threshold_from_scores(np.array(slices), np.array(cases))
 
 
 def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
     """case id -> (flagged with `threshold`, flagged as scored)."""
     per_case: dict[str, list[float]] = {}
-    for s in _slices(audit):
-        per_case.setdefault(s.case_id, []).append(s.noise_score)
+    for r in _rows(audit / "slices.csv"):
+        per_case.setdefault(r["case_id"], []).append(float(r["noise_score"]))
     return {r["case_id"]: (decide(float(r["noise_score"]), per_case.get(r["case_id"], []), threshold).flagged,
                            r["flagged"].strip().lower() in ("true", "1", "yes"))
             for r in _rows(audit / "cases.csv")}
@@ -66,7 +63,7 @@ def measure_cell(cell: Path, method: str) -> dict | None:
     needed = [audits / name / "cases.csv" for name in (method, f"{method}_new_clean", f"{method}_new_noisy")]
     if not all(p.is_file() for p in needed):
         return None
-    threshold = resolve_threshold(thresholds_from_audit(_training_audit(audits / method)), None)
+    threshold = _training_threshold(audits / method)
     corrupted = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
                  if any(t.slices.values())}
     clean = _flagged(audits / f"{method}_new_clean", threshold)

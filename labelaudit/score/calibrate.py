@@ -67,6 +67,19 @@ def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = 
     return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
 
 
+def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: float = THRESHOLD_K,
+                          floor: float = THRESHOLD_FLOOR) -> Threshold:
+    """The slice, case and gate thresholds of THRESHOLD_RULE and GATE_RULE from training scores.
+
+    slice_scores: float (N,) of the slices with a non-empty ROI; case_scores: float (M,) of every case.
+    """
+    slice_threshold = robust_threshold(slice_scores, k, floor)
+    gate = max(slice_threshold, robust_threshold(slice_scores, GATE_K, floor))  # never below a slice flag
+    case_threshold = (robust_threshold(case_scores, k, floor) if len(case_scores) >= MIN_CASES_FOR_CASE_RULE
+                      else slice_threshold)
+    return Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
+
+
 def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> Calibration:
     """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
 
@@ -75,13 +88,10 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     """
     slice_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels], dtype=float)
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
-    slice_threshold = robust_threshold(slice_scores, k, floor)
-    gate = max(slice_threshold, robust_threshold(slice_scores, GATE_K, floor))  # never below a slice flag
-    if len(case_scores) >= MIN_CASES_FOR_CASE_RULE:
-        case_threshold, case_rule = robust_threshold(case_scores, k, floor), THRESHOLD_RULE
-    else:
-        case_threshold, case_rule = slice_threshold, f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)"
-    threshold = Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
+    threshold = threshold_from_scores(slice_scores, case_scores, k, floor)
+    slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
+    case_rule = (THRESHOLD_RULE if len(case_scores) >= MIN_CASES_FOR_CASE_RULE
+                 else f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)")
     per_case: dict[str, list[float]] = {}
     for s in audit.slices:
         per_case.setdefault(s.case_id, []).append(s.noise_score)
