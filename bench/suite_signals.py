@@ -88,16 +88,17 @@ def median_area_mm2(cases: Iterable[CaseData]) -> float:
     return float(np.median(areas)) if areas else 1.0
 
 
-def labelaudit_variants(cases: list[CaseData]) -> list[Signal]:
-    """Every VARIANTS signal of the same probabilities (A₀ measured on these labels, as fit does)."""
+def labelaudit_variants(cases: list[CaseData], variants: Iterable[Variant] = VARIANTS) -> list[Signal]:
+    """Each variant's signal of the same probabilities (A₀ measured on these labels, as fit does)."""
+    variants = tuple(variants)
     median = median_area_mm2(cases)
-    signals = [Signal(v.name) for v in VARIANTS]
+    signals = [Signal(v.name) for v in variants]
     for case in cases:
         p_given = given_class_probability(case.prob, case.classes)
         unc = normalised_entropy(case.prob)
         pred = case.prob.argmax(axis=1)
         radius = roi_radius(case.spacing)
-        for signal, v in zip(signals, VARIANTS):
+        for signal, v in zip(signals, variants):
             noise = pixel_noise_score(p_given, unc, v.formula)
             eps = max(1.0, v.prior * median / (case.spacing[0] * case.spacing[1]))
             scores = slice_stats(noise, case.classes, pred, case.prob.shape[1], radius, eps, v.region_share).noise_score

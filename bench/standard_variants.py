@@ -1,0 +1,171 @@
+"""Slice-score candidates at fit's default budget, on the development half only (defaults are chosen here).
+
+At the standard preset the held-out slice regime showed cleanlab's softmin ranking slices better than labelaudit
+on the same out-of-fold softmax. Whether a different aggregation of the same probabilities would do better is
+decided here, on every development cell with a `stronger` run (bench/suite.py --methods stronger), never on the
+held-out half. For each cell: its out-of-fold softmax (the fold model that held each case out, as suite.py
+computes it), each candidate of bench/suite_signals.VARIANTS and of CANDIDATES below, cleanlab's softmin, and
+their combinations; AP at slice, pixel and case level against the corruption manifest.
+
+    python bench/standard_variants.py [--work bench/suite_runs/full] [--rewrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from pint_audit import machine, write_section
+from suite_data import DATASETS, REGIMES, Half
+from suite_signals import (CONF, VARIANTS, Signal, Variant, cleanlab_signal, labelaudit_variants, level_scores,
+                           median_area_mm2, miss_ratio)
+
+from suite import oof_cases, truth_of
+
+from labelaudit.formats.manifest import read_manifest
+from labelaudit.score.formulas import (case_noise_score, given_class_probability, normalised_entropy,
+                                       pixel_noise_score, roi_radius, slice_stats)
+
+HERE = Path(__file__).resolve().parent
+TITLE = "## Slice-score candidates at the standard preset (`python bench/standard_variants.py`)"
+LEVELS = ("slice", "pixel", "case")
+#: Candidates beyond suite_signals.VARIANTS: smaller structure priors (A₀ shrinks small structures' scores, which
+#: helps a weak model and may cost a strong one) and smaller region shares (R nearer the worst pixels).
+CANDIDATES = (
+    Variant("max(F, R), f=0.1", prior=0.1),
+    Variant("max(F, R), R share 0.05", region_share=0.05),
+    Variant("max(F, R), f=0.1, R share 0.1", prior=0.1, region_share=0.1),
+)
+
+
+#: What the figures of 2026-12-02 said, and what was done with them (kept with the table it reads).
+READING = """What this says (development half, three cells; nothing was changed):
+
+- **Nothing beats the landed score by much.** The best candidate, `mean(f=0.1, softmin)` (the slice score
+  averaged with cleanlab's softmin, A₀ at a tenth of the median area), gains +0.011 at slice and +0.011 at
+  pixel level on the mean, most of it on ct_lesion; a smaller A₀ alone (`f=0.1`) gains +0.012 at pixel level
+  and nothing at slice level. The held-out slice regime's gap to softmin at this preset is larger (0.033, 0.014,
+  0.011 AP), so none of these would have closed it.
+- **Not adopted.** Three cells are too few to choose a core default from (the development half's case and
+  structure regimes were not fit at this preset: 5–11 min a fit on these 2 cores, and the held-out half's went
+  first), and the slice score carries the fix region score, the gate's rule and the shipped model's
+  calibration, which were chosen with the landed score and would have to be chosen again on the development
+  half."""
+
+
+def rank_mean(signals: list[Signal], name: str, pixels_from: Signal) -> Signal:
+    """The mean of the signals' slice ranks (0..1) over the whole training set; case = mean of the 3 worst."""
+    keys = sorted(signals[0].slices)
+    ranks = np.mean([np.argsort(np.argsort([s.slices[k] for k in keys])) / max(len(keys) - 1, 1)
+                     for s in signals], axis=0)
+    combined = Signal(name, dict(zip(keys, ranks.tolist())), pixels=pixels_from.pixels)
+    per_case: dict[str, list[float]] = {}
+    for (case_id, _), value in combined.slices.items():
+        per_case.setdefault(case_id, []).append(value)
+    combined.cases = {c: case_noise_score(np.array(v)) for c, v in per_case.items()}
+    return combined
+
+
+def softmin_quality(p_given: np.ndarray, temperature: float = 0.1) -> np.ndarray:
+    """cleanlab's softmin image quality of each slice: Σ p_y · softmax((1 − p_y) / T) over its pixels.
+
+    p_given float (S, H, W) -> float64 (S,); the same arithmetic as cleanlab.internal.multilabel_scorer.softmin.
+    """
+    flat = p_given.reshape(len(p_given), -1).astype(np.float64)
+    logits = (1.0 - flat) / temperature
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (flat * weights).sum(axis=1) / weights.sum(axis=1)
+
+
+def combined(cases, prior: float, how: str, name: str) -> Signal:
+    """max(F, R) at A₀ = `prior` × the median area combined slice by slice with softmin's 1 − quality (`how`:
+    mean or max); noise map (1 − p̄_y) × the combined slice score; case = mean of the 3 worst slices."""
+    median = median_area_mm2(cases)
+    signal = Signal(name)
+    for case in cases:
+        p_given = given_class_probability(case.prob, case.classes)
+        eps = max(1.0, prior * median / (case.spacing[0] * case.spacing[1]))
+        ours = slice_stats(pixel_noise_score(p_given, normalised_entropy(case.prob), CONF), case.classes,
+                           case.prob.argmax(axis=1), case.prob.shape[1], roi_radius(case.spacing), eps).noise_score
+        theirs = 1.0 - softmin_quality(p_given)
+        scores = (ours + theirs) / 2 if how == "mean" else np.maximum(ours, theirs)
+        for index, value in enumerate(scores):
+            signal.slices[(case.case_id, index)] = float(value)
+        signal.cases[case.case_id] = case_noise_score(scores)
+        signal.pixels.append(((1.0 - p_given) * scores[:, None, None]).reshape(-1).astype(np.float32))
+    return signal
+
+
+def measure(cell: Path) -> dict[str, dict]:
+    manifest = read_manifest(cell / "noisy" / "corruption.json")
+    order = sorted(manifest.cases)
+    truth = truth_of(cell / "noisy", manifest.source, order)
+    cases = oof_cases(cell / "runs" / "stronger", cell / "noisy")
+    assert [c.case_id for c in cases] == order
+    ours = labelaudit_variants(cases, (*VARIANTS, *CANDIDATES))
+    softmin = cleanlab_signal(cases)
+    first = cases[0]  # softmin_quality is cleanlab's arithmetic
+    mine = 1.0 - softmin_quality(given_class_probability(first.prob, first.classes))
+    assert np.allclose(mine, [softmin.slices[(first.case_id, i)] for i in range(len(mine))], atol=1e-5)
+    combos = [rank_mean([ours[0], softmin], "rank mean(landed, softmin)", ours[0]),
+              combined(cases, 0.5, "mean", "mean(landed, softmin)"),
+              combined(cases, 0.5, "max", "max(landed, softmin)"),
+              combined(cases, 0.1, "mean", "mean(f=0.1, softmin)")]
+    return {s.name: {lv: vars(v) for lv, v in level_scores(s, truth).items()} for s in (*ours, softmin, *combos)}
+
+
+def _ap(levels: dict, level: str) -> float:
+    return levels[level]["ap"] if level in levels and levels[level]["ap"] is not None else float("nan")
+
+
+def write(rows: dict[str, dict], meta: str) -> None:
+    names = list(next(iter(rows.values())))
+    lines = [TITLE, "", meta, "", "| candidate | " + " | ".join(rows) + " | mean slice · pixel · case |",
+             "| --- |" + " --- |" * (len(rows) + 1)]
+    for name in names:
+        aps = {c: [_ap(rows[c][name], lv) for lv in LEVELS] for c in rows}
+        cells = [" · ".join("—" if np.isnan(v) else f"{v:.3f}" for v in aps[c]) for c in rows]
+        means = [[a[i] for a in aps.values() if not np.isnan(a[i])] for i in range(len(LEVELS))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | "
+                     + " · ".join(f"{np.mean(m):.4f}" if m else "—" for m in means) + " |")
+    landed, softmin = names[0], "cleanlab softmin"
+    ratios = [miss_ratio(rows[c][landed]["slice"]["ap"], rows[c][softmin]["slice"]["ap"]) for c in rows]
+    lines += ["", "Slice-level miss ratio of the landed score against softmin per cell: "
+              + ", ".join(f"{c} {r:.2f}" for c, r in zip(rows, ratios)) + ".", "", READING]
+    write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
+    parser.add_argument("--rewrite", action="store_true", help="re-write the section from the saved figures")
+    options = parser.parse_args()
+    saved = options.work / "standard_variants.json"
+    if options.rewrite:
+        found = json.loads(saved.read_text())
+        write(found["rows"], found["meta"])
+        return
+    rows, start = {}, time.perf_counter()
+    for dataset in (d for d in DATASETS if d.half is Half.DEV):  # never the held-out half
+        for regime in REGIMES:
+            cell = options.work / dataset.name / regime
+            row = cell / "row.json"  # a cell's stronger entry is written once its run and audits are done
+            if not row.exists() or "stronger" not in json.loads(row.read_text())["methods"]:
+                continue
+            rows[f"{dataset.name}/{regime}"] = found = measure(cell)
+            print(f"{dataset.name}/{regime}: " + "; ".join(
+                f"{n}: " + " ".join(f"{v[lv]['ap']:.3f}" for lv in LEVELS if lv in v) for n, v in found.items()),
+                flush=True)
+    meta = (f"Generated {time.strftime('%Y-%m-%d')} on {machine()}, in {time.perf_counter() - start:.0f} s. "
+            "Development cells with a standard-preset run only. Each cell: AP slice · pixel · case (training set, "
+            "out-of-fold softmax of the standard preset's fold models, one pass); the first row is the landed "
+            "score.")
+    saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write(rows, meta)
+
+
+if __name__ == "__main__":
+    main()
