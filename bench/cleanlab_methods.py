@@ -1,15 +1,17 @@
 """cleanlab's segmentation methods against labelaudit, on the same out-of-fold probabilities (issue: probabilities).
 
 For every cell of bench/suite.py with a plain run, its out-of-fold softmax (CELL/oof_probabilities/CASE.npz, as
-suite.py wrote it for `score --probabilities`) is ranked by each method cleanlab 2.x offers for segmentation:
+suite.py wrote it for `score --probabilities`), and for every cell with a run at fit's default budget (`stronger`,
+the standard preset) its own (CELL/stronger_probabilities), is ranked by each method cleanlab 2.x offers for
+segmentation:
 
 - `get_label_quality_scores(method="softmin")`: slice score 1 − image quality, pixel score 1 − p_y;
 - `get_label_quality_scores(method="num_pixel_issues")`: the share of the slice's pixels that
   `find_label_issues` (confident learning per pixel) marks, at `downsample=1` (the suite's slices are not
   multiples of cleanlab's default 16); pixel score: that mask, marked pixels first, ties broken by 1 − p_y.
 
-Case score = max over slices, as in the suite. labelaudit's figures are the suite's own (rows.json): its default
-fit and `score --probabilities` on these same files. Both halves are reported; nothing is chosen from this.
+Case score = max over slices, as in the suite. labelaudit's figures are the suite's own (rows.json): the audit of
+the run the probabilities came from, and `score --probabilities` on these same files. Both halves are reported; nothing is chosen from this.
 
     python bench/cleanlab_methods.py [--work bench/suite_runs/full] [--cells ds/regime,...]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,16 +73,35 @@ def cleanlab_signals(probabilities: Path, noisy: Path, order: list[str]) -> tupl
     return [softmin, issues], seen
 
 
-def measure(cell: Path, row: dict) -> dict:
+@dataclass(frozen=True)
+class Source:
+    """Whose out-of-fold softmax is ranked: a suite method's run, its probabilities folder, and the row entry of
+    labelaudit's `score --probabilities` on the same files."""
+
+    method: str
+    folder: str
+    given: str
+    heading: str
+
+
+SOURCES = (
+    Source("plain", "oof_probabilities", "labelaudit on the same probabilities",
+           "the fast preset (`plain`, every cell)"),
+    Source("stronger", "stronger_probabilities", "labelaudit on stronger probabilities",
+           "the standard preset, fit's default (`stronger`)"),
+)
+
+
+def measure(cell: Path, row: dict, source: Source) -> dict:
     manifest = read_manifest(cell / "noisy" / "corruption.json")
     order = sorted(manifest.cases)
     truth = truth_of(cell / "noisy", manifest.source, order)
     start = time.perf_counter()
-    signals, seen = cleanlab_signals(cell / "oof_probabilities", cell / "noisy", order)
+    signals, seen = cleanlab_signals(cell / source.folder, cell / "noisy", order)
     seconds = time.perf_counter() - start
     found = {s.name: {lv: vars(v) for lv, v in level_scores(s, truth).items()} for s in signals}
-    found["labelaudit (default fit)"] = row["methods"]["plain"]["levels"]
-    found["labelaudit on the same probabilities"] = row["baselines"]["labelaudit on the same probabilities"]
+    found["labelaudit (its fit's audit)"] = row["methods"][source.method]["levels"]
+    found["labelaudit on the same probabilities"] = row["baselines"][source.given]
     return {"signals": found, "cleanlab_s": seconds, "seen": seen}
 
 
@@ -88,32 +110,15 @@ def _ap(levels: dict, level: str) -> str:
     return "—" if value is None or value != value else f"{value:.3f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
-    parser.add_argument("--cells", help="comma-separated dataset/regime cells (default: every cell with a plain run)")
-    args = parser.parse_args()
-    rows = json.loads((args.work / "rows.json").read_text())
-    wanted = set(args.cells.split(",")) if args.cells else None
-    results = []
-    for row in rows:
-        cell = args.work / row["dataset"] / row["regime"]
-        if wanted is not None and f"{row['dataset']}/{row['regime']}" not in wanted:
-            continue
-        if "plain" not in row["methods"] or not (cell / "oof_probabilities").is_dir():
-            continue
-        results.append((row, measure(cell, row)))
-        print(f"{row['dataset']}/{row['regime']}: find_label_issues on {results[-1][1]['seen']}", flush=True)
-    names = list(results[0][1]["signals"]) if results else []
-    lines = [TITLE, "", f"- date: {time.strftime('%Y-%m-%d')}; machine: {machine()}; cleanlab "
-             f"{__import__('cleanlab').__version__}. AP slice · pixel · case over the training set, out-of-fold; "
-             "every column ranks the same plain run's out-of-fold softmax, except labelaudit's default audit (K "
-             "perturbations through the same fold models). Bold: the best of the row at each level.", ""]
+def tables(results: list[tuple[dict, dict]]) -> list[str]:
+    """Per half, one row per cell of every signal's AP; then how often each signal is the best of its row."""
+    names = list(results[0][1]["signals"])
+    lines = []
     for half in ("held-out", "dev"):
         part = [(r, m) for r, m in results if r["half"] == half]
         if not part:
             continue
-        lines += [f"### {'Held-out' if half == 'held-out' else 'Development'} half", "",
+        lines += [f"**{'Held-out' if half == 'held-out' else 'Development'} half**", "",
                   "| dataset | regime | " + " | ".join(names) + " |", "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
         for row, m in part:
             cells = []
@@ -135,9 +140,35 @@ def main() -> None:
             values = {n: v for n, v in values.items() if v is not None and v == v}
             for n, v in values.items():  # ties count for each
                 wins[n] += v == max(values.values())
-    lines += ["Best of the row (ties counted for each), over both halves and every level: "
-              + ", ".join(f"{n} {w}" for n, w in wins.items()) + f"; cleanlab's two methods took "
-              f"{sum(m['cleanlab_s'] for _, m in results):.0f} s in all.", ""]
+    return lines + ["Best of the row (ties counted for each), over both halves and every level: "
+                    + ", ".join(f"{n} {w}" for n, w in wins.items()) + f"; cleanlab's two methods took "
+                    f"{sum(m['cleanlab_s'] for _, m in results):.0f} s in all.", ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
+    parser.add_argument("--cells", help="comma-separated dataset/regime cells (default: every cell with a run)")
+    args = parser.parse_args()
+    rows = json.loads((args.work / "rows.json").read_text())
+    wanted = set(args.cells.split(",")) if args.cells else None
+    lines = [TITLE, "", f"- date: {time.strftime('%Y-%m-%d')}; machine: {machine()}; cleanlab "
+             f"{__import__('cleanlab').__version__}. AP slice · pixel · case over the training set, out-of-fold; "
+             "in each table every column ranks the same run's out-of-fold softmax, except labelaudit's own audit "
+             "(K perturbations through the same fold models). Bold: the best of the row at each level.", ""]
+    for source in SOURCES:
+        results = []
+        for row in rows:
+            cell = args.work / row["dataset"] / row["regime"]
+            if wanted is not None and f"{row['dataset']}/{row['regime']}" not in wanted:
+                continue
+            if source.method not in row["methods"] or not (cell / source.folder).is_dir():
+                continue
+            results.append((row, measure(cell, row, source)))
+            print(f"{source.method} {row['dataset']}/{row['regime']}: find_label_issues on {results[-1][1]['seen']}",
+                  flush=True)
+        if results:
+            lines += [f"### The out-of-fold softmax of {source.heading}", "", *tables(results)]
     write_section(HERE / "RESULTS.md", TITLE, "\n".join(lines))
     print("\n".join(lines))
 
