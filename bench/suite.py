@@ -15,6 +15,7 @@ out-of-fold and the new cases (clean, and corrupted) with `labelaudit score`, an
     python bench/suite.py                      # both halves, the full plan (about an hour on 2 CPU cores)
     python bench/suite.py --half dev           # the development half only
     python bench/suite.py --quick              # plain only, slice regime, 3 epochs, 2 folds: a few minutes
+    python bench/suite.py --methods stronger   # fit's default budget (the standard preset): ~10 min a cell
     python bench/suite.py --rewrite            # re-write RESULTS.md's section from the saved rows
 
 Runs are kept under --work (default bench/suite_runs/, git-ignored) and reused when their run.json exists;
@@ -58,7 +59,7 @@ DEV_ONLY = {"pint"}
 #: `fit`'s default since it was measured here; the other methods run at the fast preset (sweep.FIT_ARGS). Its
 #: out-of-fold softmax also goes through `score --probabilities` and cleanlab. Only run when asked for
 #: (--methods stronger): it costs about three fast fits a cell.
-OPTIONAL_PLAN = {"stronger": ("slice",)}
+OPTIONAL_PLAN = {"stronger": ("slice", "case", "structure")}
 SUITE_FIT_ARGS = {**FIT_ARGS, "stronger": ["--method", "plain", "--preset", "standard"]}
 QUICK_PLAN = {"plain": ("slice",)}
 META_CASES = 3  # MCPM's verified meta set, as the independent benchmark gave it

@@ -67,8 +67,12 @@ def measure_cell(cell: Path, classes: int, audit_name: str = "plain") -> dict:
             m = masked[r]
             m[0] += int((ignored & wrong).sum()); m[1] += int(wrong.sum())
             m[2] += int((ignored & ~wrong).sum()); m[3] += int((~wrong).sum())
-    confusion = kind_confusion(read_manifest(cell / "noisy" / "corruption.json"), named)
-    return {"kinds": confusion.counts if confusion is not None else {}, "unmended": sorted(untrusted),
+    manifest = read_manifest(cell / "noisy" / "corruption.json")
+    confusion = kind_confusion(manifest, named)
+    # what a reviewer reads: the kinds of the slices the audit flags
+    flagged = kind_confusion(manifest, {k: v for k, v in named.items() if audit.flags[k[0]][k[1]]})
+    return {"kinds": confusion.counts if confusion is not None else {},
+            "kinds_flagged": flagged.counts if flagged is not None else {}, "unmended": sorted(untrusted),
             "dice": {k: float(np.mean(v)) for k, v in sums.items()},
             "ignore": {str(r): {"wrong_masked": m[0] / max(m[1], 1), "right_lost": m[2] / max(m[3], 1)}
                        for r, m in masked.items()}}
@@ -78,25 +82,33 @@ def kind_lines(part: list[tuple[dict, dict]]) -> list[str]:
     """The error kind slices.csv names against the corruption that made each slice, summed over the half's
     cells: a confusion matrix (rows the truth; `clean`: uncorrupted slices with structure) and each row's
     accuracy (elastic has no single right kind)."""
-    total: dict[str, dict[str, int]] = {}
-    for _, m in part:
-        for truth, named in m["kinds"].items():
-            row = total.setdefault(truth, {})
-            for kind, n in named.items():
-                row[kind] = row.get(kind, 0) + n
+    def summed(key: str) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
+        for _, m in part:
+            for truth, named in m.get(key, {}).items():
+                row = found.setdefault(truth, {})
+                for kind, n in named.items():
+                    row[kind] = row.get(kind, 0) + n
+        return found
+
+    total, flagged = summed("kinds"), summed("kinds_flagged")
     if not total:
         return []
     columns = [c for c in next(iter(total.values())) if any(r.get(c, 0) for r in total.values())]
     order = [k for k in (*EXPECTED_KIND, "elastic") if k in total and k != CLEAN] + ([CLEAN] if CLEAN in total else [])
     lines = ["Error kind named (slices.csv `error_kind`, by the current rules from each audit's prediction "
              "and noise map; rows: the corruption that made the slice; every training slice, flagged or not):", "",
-             "| truth | " + " | ".join(columns) + " | right |", "| --- | " + " | ".join("---" for _ in columns)
-             + " | --- |"]
+             "| truth | " + " | ".join(columns) + " | right | right among the flagged slices |",
+             "| --- | " + " | ".join("---" for _ in columns) + " | --- | --- |"]
+
+    def right(row: dict[str, int], expected) -> str:
+        n = sum(row.values())
+        return f"{row.get(expected.value, 0) / n:.0%} of {n}" if expected is not None and n else "—"
+
     for truth in order:
         row, expected = total[truth], EXPECTED_KIND.get(truth)
-        n = sum(row.values())
-        right = f"{row.get(expected.value, 0) / n:.0%} of {n}" if expected is not None and n else "—"
-        lines.append(f"| {truth} | " + " | ".join(str(row.get(c, 0)) for c in columns) + f" | {right} |")
+        lines.append(f"| {truth} | " + " | ".join(str(row.get(c, 0)) for c in columns)
+                     + f" | {right(row, expected)} | {right(flagged.get(truth, {}), expected)} |")
     return lines + [""]
 
 
@@ -115,7 +127,7 @@ def main() -> None:
              "score; for `--mode ignore`, the share of wrong pixels masked / of right pixels lost. Classes whose "
              "prediction agrees with the training labels below FixParams.min_agreement (Dice over the training "
              "audit, as the run's calibration records it) are never mended. The audits of `plain` at the fast "
-             "preset (every cell), then of fit's default, the standard preset (`stronger`, slice regime).", ""]
+             "preset (every cell), then of fit's default, the standard preset (`stronger`, on the cells it was run on).", ""]
     lines += half_tables(found, "")
     standard = []
     if args.audit == "plain" and not args.half:

@@ -20,7 +20,9 @@ def default_key() -> str:
 
 
 def _f(value, digits: int = 3) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return "∞" if math.isinf(value) else f"{value:.{digits}f}"
 
 
 def _ap(levels: dict, level: str) -> float | None:
@@ -125,8 +127,8 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
            f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
            f"labelaudit's rows here are `{key}` at the fast preset (10 epochs, U-Net 8-16-32-64-128-8, the CPU "
            "budget every method of this table shares); fit's default, the standard preset, has its own table "
-           "(slice regime). cleanlab and 1 − Dice rank the out-of-fold probabilities of the "
-           "same plain run (same network, same compute). AP over every slice / every pixel (noisy ≠ clean) / every "
+           "(the cells it was run on: `python bench/suite.py --methods stronger`). cleanlab and 1 − Dice rank "
+           "the out-of-fold probabilities of the same plain run (same network, same compute). AP over every slice / every pixel (noisy ≠ clean) / every "
            "case of the training set, out-of-fold; miss ratio = (1 − AP labelaudit) / (1 − AP cleanlab), bold "
            "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
            "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "

@@ -167,7 +167,9 @@ def miss_ratio(ours: float, theirs: float) -> float:
     """(1 − AP ours) / (1 − AP theirs): below 1 labelaudit misses less; 0.5 is half cleanlab's miss rate."""
     if np.isnan(ours) or np.isnan(theirs):
         return float("nan")
-    return (1.0 - ours) / max(1.0 - theirs, 1e-9)
+    if 1.0 - theirs < 1e-9:  # cleanlab misses nothing: labelaudit ties it or misses infinitely more
+        return 1.0 if 1.0 - ours < 1e-9 else float("inf")
+    return (1.0 - ours) / (1.0 - theirs)
 
 
 def dice_per_case(pred: np.ndarray, clean: np.ndarray, classes: int) -> float:
