@@ -22,11 +22,11 @@ def describe_threshold(threshold: Threshold) -> str:
         stats = calibration.slice_stats
         spread = ""
         if stats.get("median") is not None:
-            spread = f" = max(floor {calibration.floor:g}, median {stats['median']:.3f} + " \
-                     f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['mad']:.3f})"
+            spread = f" = min(1, max(floor {calibration.floor:g}, median {stats['median']:.3f} + " \
+                     f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['mad']:.3f}))"
         gate = ""
         if threshold.gate is not None and calibration.gate_rule == GATE_RULE and stats.get("median") is not None:
-            gate = f", worst slice {threshold.gate:.3f} = max(slice, median + {GATE_K:g}·{MAD_SCALE:g}·MAD)"
+            gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {GATE_K:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:
             gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"
         return (f"slice {slice_t:.3f}{spread}{gate}, case {case_t:.3f}; calibrated at fit time on "

@@ -95,6 +95,7 @@ def test_tolerance_and_exit_codes():
 def test_threshold_is_described_with_its_origin():
     text = describe_threshold(THRESHOLD)
     assert "slice 0.400" in text and "median 0.100" in text and "MAD 0.020" in text and "40 out-of-fold" in text
+    assert "= min(1, max(floor" in text  # the rule's ceiling, which a model that cannot segment reaches
     assert describe_threshold(Threshold(0.2, 0.2, ThresholdSource.OVERRIDE)) == \
         "slice and case 0.200 (--threshold)"
 
