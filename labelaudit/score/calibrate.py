@@ -67,6 +67,11 @@ def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = 
     return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
 
 
+def case_rule_applies(n_cases: int) -> bool:
+    """Whether the case threshold comes from the case scores (else it is the slice threshold)."""
+    return n_cases >= MIN_CASES_FOR_CASE_RULE
+
+
 def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: float = THRESHOLD_K,
                           floor: float = THRESHOLD_FLOOR) -> Threshold:
     """The slice, case and gate thresholds of THRESHOLD_RULE and GATE_RULE from training scores.
@@ -75,8 +80,7 @@ def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: 
     """
     slice_threshold = robust_threshold(slice_scores, k, floor)
     gate = max(slice_threshold, robust_threshold(slice_scores, GATE_K, floor))  # never below a slice flag
-    case_threshold = (robust_threshold(case_scores, k, floor) if len(case_scores) >= MIN_CASES_FOR_CASE_RULE
-                      else slice_threshold)
+    case_threshold = robust_threshold(case_scores, k, floor) if case_rule_applies(len(case_scores)) else slice_threshold
     return Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
 
 
@@ -90,7 +94,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
     threshold = threshold_from_scores(slice_scores, case_scores, k, floor)
     slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
-    case_rule = (THRESHOLD_RULE if len(case_scores) >= MIN_CASES_FOR_CASE_RULE
+    case_rule = (THRESHOLD_RULE if case_rule_applies(len(case_scores))
                  else f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)")
     per_case: dict[str, list[float]] = {}
     for s in audit.slices:

@@ -88,6 +88,6 @@ def saturated_calibration_note(calibration: Calibration | None) -> str | None:
               if stats.get("median") is not None and stats.get("mad") is not None else "")
     return (f"the calibrated slice threshold is 1: the training slices' noise scores{spread} are too high and "
             "too spread for a clean majority to stand out, so no slice is flagged and `check` passes every case; "
-            "the model does not segment this structure well enough to audit it. Fit a larger budget "
-            "(`--preset standard`, more --epochs), or flag at an explicit --threshold chosen on cases you have "
-            "verified")
+            "the model does not segment this structure well enough to audit it. Bring a stronger model (for "
+            "`labelaudit fit`: more --epochs or wider --features than this run's), or flag at an explicit "
+            "--threshold chosen on cases you have verified")
