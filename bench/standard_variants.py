@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 from pint_audit import machine, write_section
 from suite_data import DATASETS, REGIMES, Half
-from suite_signals import (CONF, VARIANTS, Signal, Variant, cleanlab_signal, labelaudit_variants, level_scores,
-                           median_area_mm2, miss_ratio)
+from suite_signals import VARIANTS, Signal, Variant, cleanlab_signal, labelaudit_variants, level_scores, miss_ratio
 
 from suite import oof_cases, truth_of
 
 from labelaudit.formats.manifest import read_manifest
-from labelaudit.score.formulas import (case_noise_score, given_class_probability, normalised_entropy,
-                                       pixel_noise_score, roi_radius, slice_stats)
+from labelaudit.score.formulas import case_noise_score, given_class_probability
 
 HERE = Path(__file__).resolve().parent
 TITLE = "## Slice-score candidates at the standard preset (`python bench/standard_variants.py`)"
@@ -71,33 +69,18 @@ def rank_mean(signals: list[Signal], name: str, pixels_from: Signal) -> Signal:
     return combined
 
 
-def softmin_quality(p_given: np.ndarray, temperature: float = 0.1) -> np.ndarray:
-    """cleanlab's softmin image quality of each slice: Σ p_y · softmax((1 − p_y) / T) over its pixels.
-
-    p_given float (S, H, W) -> float64 (S,); the same arithmetic as cleanlab.internal.multilabel_scorer.softmin.
-    """
-    flat = p_given.reshape(len(p_given), -1).astype(np.float64)
-    logits = (1.0 - flat) / temperature
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (flat * weights).sum(axis=1) / weights.sum(axis=1)
-
-
-def combined(cases, prior: float, how: str, name: str) -> Signal:
-    """max(F, R) at A₀ = `prior` × the median area combined slice by slice with softmin's 1 − quality (`how`:
-    mean or max); noise map (1 − p̄_y) × the combined slice score; case = mean of the 3 worst slices."""
-    median = median_area_mm2(cases)
+def combined(cases, ours: Signal, softmin: Signal, how: str, name: str) -> Signal:
+    """`ours` (a labelaudit variant) combined slice by slice with cleanlab's softmin signal (`how`: mean or max);
+    noise map (1 − p̄_y) × the combined slice score; case = mean of the 3 worst slices."""
     signal = Signal(name)
     for case in cases:
-        p_given = given_class_probability(case.prob, case.classes)
-        eps = max(1.0, prior * median / (case.spacing[0] * case.spacing[1]))
-        ours = slice_stats(pixel_noise_score(p_given, normalised_entropy(case.prob), CONF), case.classes,
-                           case.prob.argmax(axis=1), case.prob.shape[1], roi_radius(case.spacing), eps).noise_score
-        theirs = 1.0 - softmin_quality(p_given)
-        scores = (ours + theirs) / 2 if how == "mean" else np.maximum(ours, theirs)
-        for index, value in enumerate(scores):
-            signal.slices[(case.case_id, index)] = float(value)
+        keys = [(case.case_id, i) for i in range(len(case.classes))]
+        a, b = (np.array([s.slices[k] for k in keys]) for s in (ours, softmin))
+        scores = (a + b) / 2 if how == "mean" else np.maximum(a, b)
+        signal.slices.update(zip(keys, scores.tolist()))
         signal.cases[case.case_id] = case_noise_score(scores)
-        signal.pixels.append(((1.0 - p_given) * scores[:, None, None]).reshape(-1).astype(np.float32))
+        wrong = 1.0 - given_class_probability(case.prob, case.classes)
+        signal.pixels.append((wrong * scores[:, None, None]).reshape(-1).astype(np.float32))
     return signal
 
 
@@ -109,13 +92,11 @@ def measure(cell: Path) -> dict[str, dict]:
     assert [c.case_id for c in cases] == order
     ours = labelaudit_variants(cases, (*VARIANTS, *CANDIDATES))
     softmin = cleanlab_signal(cases)
-    first = cases[0]  # softmin_quality is cleanlab's arithmetic
-    mine = 1.0 - softmin_quality(given_class_probability(first.prob, first.classes))
-    assert np.allclose(mine, [softmin.slices[(first.case_id, i)] for i in range(len(mine))], atol=1e-5)
-    combos = [rank_mean([ours[0], softmin], "rank mean(landed, softmin)", ours[0]),
-              combined(cases, 0.5, "mean", "mean(landed, softmin)"),
-              combined(cases, 0.5, "max", "max(landed, softmin)"),
-              combined(cases, 0.1, "mean", "mean(f=0.1, softmin)")]
+    landed, small_prior = ours[0], next(s for s in ours if s.name == CANDIDATES[0].name)
+    combos = [rank_mean([landed, softmin], "rank mean(landed, softmin)", landed),
+              combined(cases, landed, softmin, "mean", "mean(landed, softmin)"),
+              combined(cases, landed, softmin, "max", "max(landed, softmin)"),
+              combined(cases, small_prior, softmin, "mean", "mean(f=0.1, softmin)")]
     return {s.name: {lv: vars(v) for lv, v in level_scores(s, truth).items()} for s in (*ours, softmin, *combos)}
 
 
