@@ -41,8 +41,8 @@ THRESHOLD_FLOOR = 0.05
 GATE_K = 8.0
 GATE_RULE = f"median+{GATE_K:g}*mad"
 #: Stored with the thresholds in run.json, so that a committed model says what its threshold means.
-THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = max(floor, median + k * mad_scale "
-                     "* MAD) of the scores of the training slices with structure ('scored' says whether "
+THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = min(1, max(floor, median + k * "
+                     "mad_scale * MAD)) of the scores of the training slices with structure ('scored' says whether "
                      "out-of-fold or in-sample): k robust standard deviations above a typical training "
                      "annotation, robust to up to half of them being wrong; a case is flagged when its worst "
                      f"slice reaches 'gate' (the same rule with k = {GATE_K:g}) or its score (mean of its 3 worst "
