@@ -238,7 +238,7 @@ def assemble_rows(work: Path, saved: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "held-out", "all"], default="all")
+    parser.add_argument("--half", choices=["dev", "held-out", "fresh", "all"], default="all")
     parser.add_argument("--datasets", help="comma-separated names (default: every dataset of the half)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--methods", help="comma-separated methods of the plan to run (default: all)")

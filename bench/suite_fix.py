@@ -115,7 +115,7 @@ def kind_lines(part: list[tuple[dict, dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
-    parser.add_argument("--half", choices=("dev", "held-out"), help="measure this half only and print its table "
+    parser.add_argument("--half", choices=("dev", "held-out", "fresh"), help="measure this half only and print its table "
                         "(RESULTS.md and fix_rows.json are left as they are): choose on dev")
     parser.add_argument("--audit", default="plain", help="the cells' audit (audits/NAME; not plain: printed, "
                         "like --half)")
@@ -160,11 +160,12 @@ def measure_audits(work: Path, rows: list[dict], audit: str, half: str | None) -
 def half_tables(found: list[tuple[dict, dict]], deeper: str) -> list[str]:
     """Each half's Dice table and kind confusion matrix; `deeper`: '#' to nest the headings one level down."""
     lines = []
-    for half in ("held-out", "dev"):
+    words = {"fresh": "Fresh held-out", "held-out": "Held-out", "dev": "Development"}
+    for half in words:
         part = [(r, m) for r, m in found if r["half"] == half]
         if not part:
             continue
-        lines += [f"###{deeper} {'Held-out' if half == 'held-out' else 'Development'} half", "",
+        lines += [f"###{deeper} {words[half]} half", "",
                   "| dataset | regime | noisy | prediction | " + " | ".join(f"replace @{r}" for r in REGION_SCORES)
                   + f" | ignore @{DEFAULT}: wrong masked / right lost | classes not mended |",
                   "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- | --- |"]

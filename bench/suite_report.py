@@ -13,6 +13,8 @@ from labelaudit.config import DEFAULT_METHOD, DEFAULT_VARIANT, Method
 
 TITLE = "## Audit-quality suite: development and held-out halves (`python bench/suite.py`)"
 LEVELS = ("slice", "pixel", "case")
+FRESH_HEADING = ("### Fresh held-out half (generated and fit on 2026-12-02, after that day's slice score had been "
+                 "chosen on the development half; only fit's default was run there)")
 
 
 def default_key() -> str:
@@ -133,6 +135,10 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
            "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
            "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "
            f"case, no perturbations. Fit and score wall time of all runs: {total / 60:.0f} min.", ""]
+    fresh = [r for r in rows if r["half"] == "fresh"]
+    if fresh:  # fit's default only: the standard preset against cleanlab on its own out-of-fold softmax
+        out += [FRESH_HEADING, "", *stronger_table(fresh, key), "", gate_line(fresh, "stronger"), "",
+                *methods_table(fresh), ""]
     for half, heading in (("held-out", "### Held-out half (never used to choose anything)"),
                           ("dev", "### Development half (where defaults were chosen)")):
         part = [r for r in rows if r["half"] == half]
