@@ -25,7 +25,7 @@ from pint_audit import machine, write_section
 from suite_data import DATASETS, Half
 
 from labelaudit.formats.manifest import read_manifest
-from labelaudit.score.calibrate import threshold_from_scores
+from labelaudit.score.calibrate import GATE_K, threshold_from_scores
 from labelaudit.score.decide import decide
 from labelaudit.types import Threshold
 
@@ -40,12 +40,12 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _training_threshold(audit: Path) -> Threshold:
+def _training_threshold(audit: Path, gate_k: float = GATE_K) -> Threshold:
     """Today's calibration rule on a training audit's CSVs: the slices with structure, every case."""
     slices = [float(r["noise_score"]) for r in _rows(audit / "slices.csv")
               if int(r["label_pixels"]) or int(r["pred_pixels"])]
     cases = [float(r["noise_score"]) for r in _rows(audit / "cases.csv")]
-    return threshold_from_scores(np.array(slices), np.array(cases))
+    return threshold_from_scores(np.array(slices), np.array(cases), gate_k=gate_k)
 
 
 def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
@@ -58,12 +58,12 @@ def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
             for r in _rows(audit / "cases.csv")}
 
 
-def measure_cell(cell: Path, method: str) -> dict | None:
+def measure_cell(cell: Path, method: str, gate_k: float = GATE_K) -> dict | None:
     audits = cell / "audits"
     needed = [audits / name / "cases.csv" for name in (method, f"{method}_new_clean", f"{method}_new_noisy")]
     if not all(p.is_file() for p in needed):
         return None
-    threshold = _training_threshold(audits / method)
+    threshold = _training_threshold(audits / method, gate_k)
     corrupted = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
                  if any(t.slices.values())}
     clean = _flagged(audits / f"{method}_new_clean", threshold)
@@ -86,11 +86,12 @@ def section(rows: list[tuple[str, str, str, str, dict]], work: Path) -> str:
              "slice reaches `gate` (score/decide.py). \"As scored\": the audits' own `flagged` column, with the "
              "rule of the day the cell ran (a case flagged when any slice reaches `slice`). Target (audit-quality "
              "issue): at most 1 in 20 clean new cases flagged, at least half of the corrupted ones.", ""]
-    for half in (Half.DEV, Half.HELD_OUT):
+    words = {Half.DEV: "Development", Half.HELD_OUT: "Held-out", Half.FRESH: "Fresh held-out"}
+    for half in (Half.DEV, Half.HELD_OUT, Half.FRESH):
         part = [r for r in rows if r[0] == half.value]
         if not part:
             continue
-        lines += [f"**{'Development' if half is Half.DEV else 'Held-out'} half**", "",
+        lines += [f"**{words[half]} half**", "",
                   "| dataset | regime | method | slice / case / gate threshold | clean flagged | as scored | "
                   "corrupted flagged | as scored |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         keys = ("false_alarms", "false_alarms_as_scored", "detections", "detections_as_scored")
@@ -115,17 +116,21 @@ def section(rows: list[tuple[str, str, str, str, dict]], work: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "held-out", "all"], default="dev")
+    parser.add_argument("--half", choices=["dev", "held-out", "fresh", "all"], default="dev")
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
+    parser.add_argument("--gate-k", type=float, default=GATE_K, help="the gate's MADs to try (choose on dev; "
+                        "--results always writes the default's)")
     args = parser.parse_args()
+    if args.results:
+        args.gate_k = GATE_K
     rows = []
     for dataset in DATASETS:
         if args.half not in ("all", dataset.half.value):
             continue
         for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
             for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):
-                measured = measure_cell(cell, method)
+                measured = measure_cell(cell, method, args.gate_k)
                 if measured is not None:
                     rows.append((dataset.half.value, dataset.name, cell.name, method, measured))
     text = section(rows, args.work)

@@ -216,6 +216,29 @@ class Routing(str, Enum):
 
 
 @dataclass(frozen=True)
+class ScoreSpread:
+    """The spread of the training scores a threshold was calibrated on: run.json's "slice_stats" / "case_stats".
+
+    median and mad are None when there were no scores; quantiles maps "q50" … "q99" to the score there."""
+
+    median: float | None = None
+    mad: float | None = None
+    quantiles: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, values: np.ndarray, quantiles: tuple[float, ...]) -> ScoreSpread:
+        values = np.asarray(values, dtype=np.float64)
+        if not values.size:
+            return cls()
+        median = float(np.median(values))
+        return cls(median, float(np.median(np.abs(values - median))),
+                   {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in quantiles})
+
+    def to_json(self) -> dict:
+        return {"median": self.median, "mad": self.mad, **self.quantiles}
+
+
+@dataclass(frozen=True)
 class Calibration:
     """How fit derived its thresholds from the training data's scores: run.json's "threshold" (score/calibrate.py)."""
 
@@ -232,8 +255,8 @@ class Calibration:
     scored: str = ""  # out-of-fold or in-sample
     n_slices: int = 0
     n_cases: int = 0
-    slice_stats: dict[str, float | None] = field(default_factory=dict)  # median, mad, q50 … q99
-    case_stats: dict[str, float | None] = field(default_factory=dict)
+    slice_stats: ScoreSpread = field(default_factory=ScoreSpread)
+    case_stats: ScoreSpread = field(default_factory=ScoreSpread)
     flagged_slices: int = 0
     flagged_cases: int = 0
     structure_prior_mm2: float | None = None  # A₀ of the slice score
@@ -247,6 +270,7 @@ class Calibration:
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__
                 if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
+        data["slice_stats"], data["case_stats"] = self.slice_stats.to_json(), self.case_stats.to_json()
         if self.class_agreement is not None:  # JSON keys are text
             data["class_agreement"] = {str(v): d for v, d in sorted(self.class_agreement.items())}
         return data

@@ -11,6 +11,7 @@ stdlib + numpy only: no torch, no onnxruntime here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config import (PRESET_BUDGETS, Exporter, McpmParams, NetParams, Perturbat
 from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
-from ..types import Calibration
+from ..types import Calibration, ScoreSpread
 from .fields import Fields, load_json
 
 RUN_FORMAT = 1
@@ -239,11 +240,17 @@ def read_calibration(f: Fields | None) -> Calibration | None:
     if f is None or not f.data:
         return None
 
-    def stats(key: str) -> dict:
+    def stats(key: str) -> ScoreSpread:
         block = f.object(key, None)
         if block is None:
-            return {}
-        return {k: (block.float(k, None)) for k in block.data}
+            return ScoreSpread()
+        quantiles = [k for k in block.data if re.fullmatch(r"q\d{1,2}", k)]
+        # log_median / log_mad: written by calibrations of log scores (before 2026-12-01), no longer read
+        unknown = [k for k in block.data if k not in ("median", "mad", "log_median", "log_mad", *quantiles)]
+        if unknown:
+            raise block.fail(unknown[0], "no such field (median, mad and quantiles q50 … q99)")
+        return ScoreSpread(block.float("median", None), block.float("mad", None, low=0.0),
+                           {k: block.float(k) for k in quantiles})
 
     return Calibration(
         slice=f.float("slice", low=0.0, high=1.0), case=f.float("case", f.data.get("slice"), low=0.0, high=1.0),

@@ -21,11 +21,12 @@ def describe_threshold(threshold: Threshold) -> str:
     if threshold.source is ThresholdSource.RUN and calibration is not None and calibration.rule == THRESHOLD_RULE:
         stats = calibration.slice_stats
         spread = ""
-        if stats.get("median") is not None:
-            spread = f" = min(1, max(floor {calibration.floor:g}, median {stats['median']:.3f} + " \
-                     f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats['mad']:.3f}))"
+        known = stats.median is not None and stats.mad is not None
+        if known:
+            spread = f" = min(1, max(floor {calibration.floor:g}, median {stats.median:.3f} + " \
+                     f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats.mad:.3f}))"
         gate = ""
-        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and stats.get("median") is not None:
+        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and known:
             gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {GATE_K:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:
             gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"

@@ -26,7 +26,7 @@ from ..errors import ImageReadError
 from ..formats.run import DatasetRecord, load_run
 from .decide import decide, resolve_threshold, saturated_calibration_note
 from ..io import read_volume
-from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
+from ..types import Audit, Calibration, Dataset, Routing, ScoreSpread, Threshold, ThresholdSource, Volume
 from ..fix.rule import class_agreement
 from .formulas import SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
@@ -73,13 +73,14 @@ def case_rule_applies(n_cases: int) -> bool:
 
 
 def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: float = THRESHOLD_K,
-                          floor: float = THRESHOLD_FLOOR) -> Threshold:
+                          floor: float = THRESHOLD_FLOOR, gate_k: float = GATE_K) -> Threshold:
     """The slice, case and gate thresholds of THRESHOLD_RULE and GATE_RULE from training scores.
 
-    slice_scores: float (N,) of the slices with a non-empty ROI; case_scores: float (M,) of every case.
+    slice_scores: float (N,) of the slices with a non-empty ROI; case_scores: float (M,) of every case;
+    gate_k: the gate's MADs (GATE_K; the benchmark compares others).
     """
     slice_threshold = robust_threshold(slice_scores, k, floor)
-    gate = max(slice_threshold, robust_threshold(slice_scores, GATE_K, floor))  # never below a slice flag
+    gate = max(slice_threshold, robust_threshold(slice_scores, gate_k, floor))  # never below a slice flag
     case_threshold = robust_threshold(case_scores, k, floor) if case_rule_applies(len(case_scores)) else slice_threshold
     return Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
 
@@ -100,23 +101,13 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     for s in audit.slices:
         per_case.setdefault(s.case_id, []).append(s.noise_score)
 
-    def quantiles(values: np.ndarray) -> dict:
-        return {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES} if values.size else {}
-
-    def spread(values: np.ndarray) -> dict:
-        if not values.size:
-            return {"median": None, "mad": None}
-        median = float(np.median(values))
-        return {"median": median, "mad": float(np.median(np.abs(values - median)))}
-
     return Calibration(
         slice=slice_threshold, case=case_threshold, rule=THRESHOLD_RULE, case_rule=case_rule,
         meaning=THRESHOLD_MEANING, k=k, mad_scale=MAD_SCALE, floor=floor, pixel_score=audit.pixel_score,
         perturbations=audit.perturbations,
         scored="out-of-fold" if any(c.routing == Routing.OUT_OF_FOLD.value for c in audit.cases) else "in-sample",
         n_slices=int(slice_scores.size), n_cases=int(case_scores.size),
-        slice_stats={**spread(slice_scores), **quantiles(slice_scores)},
-        case_stats={**spread(case_scores), **quantiles(case_scores)},
+        slice_stats=ScoreSpread.of(slice_scores, QUANTILES), case_stats=ScoreSpread.of(case_scores, QUANTILES),
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
         gate=gate, gate_rule=GATE_RULE, class_agreement=class_agreement(audit.class_counts) or None,

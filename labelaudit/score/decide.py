@@ -68,8 +68,9 @@ def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | No
                 "when any slice reaches the slice threshold, which flags more clean cases than today's rule; "
                 "recalibrate it with `labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: "
                 "score the training data with --probabilities again), or pass --threshold")
-    return ("this model's thresholds were calibrated on an earlier slice score (the structure fraction alone); "
-            "today's adds the worst region, so it may flag more slices than calibrated: recalibrate it with "
+    earlier = calibration.slice_rule or "the structure fraction alone"
+    return (f"this model's thresholds were calibrated on an earlier slice score ({earlier}); today's is "
+            f"{SLICE_RULE}, so its flags may not match the calibrated rate: recalibrate it with "
             "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the training data "
             "with --probabilities again), or pass --threshold")
 
@@ -84,8 +85,8 @@ def saturated_calibration_note(calibration: Calibration | None) -> str | None:
     if calibration is None or calibration.slice < 1.0:
         return None
     stats = calibration.slice_stats
-    spread = (f" (median {stats['median']:.2f}, MAD {stats['mad']:.2f})"
-              if stats.get("median") is not None and stats.get("mad") is not None else "")
+    spread = (f" (median {stats.median:.2f}, MAD {stats.mad:.2f})"
+              if stats.median is not None and stats.mad is not None else "")
     return (f"the calibrated slice threshold is 1: the training slices' noise scores{spread} are too high and "
             "too spread for a clean majority to stand out, so no slice is flagged and `check` passes every case; "
             "the model does not segment this structure well enough to audit it. Bring a stronger model (for "

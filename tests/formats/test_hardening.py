@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from labelaudit import io
+from labelaudit.formats.run import load_run
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Volume
 
@@ -523,6 +524,8 @@ def _edit_run(run_dir: Path, how: str) -> str:
         data["preprocessing"]["channels"][0]["std"], field = 0.0, "preprocessing.channels[0].std"
     elif how == "agreement":
         data["threshold"]["class_agreement"], field = {"liver": 0.5}, "threshold.class_agreement"
+    elif how == "spread":
+        data["threshold"]["slice_stats"], field = {"median": 0.1, "mean": 0.2}, "threshold.slice_stats.mean"
     elif how == "net":
         data.setdefault("config", {})["net"], field = {"features": ["wide"]}, "config.net"
     elif how == "exporter":
@@ -532,10 +535,19 @@ def _edit_run(run_dir: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["list", "divisor", "threshold", "perturbations", "dotdot", "missing", "std", "net",
-                                 "exporter", "agreement"])
+                                 "exporter", "agreement", "spread"])
 def test_run_json_of_the_wrong_shape_exits_4_naming_the_field(cli, ds, run, tmp_path, how):
     field = _edit_run(run, how)
     for result in (score(cli, ds, run, "--out", tmp_path / "a"), check(cli, ds, run)):
         assert result.exit_code == 4, result.output
         assert "run.json" in text(result) and f"'{field}'" in text(result), text(result)
         assert "internal error" not in text(result)
+
+
+def test_the_score_spread_of_a_calibration_reads_typed_and_accepts_earlier_runs_log_fields(run):
+    data = json.loads((run / "run.json").read_text())
+    data["threshold"]["slice_stats"] = {"median": 0.1, "mad": 0.02, "q90": 0.3, "log_median": -2.3, "log_mad": 0.4}
+    (run / "run.json").write_text(json.dumps(data))
+    spread = load_run(run).threshold.slice_stats
+    assert (spread.median, spread.mad, spread.quantiles) == (0.1, 0.02, {"q90": 0.3})
+    assert spread.to_json() == {"median": 0.1, "mad": 0.02, "q90": 0.3}  # written back without the log fields

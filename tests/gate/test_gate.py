@@ -16,14 +16,14 @@ from labelaudit.gate.check import CheckedModel, CheckResult, _verdict
 from labelaudit.gate.ci import check_json, describe_threshold, failure_message, github_annotations, junit_xml
 from labelaudit.score.decide import decide
 from labelaudit.score.routing import check_run_matches
-from labelaudit.types import AuditDataset, Calibration, Threshold, ThresholdSource
+from labelaudit.types import AuditDataset, Calibration, ScoreSpread, Threshold, ThresholdSource
 from labelaudit.preprocess import LabelMap
 from labelaudit.formats.run import load_run
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 THRESHOLD = Threshold(0.4, 0.3, ThresholdSource.RUN, Calibration(
     slice=0.4, case=0.3, rule="median+k*mad", k=3.0, floor=0.05, n_slices=40, scored="out-of-fold",
-    slice_stats={"median": 0.1, "mad": 0.02}))
+    slice_stats=ScoreSpread(0.1, 0.02)))
 
 
 def entry(case_id: str, slices: list[float], kinds: list | None = None, case_kind: str | None = None,

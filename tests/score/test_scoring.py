@@ -29,7 +29,7 @@ from labelaudit.score.formulas import (
 )
 from labelaudit.score.pipeline import score_dataset
 from labelaudit.score.routing import route_case
-from labelaudit.types import Geometry, Volume
+from labelaudit.types import Geometry, ScoreSpread, Volume
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 # ----------------------------------------------------------------------------- tiny datasets and audits
@@ -326,7 +326,7 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.rule == "median+k*mad" and threshold.k == 3.0
     assert threshold.floor <= threshold.slice <= 1.0 and threshold.case == threshold.slice
     assert threshold.scored == "out-of-fold" and threshold.n_slices > 0
-    assert "q90" in threshold.slice_stats
+    assert "q90" in threshold.slice_stats.quantiles
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no audit folder written
     # A0 is measured on the fit dataset's labels and used by later scoring of the run
     assert threshold.structure_prior_mm2 == pytest.approx(structure_prior(discover_dataset(data3d)))
@@ -335,7 +335,7 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.gate_rule == GATE_RULE and threshold.slice <= threshold.gate <= 1.0
     stats = threshold.slice_stats
     assert threshold.gate == pytest.approx(max(threshold.slice, min(1.0, max(
-        threshold.floor, stats["median"] + GATE_K * 1.4826 * stats["mad"]))))
+        threshold.floor, stats.median + GATE_K * 1.4826 * stats.mad))))
     # how well the model segments each class of the training labels (fix never mends one below min_agreement)
     assert threshold.class_agreement and all(0.0 <= v <= 1.0 for v in threshold.class_agreement.values())
 
@@ -346,6 +346,8 @@ def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(d
     run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]], threshold=stale)
     audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
     assert any("calibrate RUN_DIR" in n for n in audit.notes)
+    # the note names the rule the run was calibrated on (none stored: the structure fraction alone) and today's
+    assert any("(the structure fraction alone)" in n and f"today's is {SLICE_RULE}" in n for n in audit.notes)
     overridden = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu", threshold=0.3))
     assert not any("calibrate RUN_DIR" in n for n in overridden.notes)  # the user chose the threshold
     result = _cli(["calibrate", str(run_dir), "--device", "cpu"])
@@ -377,7 +379,7 @@ def test_a_calibration_at_its_ceiling_warns_that_nothing_will_be_flagged():
     # scores of a model that cannot segment the structure: high and spread, median + 3 MADs beyond 1
     scores = np.array([0.3, 0.45, 0.6, 0.62, 0.8, 0.85, 0.9])
     assert robust_threshold(scores) == 1.0
-    note = saturated_calibration_note(Calibration(slice=1.0, case=1.0, slice_stats={"median": 0.6, "mad": 0.22}))
+    note = saturated_calibration_note(Calibration(slice=1.0, case=1.0, slice_stats=ScoreSpread(0.6, 0.22)))
     assert "threshold is 1" in note and "median 0.60, MAD 0.22" in note and "--threshold" in note
     assert saturated_calibration_note(Calibration(slice=1.0, case=1.0)) is not None  # stats not stored: still said
     assert saturated_calibration_note(Calibration(slice=0.99, case=1.0)) is None
