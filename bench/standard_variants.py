@@ -53,7 +53,12 @@ READING = """What this says (development half, all eight cells at the standard p
 - **Not adopted.** The held-out half had been read at this preset, in every regime, before these eight cells
   were compared, so a change chosen now could not be reported on it honestly: it needs a held-out dataset
   nobody has looked at. The slice score also carries the fix region score, the gate's rule and the shipped
-  model's calibration, which would have to be chosen again here."""
+  model's calibration, which would have to be chosen again here.
+- **Tried later that day, and withdrawn.** `mean(f=0.1, softmin)` was implemented as the slice score, with a
+  fresh held-out half generated and fit to report it (bench/suite_data.py). Rescored, the development half
+  reproduced these APs, but the threshold rule reached its ceiling of 1 in 8 of 9 development cells: softmin
+  puts clean slices at 0.5–0.6 with a wide spread, so nothing was flagged and the gate caught 0 of 67 corrupted
+  new cases. It was withdrawn before the fresh half's results were read (docs/decisions.md)."""
 
 
 def rank_mean(signals: list[Signal], name: str, pixels_from: Signal) -> Signal:

@@ -13,8 +13,8 @@ from labelaudit.config import DEFAULT_METHOD, DEFAULT_VARIANT, Method
 
 TITLE = "## Audit-quality suite: development and held-out halves (`python bench/suite.py`)"
 LEVELS = ("slice", "pixel", "case")
-FRESH_HEADING = ("### Fresh held-out half (generated and fit on 2026-12-02, after that day's slice score had been "
-                 "chosen on the development half; only fit's default was run there)")
+FRESH_HEADING = ("### Fresh held-out half (generated and fit on 2026-12-02, never used to choose anything; only "
+                 "fit's default was run there)")
 
 
 def default_key() -> str:
