@@ -427,8 +427,10 @@ def test_a_team_members_rows_are_those_of_the_whole_batch():
         Team(1, 2).check_batch(3)
 
 
-def test_presets_set_the_budget_and_options_override_them(dataset, tmp_path, cli):
+def test_presets_set_the_budget_and_options_override_them(dataset, tmp_path, monkeypatch, cli):
     from labelaudit.config import PRESET_BUDGETS, Preset, preset_budget
+
+    monkeypatch.chdir(tmp_path)  # fit points ./runs/.latest at its run
 
     common = ("--method", "plain", "--folds", "1", "--iterations-per-epoch", "1", "--batch-size", "2",
               "--device", "cpu", "--preprocessed", tmp_path / "pre")
@@ -449,3 +451,18 @@ def test_presets_set_the_budget_and_options_override_them(dataset, tmp_path, cli
     assert load_run(tmp_path / "standard").settings.preset is None
     loop, net = preset_budget(Preset.FAST)
     assert (loop.epochs, net.features) == PRESET_BUDGETS[Preset.FAST]
+
+
+@pytest.mark.parametrize("slice_threshold, warned", [(1.0, True), (0.3, False)])
+def test_cli_fit_warns_exactly_when_its_calibrated_threshold_is_at_the_ceiling(dataset, tmp_path, monkeypatch, cli,
+                                                                                make_run, slice_threshold, warned):
+    # the fit itself is stood in for by a run folder with the calibration it would have written
+    threshold = {"slice": slice_threshold, "case": slice_threshold, "rule": "median+k*mad", "k": 3.0, "floor": 0.05,
+                 "slice_stats": {"median": 0.7, "mad": 0.2}}
+    run_dir = make_run(tmp_path / "run", dataset, threshold=threshold)
+    monkeypatch.setattr("labelaudit.train.fit.fit_dataset", lambda config, **_: run_dir)
+    monkeypatch.chdir(tmp_path)
+    result = cli("fit", dataset, "--device", "cpu", "--out", tmp_path / "elsewhere")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert ("threshold is 1" in said and "median 0.70, MAD 0.20" in said) == warned, said
