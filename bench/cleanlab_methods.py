@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--cells", help="comma-separated dataset/regime cells (default: every cell with a run)")
     args = parser.parse_args()
-    rows = json.loads((args.work / "rows.json").read_text())
+    rows = [r for r in json.loads((args.work / "rows.json").read_text()) if r["half"] != "reserve"]  # never read
     wanted = set(args.cells.split(",")) if args.cells else None
     lines = [TITLE, "", f"- date: {time.strftime('%Y-%m-%d')}; machine: {machine()}; cleanlab "
              f"{__import__('cleanlab').__version__}. AP slice · pixel · case over the training set, out-of-fold; "

@@ -238,7 +238,7 @@ def assemble_rows(work: Path, saved: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "held-out", "fresh", "all"], default="all")
+    parser.add_argument("--half", choices=["dev", "held-out", "fresh", "reserve", "all"], default="all")
     parser.add_argument("--datasets", help="comma-separated names (default: every dataset of the half)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--methods", help="comma-separated methods of the plan to run (default: all)")
@@ -250,7 +250,8 @@ def main() -> None:
     rows_path = options.work / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     if not options.rewrite:
-        chosen = [d for d in DATASETS if options.half in ("all", d.half.value)]
+        chosen = [d for d in DATASETS if options.half in ("all", d.half.value)
+                  and (d.half is not Half.RESERVE or options.half == "reserve")]  # the reserve only when named
         if options.datasets:
             chosen = [d for d in chosen if d.name in options.datasets.split(",")]
         if options.quick:

@@ -150,7 +150,7 @@ def measure_audits(work: Path, rows: list[dict], audit: str, half: str | None) -
     found = []
     for row in rows:
         cell = work / row["dataset"] / row["regime"]
-        if half and row["half"] != half:
+        if (half and row["half"] != half) or row["half"] == "reserve":  # the reserve half is never read
             continue
         if audit in row["methods"] and (cell / "audits" / audit / "summary.json").exists():
             found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes, audit)))

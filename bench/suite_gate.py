@@ -126,7 +126,7 @@ def main() -> None:
         args.gate_k = GATE_K
     rows = []
     for dataset in DATASETS:
-        if args.half not in ("all", dataset.half.value):
+        if args.half not in ("all", dataset.half.value) or dataset.half is Half.RESERVE:  # never read
             continue
         for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
             for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):

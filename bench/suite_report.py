@@ -127,6 +127,7 @@ def variants_table(rows: list[dict]) -> list[str]:
 
 def write_results(path: Path, rows: list[dict], meta: dict) -> None:
     key = default_key()
+    rows = [r for r in rows if r["half"] != "reserve"]  # fit, never reported (bench/suite_data.py)
     total = sum(e["fit_s"] + e["score_s"] for r in rows for e in r["methods"].values())
     out = [TITLE, "",
            f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
