@@ -60,8 +60,9 @@ def fit_and_score_demo(work: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_fixed_seed_demo_fit_reproduces_the_golden_slices(tmp_path):
+def test_fixed_seed_demo_fit_reproduces_the_golden_slices(tmp_path, monkeypatch):
     pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)  # fit points ./runs/.latest at its run
     found = differences(fit_and_score_demo(tmp_path))
     assert not found, f"slices.csv differs from {GOLDEN.name}:\n" + "\n".join(found)
 
