@@ -226,13 +226,18 @@ class ScoreSpread:
     quantiles: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, values: np.ndarray, quantiles: tuple[float, ...]) -> ScoreSpread:
+    def of(cls, values: np.ndarray, quantiles: tuple[float, ...] = ()) -> ScoreSpread:
         values = np.asarray(values, dtype=np.float64)
         if not values.size:
             return cls()
         median = float(np.median(values))
         return cls(median, float(np.median(np.abs(values - median))),
                    {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in quantiles})
+
+    @property
+    def known(self) -> bool:
+        """Whether the median and MAD were stored (runs calibrated before they were, or on no scores: not)."""
+        return self.median is not None and self.mad is not None
 
     def to_json(self) -> dict:
         return {"median": self.median, "mad": self.mad, **self.quantiles}

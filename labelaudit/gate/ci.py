@@ -21,12 +21,11 @@ def describe_threshold(threshold: Threshold) -> str:
     if threshold.source is ThresholdSource.RUN and calibration is not None and calibration.rule == THRESHOLD_RULE:
         stats = calibration.slice_stats
         spread = ""
-        known = stats.median is not None and stats.mad is not None
-        if known:
+        if stats.known:
             spread = f" = min(1, max(floor {calibration.floor:g}, median {stats.median:.3f} + " \
                      f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats.mad:.3f}))"
         gate = ""
-        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and known:
+        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and stats.known:
             gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {GATE_K:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:
             gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"

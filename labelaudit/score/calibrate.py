@@ -59,12 +59,10 @@ PRIOR_RULE = (f"{STRUCTURE_PRIOR} x the median labelled area of the training sli
 
 def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
     """max(floor, median + k · 1.4826 · MAD) of `scores` (float, any shape); `floor` when empty. At most 1."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
+    spread = ScoreSpread.of(np.asarray(scores).reshape(-1))
+    if not spread.known:
         return float(floor)
-    median = float(np.median(scores))
-    mad = float(np.median(np.abs(scores - median)))
-    return float(min(1.0, max(floor, median + k * MAD_SCALE * mad)))
+    return float(min(1.0, max(floor, spread.median + k * MAD_SCALE * spread.mad)))
 
 
 def case_rule_applies(n_cases: int) -> bool:

@@ -85,8 +85,7 @@ def saturated_calibration_note(calibration: Calibration | None) -> str | None:
     if calibration is None or calibration.slice < 1.0:
         return None
     stats = calibration.slice_stats
-    spread = (f" (median {stats.median:.2f}, MAD {stats.mad:.2f})"
-              if stats.median is not None and stats.mad is not None else "")
+    spread = f" (median {stats.median:.2f}, MAD {stats.mad:.2f})" if stats.known else ""
     return (f"the calibrated slice threshold is 1: the training slices' noise scores{spread} are too high and "
             "too spread for a clean majority to stand out, so no slice is flagged and `check` passes every case; "
             "the model does not segment this structure well enough to audit it. Bring a stronger model (for "
