@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from pint_audit import machine, write_section
+from suite_data import Half
 from suite_signals import Signal, level_scores
 
 from suite import truth_of
@@ -114,11 +115,11 @@ def tables(results: list[tuple[dict, dict]]) -> list[str]:
     """Per half, one row per cell of every signal's AP; then how often each signal is the best of its row."""
     names = list(results[0][1]["signals"])
     lines = []
-    for half in ("held-out", "dev"):
-        part = [(r, m) for r, m in results if r["half"] == half]
+    for half in (Half.HELD_OUT, Half.DEV):
+        part = [(r, m) for r, m in results if r["half"] == half.value]
         if not part:
             continue
-        lines += [f"**{'Held-out' if half == 'held-out' else 'Development'} half**", "",
+        lines += [f"**{half.title} half**", "",
                   "| dataset | regime | " + " | ".join(names) + " |", "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
         for row, m in part:
             cells = []
@@ -150,7 +151,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--cells", help="comma-separated dataset/regime cells (default: every cell with a run)")
     args = parser.parse_args()
-    rows = [r for r in json.loads((args.work / "rows.json").read_text()) if r["half"] != "reserve"]  # never read
+    rows = [r for r in json.loads((args.work / "rows.json").read_text()) if Half(r["half"]).reported]
     wanted = set(args.cells.split(",")) if args.cells else None
     lines = [TITLE, "", f"- date: {time.strftime('%Y-%m-%d')}; machine: {machine()}; cleanlab "
              f"{__import__('cleanlab').__version__}. AP slice · pixel · case over the training set, out-of-fold; "

@@ -56,6 +56,17 @@ class Half(str, Enum):
     FRESH = "fresh"  # held out as well; see the module docstring
     RESERVE = "reserve"  # fit but never read yet; see the module docstring
 
+    @property
+    def title(self) -> str:
+        """The half's name in the tables of bench/RESULTS.md."""
+        names = {"dev": "Development", "held-out": "Held-out", "fresh": "Fresh held-out", "reserve": "Reserve"}
+        return names[self.value]
+
+    @property
+    def reported(self) -> bool:
+        """Whether any table, gate, fix or cleanlab section may read the half's results."""
+        return self is not Half.RESERVE
+
 
 @dataclass(frozen=True)
 class Regime:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from pint_audit import write_section
-from suite_data import dataset_named
+from suite_data import Half, dataset_named
 from suite_signals import dice_per_case
 
 from labelaudit.config import FixMode, FixParams
@@ -150,7 +150,7 @@ def measure_audits(work: Path, rows: list[dict], audit: str, half: str | None) -
     found = []
     for row in rows:
         cell = work / row["dataset"] / row["regime"]
-        if (half and row["half"] != half) or row["half"] == "reserve":  # the reserve half is never read
+        if (half and row["half"] != half) or not Half(row["half"]).reported:
             continue
         if audit in row["methods"] and (cell / "audits" / audit / "summary.json").exists():
             found.append((row, measure_cell(cell, dataset_named(row["dataset"]).classes, audit)))
@@ -160,12 +160,11 @@ def measure_audits(work: Path, rows: list[dict], audit: str, half: str | None) -
 def half_tables(found: list[tuple[dict, dict]], deeper: str) -> list[str]:
     """Each half's Dice table and kind confusion matrix; `deeper`: '#' to nest the headings one level down."""
     lines = []
-    words = {"fresh": "Fresh held-out", "held-out": "Held-out", "dev": "Development"}
-    for half in words:
-        part = [(r, m) for r, m in found if r["half"] == half]
+    for half in (Half.FRESH, Half.HELD_OUT, Half.DEV):
+        part = [(r, m) for r, m in found if r["half"] == half.value]
         if not part:
             continue
-        lines += [f"###{deeper} {words[half]} half", "",
+        lines += [f"###{deeper} {half.title} half", "",
                   "| dataset | regime | noisy | prediction | " + " | ".join(f"replace @{r}" for r in REGION_SCORES)
                   + f" | ignore @{DEFAULT}: wrong masked / right lost | classes not mended |",
                   "| --- | --- | --- | --- | " + " | ".join("---" for _ in REGION_SCORES) + " | --- | --- |"]

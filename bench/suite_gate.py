@@ -86,12 +86,11 @@ def section(rows: list[tuple[str, str, str, str, dict]], work: Path) -> str:
              "slice reaches `gate` (score/decide.py). \"As scored\": the audits' own `flagged` column, with the "
              "rule of the day the cell ran (a case flagged when any slice reaches `slice`). Target (audit-quality "
              "issue): at most 1 in 20 clean new cases flagged, at least half of the corrupted ones.", ""]
-    half_names = {Half.DEV: "Development", Half.HELD_OUT: "Held-out", Half.FRESH: "Fresh held-out"}
     for half in (Half.DEV, Half.HELD_OUT, Half.FRESH):
         part = [r for r in rows if r[0] == half.value]
         if not part:
             continue
-        lines += [f"**{half_names[half]} half**", "",
+        lines += [f"**{half.title} half**", "",
                   "| dataset | regime | method | slice / case / gate threshold | clean flagged | as scored | "
                   "corrupted flagged | as scored |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         keys = ("false_alarms", "false_alarms_as_scored", "detections", "detections_as_scored")
@@ -126,7 +125,7 @@ def main() -> None:
         args.gate_k = GATE_K
     rows = []
     for dataset in DATASETS:
-        if args.half not in ("all", dataset.half.value) or dataset.half is Half.RESERVE:  # never read
+        if args.half not in ("all", dataset.half.value) or not dataset.half.reported:
             continue
         for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
             for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pint_audit import write_section
+from suite_data import Half
 from suite_signals import miss_ratio
 
 from labelaudit.config import DEFAULT_METHOD, DEFAULT_VARIANT, Method
@@ -127,7 +128,7 @@ def variants_table(rows: list[dict]) -> list[str]:
 
 def write_results(path: Path, rows: list[dict], meta: dict) -> None:
     key = default_key()
-    rows = [r for r in rows if r["half"] != "reserve"]  # fit, never reported (bench/suite_data.py)
+    rows = [r for r in rows if Half(r["half"]).reported]
     total = sum(e["fit_s"] + e["score_s"] for r in rows for e in r["methods"].values())
     out = [TITLE, "",
            f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
@@ -139,7 +140,7 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
            "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
            "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "
            f"case, no perturbations. Fit and score wall time of all runs: {total / 60:.0f} min.", ""]
-    fresh = [r for r in rows if r["half"] == "fresh"]
+    fresh = [r for r in rows if r["half"] == Half.FRESH.value]
     if fresh:  # fit's default only: the standard preset against cleanlab on its own out-of-fold softmax
         out += [FRESH_HEADING, "", *stronger_table(fresh, key), "", gate_line(fresh, "stronger"), "",
                 *methods_table(fresh), ""]
