@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = SynthConfig(cases=2, size=(24, 20, 4), spacing=(0.8, 0.9, 3.0))
 
 
+@pytest.fixture(autouse=True)
+def _working_directory(tmp_path_factory, monkeypatch) -> Path:
+    """Every test runs in a folder of its own: what the CLI writes relative to the working directory
+    (runs/, runs/.latest, audits/) never lands in the repository or leaks from one test into another."""
+    work = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(work)
+    return work
+
+
 @pytest.fixture
 def tiny_config() -> SynthConfig:
     return TINY
@@ -185,7 +194,7 @@ def _make_run(run_dir: Path, dataset_root: Path, num_classes: int = 2, in_channe
     """
     from labelaudit.data import discover_dataset, fingerprint
     from labelaudit.formats.run import RUN_FORMAT, FoldModel, RunInfo, save_run
-    from labelaudit.preprocess import ChannelNorm, LabelMap, Preprocessing
+    from labelaudit.preprocess import ChannelNorm, Preprocessing
 
     norm = norm if norm is not None else ChannelNorm(**CT_NORM)
     dataset = discover_dataset(dataset_root)

@@ -18,7 +18,7 @@ import pytest
 from labelaudit import io
 from labelaudit.data import discover_dataset
 from labelaudit.errors import ModelError, UsageError
-from labelaudit.preprocess import ChannelNorm, LabelMap
+from labelaudit.preprocess import ChannelNorm
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
 from labelaudit.score.calibrate import GATE_K, GATE_RULE, calibrate_run, robust_threshold, structure_prior
