@@ -7,7 +7,7 @@ import socket
 from xml.etree import ElementTree as ET
 
 from ..diagnosis import ErrorKind
-from ..score.calibrate import GATE_K, GATE_RULE, MAD_SCALE, THRESHOLD_RULE
+from ..score.calibrate import MAD_SCALE, THRESHOLD_RULE, gate_k_of
 from ..types import Threshold, ThresholdSource
 from .check import CaseVerdict, CheckResult
 
@@ -25,8 +25,9 @@ def describe_threshold(threshold: Threshold) -> str:
             spread = f" = min(1, max(floor {calibration.floor:g}, median {stats.median:.3f} + " \
                      f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats.mad:.3f}))"
         gate = ""
-        if threshold.gate is not None and calibration.gate_rule == GATE_RULE and stats.known:
-            gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {GATE_K:g}·{MAD_SCALE:g}·MAD))"
+        gate_k = gate_k_of(calibration.gate_rule)
+        if threshold.gate is not None and gate_k is not None and stats.known:
+            gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {gate_k:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:
             gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"
         return (f"slice {slice_t:.3f}{spread}{gate}, case {case_t:.3f}; calibrated at fit time on "

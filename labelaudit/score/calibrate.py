@@ -6,7 +6,8 @@ not move the estimate of the clean bulk much; K = 3 robust standard deviations f
 clean bulk; the floor keeps a near-perfect model (MAD ≈ 0) from flagging every slice with a few uncertain
 boundary pixels.
 
-The gate (the worst-slice score that flags a whole case) is the same rule with GATE_K MADs: a clean slice's
+The gate (the worst-slice score that flags a whole case) is the same rule with GATE_K MADs (FAST_GATE_K for
+runs of the fast preset, whose weaker models spread their clean slices wider): a clean slice's
 score is skewed to the right (a few uncertain pixels more or less), so K MADs cut into the clean tail, and a
 case of 15 slices has 15 chances to cross it. (The rule on log scores, used before, broke with strong models:
 clean slices scoring near 0 widened the log MAD until the gate reached 1; docs/decisions.md.)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ScoreConfig
+from ..config import Preset, ScoreConfig
 from ..data import Track, discover_dataset, fingerprint, no_track
 from ..errors import ImageReadError
 from ..formats.run import DatasetRecord, load_run
@@ -37,15 +38,41 @@ THRESHOLD_RULE = "median+k*mad"
 THRESHOLD_K = 3.0
 MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
 THRESHOLD_FLOOR = 0.05
-#: The gate's rule: max(slice threshold, median + GATE_K · MAD_SCALE · MAD) of the same scores.
-GATE_K = 8.0
-GATE_RULE = f"median+{GATE_K:g}*mad"
+#: The gate's rule: max(slice threshold, median + GATE_K · MAD_SCALE · MAD) of the same scores. A run of the
+#: fast preset (a weaker model, whose clean slices spread wider) keeps FAST_GATE_K (docs/decisions.md).
+GATE_K = 6.0
+FAST_GATE_K = 8.0
+
+
+def gate_rule(gate_k: float = GATE_K) -> str:
+    """The gate's rule as run.json stores it."""
+    return f"median+{gate_k:g}*mad"
+
+
+GATE_RULE = gate_rule(GATE_K)
+
+
+def gate_k_of(rule: str | None) -> float | None:
+    """The MADs of a stored gate rule (`gate_rule`), None when it is another rule."""
+    prefix, suffix = "median+", "*mad"
+    if rule and rule.startswith(prefix) and rule.endswith(suffix):
+        try:
+            return float(rule[len(prefix):-len(suffix)])
+        except ValueError:
+            return None
+    return None
+
+
+def gate_k_for(preset: Preset | None) -> float:
+    """The gate's MADs for a run of `preset` (None: not one of fit's presets, e.g. a user's own probabilities)."""
+    return FAST_GATE_K if preset is Preset.FAST else GATE_K
+
 #: Stored with the thresholds in run.json, so that a committed model says what its threshold means.
 THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = min(1, max(floor, median + k * "
                      "mad_scale * MAD)) of the scores of the training slices with structure ('scored' says whether "
                      "out-of-fold or in-sample): k robust standard deviations above a typical training "
                      "annotation, robust to up to half of them being wrong; a case is flagged when its worst "
-                     f"slice reaches 'gate' (the same rule with k = {GATE_K:g}) or its score (mean of its 3 worst "
+                     "slice reaches 'gate' (the same rule with the k of 'gate_rule') or its score (mean of its 3 worst "
                      "slices) reaches 'case'")
 #: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
@@ -83,7 +110,8 @@ def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: 
     return Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
 
 
-def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> Calibration:
+def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR,
+                          gate_k: float = GATE_K) -> Calibration:
     """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
 
     Only slices with a non-empty ROI (labelled or predicted structure) count: empty slices score 0 by
@@ -91,7 +119,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     """
     slice_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels], dtype=float)
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
-    threshold = threshold_from_scores(slice_scores, case_scores, k, floor)
+    threshold = threshold_from_scores(slice_scores, case_scores, k, floor, gate_k)
     slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
     case_rule = (THRESHOLD_RULE if case_rule_applies(len(case_scores))
                  else f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)")
@@ -108,7 +136,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         slice_stats=ScoreSpread.of(slice_scores, QUANTILES), case_stats=ScoreSpread.of(case_scores, QUANTILES),
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
-        gate=gate, gate_rule=GATE_RULE, class_agreement=class_agreement(audit.class_counts) or None,
+        gate=gate, gate_rule=gate_rule(gate_k), class_agreement=class_agreement(audit.class_counts) or None,
     )
 
 
@@ -127,7 +155,7 @@ def calibrate_run(run_dir: Path | str, device: str = "auto", track: Track = no_t
         prior = structure_prior(discover_dataset(root))
     audit = score_dataset(ScoreConfig(run_dir=Path(run_dir), dataset=root, write=False, device=device,
                                       batch_size=batch_size, structure_prior_mm2=prior), track=track)
-    return stamped(thresholds_from_audit(audit), prior)
+    return stamped(thresholds_from_audit(audit, gate_k=gate_k_for(info.settings.preset)), prior)
 
 
 def stamped(calibration: Calibration, prior: float | None) -> Calibration:

@@ -21,7 +21,8 @@ from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
-from labelaudit.score.calibrate import GATE_K, GATE_RULE, calibrate_run, robust_threshold, structure_prior
+from labelaudit.score.calibrate import (FAST_GATE_K, GATE_K, GATE_RULE, calibrate_run, gate_k_for, gate_k_of, gate_rule,
+                                        robust_threshold, structure_prior)
 from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
     CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
@@ -191,9 +192,19 @@ def test_robust_threshold_by_hand():
     assert robust_threshold(np.zeros(10), floor=0.05) == 0.05  # a perfect model: the floor
     assert robust_threshold(np.array([]), floor=0.05) == 0.05
     # the gate: the same rule with GATE_K MADs, capped at 1
-    assert GATE_K == 8.0 and GATE_RULE == "median+8*mad"
-    assert robust_threshold(scores / 10, k=GATE_K, floor=0.0) == pytest.approx(0.02 + 8 * 1.4826 * 0.01)
+    assert GATE_K == 6.0 and GATE_RULE == "median+6*mad"
+    assert robust_threshold(scores / 10, k=GATE_K, floor=0.0) == pytest.approx(0.02 + 6 * 1.4826 * 0.01)
     assert robust_threshold(np.array([0.5, 0.9, 0.99]), k=GATE_K) == 1.0
+
+
+def test_the_gate_keeps_more_mads_for_the_fast_presets_weaker_models():
+    from labelaudit.config import Preset
+
+    assert gate_k_for(Preset.STANDARD) == GATE_K == 6.0 and gate_k_for(None) == GATE_K
+    assert gate_k_for(Preset.FAST) == FAST_GATE_K == 8.0
+    # the stored rule says its MADs, for runs calibrated under either
+    assert gate_k_of(gate_rule(FAST_GATE_K)) == 8.0 and gate_k_of(GATE_RULE) == 6.0
+    assert gate_k_of(None) is None and gate_k_of("exp(median+3*mad of log)") is None
 
 
 def test_route_case():
@@ -317,6 +328,22 @@ def test_out_of_fold_routing_picks_the_holding_model(data3d, tmp_path, make_run)
     ensemble = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu", out_of_fold=False))
     assert {c.model for c in ensemble.cases} == {"ensemble(fold_0+fold_1)"}
     assert {c.routing for c in ensemble.cases} == {"in-sample"}
+
+
+def test_calibrate_run_takes_the_gate_of_the_runs_preset(data3d, tmp_path, make_run):
+    from labelaudit.config import PRESET_BUDGETS, NetParams, Preset
+
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]])
+    epochs, features = PRESET_BUDGETS[Preset.FAST]
+    data = json.loads((run_dir / "run.json").read_text())
+    data["config"] = {"net": NetParams(features=features).to_json(), "loop": {"epochs": epochs}}
+    (run_dir / "run.json").write_text(json.dumps(data))
+    assert load_run(run_dir).settings.preset is Preset.FAST
+    threshold = calibrate_run(run_dir, device="cpu")
+    assert threshold.gate_rule == gate_rule(FAST_GATE_K)
+    stats = threshold.slice_stats
+    assert threshold.gate == pytest.approx(max(threshold.slice, min(1.0, max(
+        threshold.floor, stats.median + FAST_GATE_K * 1.4826 * stats.mad))))
 
 
 def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
