@@ -25,7 +25,8 @@ from pint_audit import machine, write_section
 from suite_data import DATASETS, Half
 
 from labelaudit.formats.manifest import read_manifest
-from labelaudit.score.calibrate import GATE_K, threshold_from_scores
+from labelaudit.config import Preset
+from labelaudit.score.calibrate import GATE_K, gate_k_for, threshold_from_scores
 from labelaudit.score.decide import decide
 from labelaudit.types import Threshold
 
@@ -35,27 +36,27 @@ TITLE = "## The gate on the audit-quality suite (`python bench/suite_gate.py`)"
 SUMMED = {"plain": "`plain` at the fast preset", "stronger": "fit's default, the standard preset (`stronger`)"}
 
 
-def _rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     with path.open() as handle:
         return list(csv.DictReader(handle))
 
 
 def _training_threshold(audit: Path, gate_k: float = GATE_K) -> Threshold:
     """Today's calibration rule on a training audit's CSVs: the slices with structure, every case."""
-    slices = [float(r["noise_score"]) for r in _rows(audit / "slices.csv")
+    slices = [float(r["noise_score"]) for r in read_rows(audit / "slices.csv")
               if int(r["label_pixels"]) or int(r["pred_pixels"])]
-    cases = [float(r["noise_score"]) for r in _rows(audit / "cases.csv")]
+    cases = [float(r["noise_score"]) for r in read_rows(audit / "cases.csv")]
     return threshold_from_scores(np.array(slices), np.array(cases), gate_k=gate_k)
 
 
-def _flagged(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
+def flagged_by_case(audit: Path, threshold) -> dict[str, tuple[bool, bool]]:
     """case id -> (flagged with `threshold`, flagged as scored)."""
     per_case: dict[str, list[float]] = {}
-    for r in _rows(audit / "slices.csv"):
+    for r in read_rows(audit / "slices.csv"):
         per_case.setdefault(r["case_id"], []).append(float(r["noise_score"]))
     return {r["case_id"]: (decide(float(r["noise_score"]), per_case.get(r["case_id"], []), threshold).flagged,
                            r["flagged"].strip().lower() in ("true", "1", "yes"))
-            for r in _rows(audit / "cases.csv")}
+            for r in read_rows(audit / "cases.csv")}
 
 
 def measure_cell(cell: Path, method: str, gate_k: float = GATE_K) -> dict | None:
@@ -66,8 +67,8 @@ def measure_cell(cell: Path, method: str, gate_k: float = GATE_K) -> dict | None
     threshold = _training_threshold(audits / method, gate_k)
     corrupted = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
                  if any(t.slices.values())}
-    clean = _flagged(audits / f"{method}_new_clean", threshold)
-    noisy = {c: v for c, v in _flagged(audits / f"{method}_new_noisy", threshold).items() if c in corrupted}
+    clean = flagged_by_case(audits / f"{method}_new_clean", threshold)
+    noisy = {c: v for c, v in flagged_by_case(audits / f"{method}_new_noisy", threshold).items() if c in corrupted}
     return {"slice": threshold.slice, "case": threshold.case, "gate": threshold.worst_slice,
             "false_alarms": [sum(v[0] for v in clean.values()), len(clean)],
             "false_alarms_as_scored": [sum(v[1] for v in clean.values()), len(clean)],
@@ -118,8 +119,8 @@ def main() -> None:
     parser.add_argument("--half", choices=["dev", "held-out", "fresh", "all"], default="dev")
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
-    parser.add_argument("--gate-k", type=float, default=GATE_K, help="the gate's MADs to try (choose on dev; "
-                        "--results always writes the default's)")
+    parser.add_argument("--gate-k", type=float, default=GATE_K, help="the gate's MADs to try for fit's default, the "
+                        "standard preset (choose on dev; --results always writes the default's)")
     args = parser.parse_args()
     if args.results:
         args.gate_k = GATE_K
@@ -129,7 +130,9 @@ def main() -> None:
             continue
         for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
             for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):
-                measured = measure_cell(cell, method, args.gate_k)
+                # fit's calibration: the gate of the run's preset (`stronger` is the standard preset)
+                gate_k = args.gate_k if method == "stronger" else gate_k_for(Preset.FAST)
+                measured = measure_cell(cell, method, gate_k)
                 if measured is not None:
                     rows.append((dataset.half.value, dataset.name, cell.name, method, measured))
     text = section(rows, args.work)
