@@ -25,6 +25,7 @@ from pint_audit import machine, write_section
 from suite_data import DATASETS, Half
 
 from labelaudit.formats.manifest import read_manifest
+from labelaudit.formats.run import load_run
 from labelaudit.config import Preset
 from labelaudit.score.calibrate import GATE_K, gate_k_for, threshold_from_scores
 from labelaudit.score.decide import decide
@@ -130,8 +131,9 @@ def main() -> None:
             continue
         for cell in sorted(p for p in (args.work / dataset.name).glob("*") if (p / "audits").is_dir()):
             for method in sorted(p.name for p in (cell / "audits").iterdir() if (cell / "runs" / p.name).is_dir()):
-                # fit's calibration: the gate of the run's preset (`stronger` is the standard preset)
-                gate_k = args.gate_k if method == "stronger" else gate_k_for(Preset.FAST)
+                # fit's calibration: the gate of the run's preset (--gate-k stands in for the standard one's)
+                preset = load_run(cell / "runs" / method).settings.preset
+                gate_k = gate_k_for(preset) if preset is Preset.FAST else args.gate_k
                 measured = measure_cell(cell, method, gate_k)
                 if measured is not None:
                     rows.append((dataset.half.value, dataset.name, cell.name, method, measured))

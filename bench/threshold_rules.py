@@ -128,14 +128,12 @@ def logit_mad(k: float, gate_k: float):
     return rule
 
 
-def median_mad(gate_k: float, case_k: float | None = calibrate.THRESHOLD_K):
-    """Today's rule with the gate at `gate_k` MADs and the case threshold at `case_k` (None: no case threshold;
-    cases are then flagged by their worst slice alone)."""
+def median_mad(gate_k: float, case_threshold: bool = True):
+    """Today's rule with the gate at `gate_k` MADs; without `case_threshold`, cases are flagged by their worst
+    slice alone."""
     def rule(s: TrainingScores) -> Threshold:
-        t = calibrate.threshold_from_scores(s.slices, s.cases, gate_k=gate_k)  # slice and case: today's k
-        case = t.case if case_k == calibrate.THRESHOLD_K else (
-            1.0 + 1e-9 if case_k is None else calibrate.robust_threshold(s.cases, case_k))
-        return Threshold(t.slice, case, ThresholdSource.RUN, gate=t.gate)
+        t = calibrate.threshold_from_scores(s.slices, s.cases, gate_k=gate_k)
+        return Threshold(t.slice, t.case if case_threshold else 1.0 + 1e-9, ThresholdSource.RUN, gate=t.gate)
     return rule
 
 
@@ -144,8 +142,8 @@ RULES: dict[str, Rule] = {
     "gate 6 (today)": today,
     "gate 5": median_mad(5.0),
     "gate 4": median_mad(4.0),
-    "gate 8, no case threshold": median_mad(8.0, None),
-    "gate 5, no case threshold": median_mad(5.0, None),
+    "gate 8, no case threshold": median_mad(8.0, case_threshold=False),
+    "gate 5, no case threshold": median_mad(5.0, case_threshold=False),
     "mixture, posterior 0.5": mixture(),
     "logit MAD 3/5": logit_mad(3, 5),
 }
