@@ -269,6 +269,7 @@ class Calibration:
     slice_rule: str | None = None  # the slice score the thresholds were calibrated on (formulas.SLICE_RULE)
     gate: float | None = None  # the worst-slice score that flags a case; None (earlier runs): the slice threshold
     gate_rule: str | None = None
+    gate_k: float | None = None  # the gate's MADs (None: earlier runs, whose gate_rule alone says it)
     # label value -> Dice of the prediction against the training labels, over the whole training audit
     class_agreement: dict[int, float] | None = None
 
@@ -282,7 +283,7 @@ class Calibration:
 
 
 OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule",
-                               "class_agreement")
+                               "gate_k", "class_agreement")
 
 
 class ThresholdSource(str, Enum):

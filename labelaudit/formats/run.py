@@ -264,6 +264,7 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         structure_prior_mm2=f.float("structure_prior_mm2", None, positive=True),
         structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
         gate=f.float("gate", None, low=0.0, high=1.0), gate_rule=f.str("gate_rule", None),
+        gate_k=f.float("gate_k", None, positive=True),
         class_agreement=_class_agreement(f),
     )
 

@@ -7,7 +7,7 @@ import socket
 from xml.etree import ElementTree as ET
 
 from ..diagnosis import ErrorKind
-from ..score.calibrate import MAD_SCALE, THRESHOLD_RULE, gate_k_of
+from ..score.calibrate import MAD_SCALE, THRESHOLD_RULE
 from ..types import Threshold, ThresholdSource
 from .check import CaseVerdict, CheckResult
 
@@ -25,7 +25,7 @@ def describe_threshold(threshold: Threshold) -> str:
             spread = f" = min(1, max(floor {calibration.floor:g}, median {stats.median:.3f} + " \
                      f"{calibration.k:g}·{MAD_SCALE:g}·MAD {stats.mad:.3f}))"
         gate = ""
-        gate_k = gate_k_of(calibration.gate_rule)
+        gate_k = calibration.gate_k
         if threshold.gate is not None and gate_k is not None and stats.known:
             gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {gate_k:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:

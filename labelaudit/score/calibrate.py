@@ -52,17 +52,6 @@ def gate_rule(gate_k: float = GATE_K) -> str:
 GATE_RULE = gate_rule(GATE_K)
 
 
-def gate_k_of(rule: str | None) -> float | None:
-    """The MADs of a stored gate rule (`gate_rule`), None when it is another rule."""
-    prefix, suffix = "median+", "*mad"
-    if rule and rule.startswith(prefix) and rule.endswith(suffix):
-        try:
-            return float(rule[len(prefix):-len(suffix)])
-        except ValueError:
-            return None
-    return None
-
-
 def gate_k_for(preset: Preset | None) -> float:
     """The gate's MADs for a run of `preset` (None: not one of fit's presets, e.g. a user's own probabilities)."""
     return FAST_GATE_K if preset is Preset.FAST else GATE_K
@@ -72,7 +61,7 @@ THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = 
                      "mad_scale * MAD)) of the scores of the training slices with structure ('scored' says whether "
                      "out-of-fold or in-sample): k robust standard deviations above a typical training "
                      "annotation, robust to up to half of them being wrong; a case is flagged when its worst "
-                     "slice reaches 'gate' (the same rule with the k of 'gate_rule') or its score (mean of its 3 worst "
+                     "slice reaches 'gate' (the same rule with 'gate_k' MADs) or its score (mean of its 3 worst "
                      "slices) reaches 'case'")
 #: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
@@ -136,7 +125,8 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         slice_stats=ScoreSpread.of(slice_scores, QUANTILES), case_stats=ScoreSpread.of(case_scores, QUANTILES),
         flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
-        gate=gate, gate_rule=gate_rule(gate_k), class_agreement=class_agreement(audit.class_counts) or None,
+        gate=gate, gate_rule=gate_rule(gate_k), gate_k=gate_k,
+        class_agreement=class_agreement(audit.class_counts) or None,
     )
 
 

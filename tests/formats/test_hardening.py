@@ -526,6 +526,8 @@ def _edit_run(run_dir: Path, how: str) -> str:
         data["threshold"]["class_agreement"], field = {"liver": 0.5}, "threshold.class_agreement"
     elif how == "spread":
         data["threshold"]["slice_stats"], field = {"median": 0.1, "mean": 0.2}, "threshold.slice_stats.mean"
+    elif how == "gate_k":
+        data["threshold"]["gate_k"], field = -6, "threshold.gate_k"
     elif how == "net":
         data.setdefault("config", {})["net"], field = {"features": ["wide"]}, "config.net"
     elif how == "exporter":
@@ -535,7 +537,7 @@ def _edit_run(run_dir: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["list", "divisor", "threshold", "perturbations", "dotdot", "missing", "std", "net",
-                                 "exporter", "agreement", "spread"])
+                                 "exporter", "agreement", "spread", "gate_k"])
 def test_run_json_of_the_wrong_shape_exits_4_naming_the_field(cli, ds, run, tmp_path, how):
     field = _edit_run(run, how)
     for result in (score(cli, ds, run, "--out", tmp_path / "a"), check(cli, ds, run)):
@@ -551,3 +553,12 @@ def test_the_score_spread_of_a_calibration_reads_typed_and_accepts_earlier_runs_
     spread = load_run(run).threshold.slice_stats
     assert (spread.median, spread.mad, spread.quantiles) == (0.1, 0.02, {"q90": 0.3})
     assert spread.to_json() == {"median": 0.1, "mad": 0.02, "q90": 0.3}  # written back without the log fields
+
+
+def test_the_gates_mads_are_read_back_and_absent_in_earlier_runs(run):
+    assert load_run(run).threshold.gate_k is None  # a run calibrated before gate_k was stored
+    data = json.loads((run / "run.json").read_text())
+    data["threshold"].update(gate=0.5, gate_rule="median+6*mad", gate_k=6)
+    (run / "run.json").write_text(json.dumps(data))
+    calibration = load_run(run).threshold
+    assert calibration.gate_k == 6.0 and calibration.to_json()["gate_k"] == 6.0

@@ -100,6 +100,18 @@ def test_threshold_is_described_with_its_origin():
         "slice and case 0.200 (--threshold)"
 
 
+def test_the_gate_is_described_with_its_stored_mads():
+    from dataclasses import replace
+
+    calibration = replace(THRESHOLD.calibration, gate=0.5, gate_rule="median+6*mad", gate_k=6.0)
+    text = describe_threshold(Threshold(0.4, 0.3, ThresholdSource.RUN, calibration, gate=0.5))
+    assert "worst slice 0.500 = max(slice, min(1, median + 6·1.4826·MAD))" in text
+    # a run calibrated before gate_k was stored: its rule, as stored, and no formula guessed from it
+    earlier = replace(calibration, gate_k=None, gate_rule="median+8*mad")
+    text = describe_threshold(Threshold(0.4, 0.3, ThresholdSource.RUN, earlier, gate=0.5))
+    assert "worst slice 0.500 (median+8*mad)" in text
+
+
 # ----------------------------------------------------------------------------- renderers
 
 def test_junit_structure_and_counts():

@@ -21,7 +21,7 @@ from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
-from labelaudit.score.calibrate import (FAST_GATE_K, GATE_K, GATE_RULE, calibrate_run, gate_k_for, gate_k_of, gate_rule,
+from labelaudit.score.calibrate import (FAST_GATE_K, GATE_K, GATE_RULE, calibrate_run, gate_k_for, gate_rule,
                                         robust_threshold, structure_prior)
 from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
@@ -202,9 +202,7 @@ def test_the_gate_keeps_more_mads_for_the_fast_presets_weaker_models():
 
     assert gate_k_for(Preset.STANDARD) == GATE_K == 6.0 and gate_k_for(None) == GATE_K
     assert gate_k_for(Preset.FAST) == FAST_GATE_K == 8.0
-    # the stored rule says its MADs, for runs calibrated under either
-    assert gate_k_of(gate_rule(FAST_GATE_K)) == 8.0 and gate_k_of(GATE_RULE) == 6.0
-    assert gate_k_of(None) is None and gate_k_of("exp(median+3*mad of log)") is None
+    assert gate_rule(FAST_GATE_K) == "median+8*mad"
 
 
 def test_route_case():
@@ -340,7 +338,7 @@ def test_calibrate_run_takes_the_gate_of_the_runs_preset(data3d, tmp_path, make_
     (run_dir / "run.json").write_text(json.dumps(data))
     assert load_run(run_dir).settings.preset is Preset.FAST
     threshold = calibrate_run(run_dir, device="cpu")
-    assert threshold.gate_rule == gate_rule(FAST_GATE_K)
+    assert threshold.gate_rule == gate_rule(FAST_GATE_K) and threshold.gate_k == FAST_GATE_K
     stats = threshold.slice_stats
     assert threshold.gate == pytest.approx(max(threshold.slice, min(1.0, max(
         threshold.floor, stats.median + FAST_GATE_K * 1.4826 * stats.mad))))
@@ -359,7 +357,8 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     assert threshold.structure_prior_mm2 == pytest.approx(structure_prior(discover_dataset(data3d)))
     assert threshold.structure_prior_mm2 > 0
     assert threshold.slice_rule == SLICE_RULE  # says which slice score the thresholds were calibrated on
-    assert threshold.gate_rule == GATE_RULE and threshold.slice <= threshold.gate <= 1.0
+    assert threshold.gate_rule == GATE_RULE and threshold.gate_k == GATE_K
+    assert threshold.slice <= threshold.gate <= 1.0
     stats = threshold.slice_stats
     assert threshold.gate == pytest.approx(max(threshold.slice, min(1.0, max(
         threshold.floor, stats.median + GATE_K * 1.4826 * stats.mad))))
