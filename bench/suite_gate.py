@@ -27,7 +27,7 @@ from suite_data import DATASETS, Half
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.formats.run import load_run
 from labelaudit.config import Preset
-from labelaudit.score.calibrate import GATE_K, gate_k_for, threshold_from_scores
+from labelaudit.score.calibrate import GATE_K, counts_for_calibration, gate_k_for, threshold_from_scores
 from labelaudit.score.decide import decide
 from labelaudit.types import Threshold
 
@@ -45,7 +45,7 @@ def read_rows(path: Path) -> list[dict]:
 def _training_threshold(audit: Path, gate_k: float = GATE_K) -> Threshold:
     """Today's calibration rule on a training audit's CSVs: the slices with structure, every case."""
     slices = [float(r["noise_score"]) for r in read_rows(audit / "slices.csv")
-              if int(r["label_pixels"]) or int(r["pred_pixels"])]
+              if counts_for_calibration(int(r["label_pixels"]), int(r["pred_pixels"]))]
     cases = [float(r["noise_score"]) for r in read_rows(audit / "cases.csv")]
     return threshold_from_scores(np.array(slices), np.array(cases), gate_k=gate_k)
 

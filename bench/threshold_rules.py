@@ -49,13 +49,14 @@ def training_scores(cell: Path) -> TrainingScores:
     manifest = read_manifest(cell / "noisy" / "corruption.json")
     truth = {(c, int(i)): bool(v) for c, t in manifest.cases.items() for i, v in t.slices.items()}
     kept = [r for r in read_rows(cell / "audits" / METHOD / "slices.csv")
-            if int(r["label_pixels"]) or int(r["pred_pixels"])]
+            if calibrate.counts_for_calibration(int(r["label_pixels"]), int(r["pred_pixels"]))]
     per_case: dict[str, int] = {}
     for r in kept:
         per_case[r["case_id"]] = per_case.get(r["case_id"], 0) + 1
+    cases = read_rows(cell / "audits" / METHOD / "cases.csv")
     return TrainingScores(np.array([float(r["noise_score"]) for r in kept]),
                           np.array([truth.get((r["case_id"], int(r["slice_index"])), False) for r in kept]),
-                          np.array([float(r["noise_score"]) for r in read_rows(cell / "audits" / METHOD / "cases.csv")]),
+                          np.array([float(r["noise_score"]) for r in cases]),
                           float(np.median(list(per_case.values()))) if per_case else 1.0)
 
 

@@ -73,6 +73,14 @@ PRIOR_RULE = (f"{STRUCTURE_PRIOR} x the median labelled area of the training sli
               "slice score)")
 
 
+def counts_for_calibration(label_pixels: int, pred_pixels: int) -> bool:
+    """Whether a slice's score enters the calibration: a non-empty ROI (labelled or predicted structure).
+
+    Empty slices score 0 by definition and would pull the median to 0.
+    """
+    return bool(label_pixels or pred_pixels)
+
+
 def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
     """max(floor, median + k · 1.4826 · MAD) of `scores` (float, any shape); `floor` when empty. At most 1."""
     spread = ScoreSpread.of(np.asarray(scores).reshape(-1))
@@ -103,10 +111,10 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
                           gate_k: float = GATE_K) -> Calibration:
     """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
 
-    Only slices with a non-empty ROI (labelled or predicted structure) count: empty slices score 0 by
-    definition and would pull the median to 0.
+    Only the slices that `counts_for_calibration` count.
     """
-    slice_scores = np.array([s.noise_score for s in audit.slices if s.label_pixels or s.pred_pixels], dtype=float)
+    kept = [s for s in audit.slices if counts_for_calibration(s.label_pixels, s.pred_pixels)]
+    slice_scores = np.array([s.noise_score for s in kept], dtype=float)
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
     threshold = threshold_from_scores(slice_scores, case_scores, k, floor, gate_k)
     slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
