@@ -88,6 +88,7 @@ def saturated_calibration_note(calibration: Calibration | None) -> str | None:
     spread = f" (median {stats.median:.2f}, MAD {stats.mad:.2f})" if stats.known else ""
     return (f"the calibrated slice threshold is 1: the training slices' noise scores{spread} are too high and "
             "too spread for a clean majority to stand out, so no slice is flagged and `check` passes every case; "
-            "the model does not segment this structure well enough to audit it. Bring a stronger model (for "
-            "`labelaudit fit`: more --epochs or wider --features than this run's), or flag at an explicit "
-            "--threshold chosen on cases you have verified")
+            "the model does not segment this structure well enough to audit it. Bring a stronger model's "
+            "out-of-fold probabilities (`--probabilities`, e.g. nnU-Net's cross-validation run with --npz), fit "
+            "longer or wider only where this run's budget was short (more --epochs did not lift the ceiling on "
+            "small lesions), or flag at an explicit --threshold chosen on cases you have verified")

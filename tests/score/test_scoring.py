@@ -407,6 +407,7 @@ def test_a_calibration_at_its_ceiling_warns_that_nothing_will_be_flagged():
     assert robust_threshold(scores) == 1.0
     note = saturated_calibration_note(Calibration(slice=1.0, case=1.0, slice_stats=ScoreSpread(0.6, 0.22)))
     assert "threshold is 1" in note and "median 0.60, MAD 0.22" in note and "--threshold" in note
+    assert "--probabilities" in note  # the way to a stronger model: the user's own (e.g. nnU-Net's) probabilities
     assert saturated_calibration_note(Calibration(slice=1.0, case=1.0)) is not None  # stats not stored: still said
     assert saturated_calibration_note(Calibration(slice=0.99, case=1.0)) is None
     assert saturated_calibration_note(None) is None
