@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from score_gates import _case_data, measure
-from suite_signals import dice_per_case
+from score_gates import measure
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,10 +40,9 @@ def fit_longer(cell: Path, epochs: int, dest: Path) -> float:
 
 
 def summary(name: str, cell: Path, clean_new: Path) -> str:
-    landed = measure(cell, clean_new)["landed"]
+    found = measure(cell, clean_new)
+    landed, dice = found["landed"], found["dice_new"]
     rule = landed["rules"]["MAD 3/6"]
-    new = _case_data(cell / "runs" / "stronger", clean_new)
-    dice = np.mean([dice_per_case(c.prob.argmax(axis=1), c.classes, c.prob.shape[1] - 1) for c in new])
     ap = " / ".join(f"{landed['ap'][lv]:.3f}" for lv in ("slice", "pixel"))
     return (f"{name}: slice / pixel AP {ap}, Dice on the clean new cases {dice:.3f}, thresholds slice / case / gate "
             f"{rule['slice']:.3f} / {rule['case']:.3f} / {rule['gate']:.3f}, corrupted training slices flagged "

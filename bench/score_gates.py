@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 from pint_audit import machine, write_section
 from suite_data import DATASETS, REGIMES, Half
-from suite_signals import CaseData, Signal, level_scores, median_area_mm2
+from suite_signals import CaseData, Signal, dice_per_case, level_scores, median_area_mm2
 
 from suite import oof_cases, truth_of
 
 from labelaudit.formats.manifest import read_manifest
-from labelaudit.io.image import read_volume
 from labelaudit.score import calibrate
 from labelaudit.score.decide import decide
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
@@ -151,14 +150,6 @@ def mad_rule(k: float, gate_k: float, scale: str) -> Callable[[np.ndarray, np.nd
 RULES = {"MAD 3/6": mad_rule(3, 6, "raw"), "logit MAD 3/6": mad_rule(3, 6, "logit")}
 
 
-def _case_data(run_dir: Path, folder: Path) -> list[CaseData]:
-    found = []
-    for case in dataset_probabilities(run_dir, folder, device="cpu", out_of_fold=False):
-        spacing = read_volume(folder / "labelsTr" / f"{case.case_id}.nii.gz").geometry.in_plane_spacing()
-        found.append(CaseData(case.case_id, case.classes.astype(np.int64), case.prob, tuple(spacing)))
-    return found
-
-
 def _gate(scored: Scored, threshold: Threshold, only: set[str] | None = None) -> list[int]:
     per_case: dict[str, list[float]] = {}
     for (case_id, _), value in scored.slices.items():
@@ -175,7 +166,8 @@ def measure(cell: Path, clean_new: Path) -> dict:
     train = oof_cases(run_dir, cell / "noisy")
     assert [c.case_id for c in train] == order
     median = median_area_mm2(train)
-    new = {"clean": _case_data(run_dir, clean_new), "noisy": _case_data(run_dir, cell / "noisy_new")}
+    new = {"clean": oof_cases(run_dir, clean_new, out_of_fold=False),
+           "noisy": oof_cases(run_dir, cell / "noisy_new", out_of_fold=False)}
     corrupted_new = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
                      if any(t.slices.values())}
     found = {}
@@ -200,6 +192,8 @@ def measure(cell: Path, clean_new: Path) -> dict:
                            "false_alarms": _gate(new_scored["clean"], t),
                            "detections": _gate(new_scored["noisy"], t, corrupted_new)}
         found[how] = {"ap": levels, "rules": rules}
+    found["dice_new"] = float(np.mean([dice_per_case(c.prob.argmax(axis=1), c.classes, c.prob.shape[1] - 1)
+                                       for c in new["clean"]]))  # the ensemble's prediction on clean new cases
     return found
 
 
@@ -214,7 +208,8 @@ def section(rows: dict[str, dict], meta: str, reading: str = "") -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     totals: dict[tuple[str, str], list[list[int]]] = {}
     for cell, found in rows.items():
-        for how, entry in found.items():
+        for how in SCORES:
+            entry = found[how]
             ap = " · ".join("—" if (v := entry["ap"].get(lv)) is None or np.isnan(v) else f"{v:.3f}"
                             for lv in LEVELS)
             for name, m in entry["rules"].items():

@@ -128,9 +128,11 @@ def audit_signal(name: str, audit: Path, order: list[str]) -> Signal:
     return signal
 
 
-def oof_cases(run_dir: Path, noisy: Path) -> list[CaseData]:
+def oof_cases(run_dir: Path, noisy: Path, out_of_fold: bool = True) -> list[CaseData]:
+    """The run's probabilities of every case of `noisy`, as `score` routes them (out_of_fold False: the fold
+    models' ensemble, as new cases are scored)."""
     found = []
-    for case in dataset_probabilities(run_dir, noisy, device="cpu", out_of_fold=True):
+    for case in dataset_probabilities(run_dir, noisy, device="cpu", out_of_fold=out_of_fold):
         spacing = read_volume(noisy / "labelsTr" / f"{case.case_id}.nii.gz").geometry.in_plane_spacing()
         found.append(CaseData(case.case_id, case.classes.astype(np.int64), case.prob, tuple(spacing)))
     return found

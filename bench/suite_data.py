@@ -24,8 +24,9 @@ The suite is split by dataset, never by case, so that no default can be tuned to
   (6 MADs), chosen on the development half (bench/threshold_rules.py).
 - reserve half (fit, never reported): `ct_lesion_fine` (1-3 small liver lesions in HU, as ct_lesion, on a finer
   grid of 1x1x2 mm and another field of view), added on 2026-12-02 before the next calibration change was
-  chosen on the development half, to report it on small structures nobody has read. A dataset put here is fit but read by no table, gate or fix
-  section, so that the next default chosen on the development half can be reported on data nobody has read;
+  chosen on the development half, to report it on small structures nobody has read. A dataset put here is
+  fit but read by no table, gate or fix section, so that the next default chosen on the development half can
+  be reported on data nobody has read;
   move it to `Half.FRESH` in the commit that reports that choice, and say so in bench/RESULTS.md.
 
 Noise regimes (labelaudit corrupt):
