@@ -4,7 +4,8 @@ cleanlab's softmin ranks slices better than labelaudit's slice score on the held
 averaged with it, the slice score ranked better on the development half too, but its thresholds (median + k MADs
 of the training slices) reached their ceiling of 1 and nothing was flagged (docs/decisions.md). A score is only
 worth shipping with a threshold rule that works on it, so this script measures both at once: for each
-development cell with a standard-preset run, each candidate score of the same probabilities
+development cell with a standard-preset run, each candidate score of the same probabilities (slice scores, and
+case rules that keep the slice score and change only how a case's slices make its score)
 
 - on the training set (the fold models' out-of-fold softmax): AP at slice, pixel and case level, and the training
   slices each threshold rule flags (corrupted / clean, against the corruption manifest);
@@ -28,13 +29,14 @@ from pint_audit import machine, write_section
 from suite_data import DATASETS, REGIMES, Half
 from suite_signals import CaseData, Signal, dice_per_case, level_scores, median_area_mm2
 
-from suite import oof_cases, truth_of
+from suite import run_probabilities, truth_of
+from threshold_rules import logit, sigmoid
 
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.score import calibrate
 from labelaudit.score.decide import decide
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
-                                       pixel_noise_score, roi_radius, slice_stats)
+                                       pixel_noise_score, roi_radius, slice_stats, worst_region)
 from labelaudit.score.inference import dataset_probabilities
 from labelaudit.config import PixelScore
 from labelaudit.types import Threshold, ThresholdSource
@@ -42,7 +44,26 @@ from labelaudit.types import Threshold, ThresholdSource
 HERE = Path(__file__).resolve().parent
 TITLE = "## Slice scores with their thresholds (`python bench/score_gates.py`)"
 LEVELS = ("slice", "pixel", "case")
-SCORES = ("landed", "softmin", "mean", "product", "geo")
+#: The case rule that standardises the top-3 mean and the whole-case share against the training cases.
+STANDARDISED = "case z(top3) + z(whole)"
+#: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
+#: rejected on the first five).
+EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
+SCORES = (*EVERY_RULE, "mass 0.05", "mass 0.25", "softmin of s",
+          "class R", "class R, F", "case whole", "case max(top3, whole)", "case mean", "case max",
+          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, "case mass 0.25")
+#: cleanlab's softmin temperature, for the softmin of labelaudit's own pixel score.
+TEMPERATURE = 0.1
+DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean of its 3 worst slices; softmin = "
+             "cleanlab's; mean = (max(F, R) at A₀ = 0.1 × the median + softmin) / 2; product = landed × softmin; "
+             "geo = its square root; mass c = M / (M + 2c · A₀), M = Σ_ROI s_v; softmin of s = cleanlab's softmin "
+             "(T = 0.1) of 1 − s_v; class R = max(landed, R of each class against its own median area), class "
+             "R, F = max over classes of max(F, R) each against its own median area; the case rules keep the "
+             "landed slice score and change the case score only: whole = Σ M / (Σ |union| + A₀) over the "
+             "case's slices, max(top3, whole), mean = mean over the slices with structure, max = the worst "
+             "slice, max(whole, R) = with the case's worst region R, max(whole, top3 R) = with the mean of "
+             "its 3 worst R, z(top3) + z(whole) = σ of their mean, each standardised by the training cases' "
+             "median and MAD, case mass 0.25 = the mean of the 3 worst slices' mass 0.25.")
 
 
 @dataclass(frozen=True)
@@ -64,10 +85,41 @@ def _softmin(case: CaseData) -> np.ndarray:
     return 1.0 - np.asarray(quality, dtype=np.float64)
 
 
-def score_cases(cases: list[CaseData], median_mm2: float) -> dict[str, Scored]:
-    """Every score of SCORES on the same probabilities: landed (max(F, R), A₀ = 0.5 × the median area), softmin,
-    mean (of max(F, R) at A₀ = 0.1 × the median and softmin), product (landed × softmin) and geo (their geometric
-    mean). median_mm2: the training labels' median area (fit measures A₀ there, once)."""
+def class_medians_mm2(cases: list[CaseData]) -> dict[int, float]:
+    """Per foreground class, the median area (mm²) of the training slices where the label has it."""
+    areas: dict[int, list[float]] = {}
+    for case in cases:
+        pixel = case.spacing[0] * case.spacing[1]
+        for c in range(1, case.prob.shape[1]):
+            counts = (case.classes == c).reshape(case.classes.shape[0], -1).sum(axis=1)
+            areas.setdefault(c, []).extend(float(n) * pixel for n in counts if n > 0)
+    return {c: float(np.median(a)) if a else 1.0 for c, a in areas.items()}
+
+
+def class_scores(noise: np.ndarray, case: CaseData, pred: np.ndarray, medians: dict[int, float],
+                 with_fraction: bool) -> np.ndarray:
+    """max over foreground classes c of that class's own slice score, its A₀ from class c's median area:
+    R only over the pixels label or prediction give to c (with_fraction: max(F_c, R_c), F_c over c alone)."""
+    radius = roi_radius(case.spacing)
+    found = np.zeros(len(noise))
+    for c, median in medians.items():
+        eps = max(1.0, 0.5 * median / (case.spacing[0] * case.spacing[1]))
+        mine = (case.classes == c) | (pred == c)
+        if not mine.any():
+            continue
+        region = worst_region(np.where(mine, noise, 0.0), REGION_SHARE * eps)
+        if with_fraction:
+            binary_label, binary_pred = (case.classes == c).astype(np.int64), (pred == c).astype(np.int64)
+            region = slice_stats(np.where(mine | ~((case.classes != 0) | (pred != 0)), noise, 0.0), binary_label,
+                                 binary_pred, 2, radius, eps, REGION_SHARE).noise_score
+        found = np.maximum(found, region)
+    return found
+
+
+def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, float] | None = None) -> dict[str, Scored]:
+    """Every score of SCORES on the same probabilities (DESCRIBED says what each is). median_mm2: the training
+    labels' median area (fit measures A₀ there, once); medians: the same per foreground class (class_medians_mm2),
+    for the per-class candidates."""
     out = {how: Scored({}, {}, {}, []) for how in SCORES}
     for case in cases:
         p_given = given_class_probability(case.prob, case.classes)
@@ -76,57 +128,106 @@ def score_cases(cases: list[CaseData], median_mm2: float) -> dict[str, Scored]:
         noise = pixel_noise_score(p_given, unc, PixelScore.CONFIDENT_DISAGREEMENT)
         wrong = pixel_noise_score(p_given, unc, PixelScore.DISAGREEMENT)
 
-        def ours(prior: float) -> np.ndarray:
+        def stats(prior: float):
             eps = max(1.0, prior * median_mm2 / (case.spacing[0] * case.spacing[1]))
             return slice_stats(noise, case.classes, pred, case.prob.shape[1], roi_radius(case.spacing), eps,
-                               REGION_SHARE).noise_score.astype(np.float64)
+                               REGION_SHARE), eps
 
-        landed, soft = ours(0.5), _softmin(case)
+        def ours(prior: float) -> np.ndarray:
+            return stats(prior)[0].noise_score.astype(np.float64)
+
+        landed_stats, a0 = stats(0.5)
+        landed, soft = landed_stats.noise_score.astype(np.float64), _softmin(case)
+        mass = landed_stats.mislabelled  # Σ_ROI s_v: the expected mislabelled pixels, whatever the structure's size
+        quality = 1.0 - noise.reshape(len(noise), -1).astype(np.float64)
+        weight = np.exp(-(quality - quality.min(axis=1, keepdims=True)) / TEMPERATURE)
         scores = {"landed": landed, "softmin": soft, "mean": (ours(0.1) + soft) / 2, "product": landed * soft,
-                  "geo": np.sqrt(landed * soft)}
+                  "geo": np.sqrt(landed * soft),
+                  "mass 0.05": mass / (mass + 0.1 * a0), "mass 0.25": mass / (mass + 0.5 * a0),
+                  "softmin of s": 1.0 - (quality * weight).sum(axis=1) / weight.sum(axis=1)}
+        if medians is not None:
+            scores["class R"] = np.maximum(landed_stats.noise_score, class_scores(noise, case, pred, medians, False))
+            scores["class R, F"] = class_scores(noise, case, pred, medians, True)
         has = ((case.classes != 0) | (pred != 0)).reshape(len(landed), -1).any(axis=1)
+        # the case as one structure (F over the whole case): its expected mislabelled share, which a bias over
+        # every slice raises though no one slice stands out
+        union = landed_stats.union.sum()
+        whole = min(1.0, float(landed_stats.mislabelled.sum() / (union + a0))) if union else 0.0
+        region = landed_stats.worst_region
+        case_rules = {"case whole": whole, "case max(top3, whole)": max(case_noise_score(landed), whole),
+                      "case mean": float(landed[has].mean()) if has.any() else 0.0,
+                      "case max": float(landed.max(initial=0.0)),
+                      "case max(whole, R)": max(whole, float(region.max(initial=0.0))),
+                      "case max(whole, top3 R)": max(whole, case_noise_score(region)),
+                      "case mass 0.25": case_noise_score(scores["mass 0.25"])}
+        scores.update({how: landed for how in (*case_rules, STANDARDISED)})  # the case rules keep the slice score
         for how, values in scores.items():
             scored = out[how]
             for i, value in enumerate(values):
                 scored.slices[(case.case_id, i)] = float(value)
                 scored.structure[(case.case_id, i)] = bool(has[i])
-            scored.cases[case.case_id] = case_noise_score(values)
+            scored.cases[case.case_id] = case_rules.get(how, case_noise_score(values))
             scored.pixels.append((wrong * values[:, None, None]).reshape(-1).astype(np.float32))
     return out
 
 
-#: What the development half's figures of 2026-12-02 said (kept with the table it reads).
-READING = """What this says (development half, nine cells, the standard preset; nothing was changed):
-
-- **No candidate keeps softmin's ranking and a threshold that flags.** softmin and the mean with it reach the
-  ceiling of 1 under median + k MADs in every cell (mean: 43 of 600 corrupted training slices flagged, 0 of 67
-  corrupted new cases); on logit scores they flag some training slices (130 of 600) but the gate catches 10 of
-  67 corrupted new cases against the landed score's 38. Softmin puts the clean training slices with structure
-  at 0.76–0.90 (brain_wm slice regime, 10th–90th percentile; ct_liver 0.72–0.93) and the corrupted ones at
-  0.86–0.97 (0.93–0.99): a few uncertain boundary pixels dominate a softmin, so the clean bulk sits just below
-  the corrupted one, at the top of the scale, with no room above it for k MADs.
-- **The product and the geometric mean with softmin are thresholdable but add nothing**: product 0.818 /
-  0.745 / 0.881 mean AP (slice / pixel / case) against the landed 0.817 / 0.746 / 0.884, with the same gate
-  (0/72 clean, 38/67 corrupted); geo ties the APs and its gate catches 16 of 67.
-- **On this half softmin alone ranks below the landed score** (0.804 / 0.708 / 0.799), while on the held-out
-  half it ranks slices better: the halves disagree, so no change chosen here would be expected to carry.
-- **ct_lesion saturates at 1 under every score and rule**: the model does not segment its lesions well enough
-  (clean training slices where label and prediction both have a lesion score a median 0.54, corrupted ones
-  0.81). Where landed misses a corruption on ct_liver's structure regime it is a spurious blob of 13 px,
-  which A₀ (half the median labelled area, the liver's) shrinks to a score of 0.10 (softmin 0.94).
-- The reserve half (ct_lesion_fine) was fit and left unread: nothing was chosen here to report on it."""
+def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
+    """STANDARDISED's case scores, in place: σ((z(top3) + z(whole)) / 2), each z against the training cases'
+    median and 1.4826 · MAD of that statistic (σ keeps the score in [0, 1] for the MAD threshold rule)."""
+    def centre(how: str) -> tuple[float, float]:
+        values = np.array(list(training[how].cases.values()))
+        med = float(np.median(values))
+        return med, max(calibrate.MAD_SCALE * float(np.median(np.abs(values - med))), 1e-9)
+    (m3, s3), (mw, sw) = centre("landed"), centre("case whole")
+    for scored in every:
+        for case_id in scored[STANDARDISED].cases:
+            z = (scored["landed"].cases[case_id] - m3) / s3 + (scored["case whole"].cases[case_id] - mw) / sw
+            scored[STANDARDISED].cases[case_id] = float(sigmoid(z / 2))
 
 
-LOW, HIGH = 1e-3, 1 - 1e-3
+#: What the development half's figures of 2026-12-03 said (kept with the table it reads).
+READING = """What this says (development half, nine cells refit on 2026-12-03, the standard preset; nothing was changed):
 
+- **The landed score and today's rule stay**: mean AP slice · pixel · case 0.804 · 0.725 · 0.811, 270 of 594
+  corrupted training slices flagged (29 of 1302 clean), the gate 0 of 72 clean and 39 of 67 corrupted new
+  cases. The refit moved single cells by more than most candidates differ: brain_wm's case regime went from
+  0.737 · 0.719 · 0.779 (2026-12-02's fit) to 0.666 · 0.649 · 0.683.
+- **No case rule is better in all three case-regime cells** (case AP brain_wm · ct_lesion · ct_liver; landed,
+  the mean of the 3 worst slices, 0.683 · 0.872 · 0.877): the whole case as one structure 0.856 · 0.634 ·
+  0.948, the mean over the slices with structure 0.787 · 0.708 · 0.958, the worst slice 0.599 · 0.915 · 0.758.
+  One annotator's bias over every slice of a large structure (brain_wm's white matter, ct_liver's liver) is
+  found by the case's share; on ct_lesion, whose lesions span a few slices, the same bias touches few slices
+  and the worst slices find it; each rule gives up one for the other. Standardising the top-3 mean and the
+  share against the training cases and adding them (0.802 · 0.802 · 0.976, mean 0.860) is the best mean but
+  still loses ct_lesion, puts its case threshold at the ceiling in every cell, and needs the training cases'
+  statistics at scoring time; picked from seven case rules on 48 cases (18 corrupted), it is not evidence
+  enough to change the case score users rank by.
+  The gate hardly moves under any of them (39–40 of 67), since the worst slice decides most flags.
+- **The one case rule at least as good in all three: the mean of the 3 worst slice masses** (case mass 0.25,
+  m_i = M_i / (M_i + 0.5 · A₀), the slice score unchanged): case AP 0.683 → 0.766, 0.872 → 0.877, 0.877 →
+  0.915 (mean 0.853 against 0.811), the gate unchanged (0 of 72, 39 of 67). Not adopted yet: a mass is on
+  another scale than the slice score (training case masses a median 0.71 and 0.55 on brain_wm's and ct_liver's
+  slice regimes, their slices 0.06 and 0.09; case thresholds 0.74–1.00 where the slice thresholds are
+  0.14–0.45), while `--threshold`, the default threshold and calibrations of fewer than 10 cases apply the
+  slice threshold to the case score. For the mean of the 3 worst slice scores that adds nothing to the worst
+  slice (the mean reaches a threshold only if the worst slice does); for a mass it would flag cases whose
+  every slice is below it. It needs a case threshold of its own in those three places (e.g. none: the worst
+  slice alone), a recalibrated demo model, and then the reserve half to report on. The gain in ct_lesion
+  (0.005) is within what one case changes.
+- **The mass of the pixel scores against a fixed prior, M / (M + A₀)** (mass 0.25) ranks slices better in the
+  case regimes (brain_wm 0.666 → 0.727, ct_liver 0.898 → 0.921, ct_lesion 0.638 → 0.673) and on ct_lesion,
+  worse on brain_wm's slice and structure regimes (0.935 → 0.864, 0.939 → 0.805) and ct_liver's (0.946 → 0.929,
+  0.949 → 0.915): mean 0.798 against 0.804, and its gate catches 18 of 67.
+- **cleanlab's softmin of labelaudit's own pixel score** (T = 0.1) ranks as softmin does (0.791 · 0.692 ·
+  0.776 against 0.787 · 0.695 · 0.773) and, like it, saturates every threshold at 1: the aggregation, not the
+  pixel score, is what leaves no room above the clean bulk.
+- **A₀ per class** (class R, class R, F) lowers ct_liver (the two-class dataset) at slice level in all three
+  regimes (0.946 → 0.842, 0.898 → 0.665, 0.949 → 0.901): the lesion class's small median area lifts clean
+  lesion slices, and its thresholds reach 1; on the binary datasets it is the landed score by construction.
+- **ct_lesion saturates at 1 under every score and rule**, as on 2026-12-02: the model does not segment its
+  lesions well enough for any aggregation of its probabilities to be thresholded.
+- The reserve half (ct_lesion_fine) stays unread: nothing was chosen here to report on it."""
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, LOW, HIGH)
-    return np.log(p / (1 - p))
-
-
-def _sigmoid(z: float) -> float:
-    return float(1 / (1 + np.exp(-z)))
 
 
 def mad_rule(k: float, gate_k: float, scale: str) -> Callable[[np.ndarray, np.ndarray], Threshold]:
@@ -137,17 +238,18 @@ def mad_rule(k: float, gate_k: float, scale: str) -> Callable[[np.ndarray, np.nd
             return calibrate.threshold_from_scores(slices, cases, k=k, gate_k=gate_k)
 
         def at(values: np.ndarray, kk: float) -> float:
-            z = _logit(values)
+            z = logit(values)
             med = float(np.median(z))
-            return max(calibrate.THRESHOLD_FLOOR, _sigmoid(med + kk * calibrate.MAD_SCALE
-                                                           * float(np.median(np.abs(z - med)))))
+            mad = float(np.median(np.abs(z - med)))
+            return max(calibrate.THRESHOLD_FLOOR, float(sigmoid(med + kk * calibrate.MAD_SCALE * mad)))
         sl = at(slices, k)
         case = at(cases, k) if calibrate.case_rule_applies(len(cases)) else sl
         return Threshold(sl, case, ThresholdSource.RUN, gate=max(sl, at(slices, gate_k)))
     return rule
 
 
-RULES = {"MAD 3/6": mad_rule(3, 6, "raw"), "logit MAD 3/6": mad_rule(3, 6, "logit")}
+TODAY = "MAD 3/6"  # score/calibrate.py's rule at the standard preset
+RULES = {TODAY: mad_rule(3, 6, "raw"), "logit MAD 3/6": mad_rule(3, 6, "logit")}
 
 
 def _gate(scored: Scored, threshold: Threshold, only: set[str] | None = None) -> list[int]:
@@ -163,16 +265,18 @@ def measure(cell: Path, clean_new: Path) -> dict:
     manifest = read_manifest(cell / "noisy" / "corruption.json")
     order = sorted(manifest.cases)
     truth = truth_of(cell / "noisy", manifest.source, order)
-    train = oof_cases(run_dir, cell / "noisy")
+    train = run_probabilities(run_dir, cell / "noisy")
     assert [c.case_id for c in train] == order
     median = median_area_mm2(train)
-    new = {"clean": oof_cases(run_dir, clean_new, out_of_fold=False),
-           "noisy": oof_cases(run_dir, cell / "noisy_new", out_of_fold=False)}
+    new = {"clean": run_probabilities(run_dir, clean_new, out_of_fold=False),
+           "noisy": run_probabilities(run_dir, cell / "noisy_new", out_of_fold=False)}
     corrupted_new = {c for c, t in read_manifest(cell / "noisy_new" / "corruption.json").cases.items()
                      if any(t.slices.values())}
     found = {}
-    all_train = score_cases(train, median)
-    all_new = {name: score_cases(cases_, median) for name, cases_ in new.items()}
+    medians = class_medians_mm2(train)
+    all_train = score_cases(train, median, medians)
+    all_new = {name: score_cases(cases_, median, medians) for name, cases_ in new.items()}
+    standardise(all_train, [all_train, *all_new.values()])
     for how in SCORES:
         scored = all_train[how]
         signal = Signal(how, scored.slices, scored.cases, scored.pixels)
@@ -213,6 +317,8 @@ def section(rows: dict[str, dict], meta: str, reading: str = "") -> str:
             ap = " · ".join("—" if (v := entry["ap"].get(lv)) is None or np.isnan(v) else f"{v:.3f}"
                             for lv in LEVELS)
             for name, m in entry["rules"].items():
+                if how not in EVERY_RULE and name != TODAY:
+                    continue
                 lines.append(f"| {cell} | {how} | {ap} | {name} | {m['slice']:.3f} / {m['case']:.3f} / "
                              f"{m['gate']:.3f} | {_pair(m['corrupted_slices'])} · {_pair(m['clean_slices'])} | "
                              f"{_pair(m['false_alarms'])} | {_pair(m['detections'])} |")
@@ -256,10 +362,8 @@ def main() -> None:
             print(f"{dataset.name}/{regime} done", flush=True)
     meta = (f"Generated {time.strftime('%Y-%m-%d')} on {machine()}, in {time.perf_counter() - start:.0f} s; "
             f"{Half(options.half).title.lower()} half, the standard preset's fits (bench/suite.py --methods "
-            "stronger). Scores: landed = max(F, R) with A₀ = 0.5 × the median area; softmin = cleanlab's; mean = "
-            "(max(F, R) at A₀ = 0.1 × the median + softmin) / 2; product = landed × softmin; geo = its square "
-            "root. AP on the training set (out-of-fold softmax); new cases scored by the fold models' ensemble, "
-            "flagged by `check`'s rule.")
+            f"stronger). Scores: {DESCRIBED} AP on the training set (out-of-fold softmax); new cases scored by "
+            "the fold models' ensemble, flagged by `check`'s rule.")
     saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = section(rows, meta, READING if options.half == "dev" else "")
     print(text)

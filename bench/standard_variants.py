@@ -22,7 +22,7 @@ from pint_audit import machine, write_section
 from suite_data import DATASETS, REGIMES, Half
 from suite_signals import VARIANTS, Signal, Variant, cleanlab_signal, labelaudit_variants, level_scores, miss_ratio
 
-from suite import oof_cases, truth_of
+from suite import run_probabilities, truth_of
 
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.score.formulas import case_noise_score, given_class_probability
@@ -94,7 +94,7 @@ def measure(cell: Path) -> dict[str, dict]:
     manifest = read_manifest(cell / "noisy" / "corruption.json")
     order = sorted(manifest.cases)
     truth = truth_of(cell / "noisy", manifest.source, order)
-    cases = oof_cases(cell / "runs" / "stronger", cell / "noisy")
+    cases = run_probabilities(cell / "runs" / "stronger", cell / "noisy")
     assert [c.case_id for c in cases] == order
     ours = labelaudit_variants(cases, (*VARIANTS, *CANDIDATES))
     softmin = cleanlab_signal(cases)

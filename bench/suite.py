@@ -128,7 +128,7 @@ def audit_signal(name: str, audit: Path, order: list[str]) -> Signal:
     return signal
 
 
-def oof_cases(run_dir: Path, noisy: Path, out_of_fold: bool = True) -> list[CaseData]:
+def run_probabilities(run_dir: Path, noisy: Path, out_of_fold: bool = True) -> list[CaseData]:
     """The run's probabilities of every case of `noisy`, as `score` routes them (out_of_fold False: the fold
     models' ensemble, as new cases are scored)."""
     found = []
@@ -188,7 +188,7 @@ def run_cell(dataset: SuiteDataset, regime_name: str, methods: list[str], option
             entry["detections"] = flagged_share(audit_noisy_new, new_truth_cases)
         row["methods"][method] = entry
         if method == "stronger":  # its out-of-fold softmax, as a user would bring it, and cleanlab on the same
-            cases = oof_cases(run_dir, noisy)
+            cases = run_probabilities(run_dir, noisy)
             given = write_probabilities(cases, cell / "stronger_probabilities")
             given_audit, _ = score_given(noisy, given, cell / "audits" / "stronger_given", log)
             row.setdefault("baselines", {})["labelaudit on stronger probabilities"] = levels_json(
@@ -196,7 +196,7 @@ def run_cell(dataset: SuiteDataset, regime_name: str, methods: list[str], option
             row["baselines"]["cleanlab softmin on stronger probabilities"] = levels_json(cleanlab_signal(cases), truth)
         if method == "plain":
             t0 = time.perf_counter()
-            cases = oof_cases(run_dir, noisy)
+            cases = run_probabilities(run_dir, noisy)
             row["baselines"] = {"cleanlab softmin": levels_json(cleanlab_signal(cases), truth)}
             disagreement = {k: v for k, v in _slice_column(audit, "disagreement").items()}
             row["baselines"]["plain 1−Dice"] = levels_json(dice_signal(disagreement), truth)

@@ -1,0 +1,60 @@
+"""bench/score_gates.py: its case rules keep the landed slice score and aggregate it as they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelaudit.config import PixelScore
+from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
+                                       pixel_noise_score, roi_radius, slice_stats)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SPACING = (1.0, 1.0)
+MEDIAN_MM2 = 64.0
+
+
+@pytest.fixture()
+def gates(bench_script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its sibling scripts by name
+    return bench_script("score_gates")
+
+
+def _case(gates, case_id: str, wrong: int):
+    """A 4-slice binary case whose label is an 8x8 square; the model agrees, except `wrong` pixels per slice."""
+    classes = np.zeros((4, 16, 16), dtype=np.int64)
+    classes[:, 4:12, 4:12] = 1
+    fg = np.where(classes == 1, 0.95, 0.05)
+    fg[:, 4:12, 4:4 + wrong // 8] = 0.1  # the model calls a strip of the square background
+    prob = np.stack([1 - fg, fg], axis=1).astype(np.float32)
+    return gates.CaseData(case_id, classes, prob, SPACING)
+
+
+def test_case_rules_keep_the_slice_score_and_aggregate_it(gates):
+    cases = [_case(gates, "a", 0), _case(gates, "b", 16)]
+    found = gates.score_cases(cases, MEDIAN_MM2)
+    for how in ("case whole", "case mean", "case max", "case mass 0.25", gates.STANDARDISED):
+        assert found[how].slices == found["landed"].slices
+    case = cases[1]
+    noise = pixel_noise_score(given_class_probability(case.prob, case.classes), normalised_entropy(case.prob),
+                              PixelScore.CONFIDENT_DISAGREEMENT)
+    eps = 0.5 * MEDIAN_MM2
+    stats = slice_stats(noise, case.classes, case.prob.argmax(axis=1), 2, roi_radius(SPACING), eps, REGION_SHARE)
+    assert found["case whole"].cases["b"] == pytest.approx(stats.mislabelled.sum() / (stats.union.sum() + eps))
+    assert found["case max"].cases["b"] == pytest.approx(stats.noise_score.max())
+    mass = stats.mislabelled / (stats.mislabelled + 0.5 * eps)
+    assert found["case mass 0.25"].cases["b"] == pytest.approx(case_noise_score(mass))
+    assert found["landed"].cases["b"] == pytest.approx(case_noise_score(stats.noise_score))
+    for how in ("landed", "case whole", "case mass 0.25"):  # the wrong strip raises every rule's case score
+        assert found[how].cases["b"] > found[how].cases["a"]
+
+
+def test_standardised_case_scores_order_the_cases_by_both_statistics(gates):
+    cases = [_case(gates, f"c{w}", w) for w in (0, 8, 16, 24)]
+    found = gates.score_cases(cases, MEDIAN_MM2)
+    gates.standardise(found, [found])
+    values = [found[gates.STANDARDISED].cases[c.case_id] for c in cases]
+    assert all(0.0 < v < 1.0 for v in values)
+    assert values == sorted(values)
