@@ -155,8 +155,8 @@ def check(
         "--model", help="Run folder (run.json + ONNX graphs), e.g. models/demo-pint (default: the latest run).",
         show_default=False)] = None,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", help="Flag slices and cases whose noise score reaches T (default: the run's calibrated "
-                            "threshold).", show_default=False)] = None,
+        "--threshold", help="Flag slices whose noise score reaches T, and the cases with such a slice (default: "
+                            "the run's calibrated thresholds).", show_default=False)] = None,
     max_flagged: Annotated[int, typer.Option("--max-flagged", min=0, help="Pass with up to N flagged "
                                                                           "annotations.")] = 0,
     junit: Annotated[Optional[Path], typer.Option(

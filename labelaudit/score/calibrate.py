@@ -25,11 +25,11 @@ from ..config import Preset, ScoreConfig
 from ..data import Track, discover_dataset, fingerprint, no_track
 from ..errors import ImageReadError
 from ..formats.run import DatasetRecord, load_run
-from .decide import decide, resolve_threshold, saturated_calibration_note
+from .decide import NO_CASE_THRESHOLD, decide, resolve_threshold, saturated_calibration_note
 from ..io import read_volume
 from ..types import Audit, Calibration, Dataset, Routing, ScoreSpread, Threshold, ThresholdSource, Volume
 from ..fix.rule import class_agreement
-from .formulas import SLICE_RULE, STRUCTURE_PRIOR
+from .formulas import CASE_SHARE, CASE_TOP_SLICES, SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
 
 
@@ -61,9 +61,10 @@ THRESHOLD_MEANING = ("a slice is flagged when its noise score reaches 'slice' = 
                      "mad_scale * MAD)) of the scores of the training slices with structure ('scored' says whether "
                      "out-of-fold or in-sample): k robust standard deviations above a typical training "
                      "annotation, robust to up to half of them being wrong; a case is flagged when its worst "
-                     "slice reaches 'gate' (the same rule with 'gate_k' MADs) or its score (mean of its 3 worst "
-                     "slices) reaches 'case'")
-#: Fewer cases than this: the case threshold is the slice threshold (a MAD of a handful of cases is noise).
+                     "slice reaches 'gate' (the same rule with 'gate_k' MADs) or its score (mean of its "
+                     f"{CASE_TOP_SLICES} worst slice masses M/(M + {CASE_SHARE} x A0), M the slice's expected "
+                     "mislabelled pixels) reaches 'case'")
+#: Fewer cases than this: no case threshold, the worst slice alone (a MAD of a handful of cases is noise).
 MIN_CASES_FOR_CASE_RULE = 10
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 
@@ -90,7 +91,7 @@ def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = 
 
 
 def case_rule_applies(n_cases: int) -> bool:
-    """Whether the case threshold comes from the case scores (else it is the slice threshold)."""
+    """Whether the case threshold comes from the case scores (else there is none: decide.NO_CASE_THRESHOLD)."""
     return n_cases >= MIN_CASES_FOR_CASE_RULE
 
 
@@ -103,7 +104,8 @@ def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: 
     """
     slice_threshold = robust_threshold(slice_scores, k, floor)
     gate = max(slice_threshold, robust_threshold(slice_scores, gate_k, floor))  # never below a slice flag
-    case_threshold = robust_threshold(case_scores, k, floor) if case_rule_applies(len(case_scores)) else slice_threshold
+    case_threshold = (robust_threshold(case_scores, k, floor) if case_rule_applies(len(case_scores))
+                      else NO_CASE_THRESHOLD)
     return Threshold(slice_threshold, case_threshold, ThresholdSource.RUN, gate=gate)
 
 
@@ -119,7 +121,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
     threshold = threshold_from_scores(slice_scores, case_scores, k, floor, gate_k)
     slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
     case_rule = (THRESHOLD_RULE if case_rule_applies(len(case_scores))
-                 else f"slice threshold (fewer than {MIN_CASES_FOR_CASE_RULE} cases)")
+                 else f"none (fewer than {MIN_CASES_FOR_CASE_RULE} cases): the worst slice alone")
     per_case: dict[str, list[float]] = {}
     for s in audit.slices:
         per_case.setdefault(s.case_id, []).append(s.noise_score)

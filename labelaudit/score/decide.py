@@ -20,6 +20,10 @@ from .formulas import SLICE_RULE
 
 #: Flagging threshold when the run has none calibrated and none is given.
 DEFAULT_THRESHOLD = 0.5
+#: The case threshold where none was calibrated on case scores (--threshold, the default, fewer than 10 training
+#: cases, a calibration of an earlier case score): a case score (a mean of slice masses, below 1) never reaches
+#: it, so the worst slice alone flags the case. A slice-score threshold means nothing on the masses' scale.
+NO_CASE_THRESHOLD = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,11 @@ def resolve_threshold(calibration: Calibration | None, override: float | None) -
     if override is not None:
         if not 0.0 <= override <= 1.0:
             raise UsageError(f"--threshold {override}: expected a noise score in [0, 1]")
-        return Threshold(float(override), float(override), ThresholdSource.OVERRIDE)
+        return Threshold(float(override), NO_CASE_THRESHOLD, ThresholdSource.OVERRIDE)
     if calibration is not None:
-        return Threshold(calibration.slice, calibration.case, ThresholdSource.RUN, calibration, calibration.gate)
-    return Threshold(DEFAULT_THRESHOLD, DEFAULT_THRESHOLD, ThresholdSource.DEFAULT)
+        case = calibration.case if calibration.slice_rule == SLICE_RULE else NO_CASE_THRESHOLD
+        return Threshold(calibration.slice, case, ThresholdSource.RUN, calibration, calibration.gate)
+    return Threshold(DEFAULT_THRESHOLD, NO_CASE_THRESHOLD, ThresholdSource.DEFAULT)
 
 
 def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | None) -> str | None:
@@ -69,8 +74,9 @@ def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | No
                 "recalibrate it with `labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: "
                 "score the training data with --probabilities again), or pass --threshold")
     earlier = calibration.slice_rule or "the structure fraction alone"
-    return (f"this model's thresholds were calibrated on an earlier slice score ({earlier}); today's is "
-            f"{SLICE_RULE}, so its flags may not match the calibrated rate: recalibrate it with "
+    return (f"this model's thresholds were calibrated on an earlier noise score ({earlier}); today's is "
+            f"{SLICE_RULE}, so its flags may not match the calibrated rate and its case threshold is not used "
+            "(the worst slice alone flags a case): recalibrate it with "
             "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the training data "
             "with --probabilities again), or pass --threshold")
 

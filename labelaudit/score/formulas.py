@@ -19,8 +19,11 @@ Array legend: b slices of one batch, C classes, H x W in-plane pixels. Class ind
       4-connected in-plane components of {v ∈ ROI: s_v > `REGION_LEVEL`}: one confidently wrong region (a missed
       lesion, a spurious blob) that is small beside a large structure, which F_i dilutes (see
       docs/decisions.md);
-- case score = mean of the `CASE_TOP_SLICES` highest slice scores: one badly wrong slice shows at case level,
-  and a long volume is not diluted by its many clean slices;
+- case score = mean of the `CASE_TOP_SLICES` highest slice masses m_i = M_i / (M_i + `CASE_SHARE` · A₀), with
+  M_i = Σ_{v ∈ ROI} s_v the slice's expected mislabelled area: the worst slices show at case level and a long
+  volume is not diluted by its many clean slices; not divided by the structure's area, so that one
+  annotator's bias over a large structure counts by the pixels it gets wrong. A mass is on another scale than
+  a slice score, so only a case threshold calibrated on masses applies to it (score/decide.py);
 - noise map m_v = (1 - p̄_{v,y_v}) · S_i (labelaudit/noise_map.py, below every reader of the map): how
   likely the pixel's label is wrong, given how wrong its slice is. Errors come in regions, so a disagreeing
   pixel on a slice the audit trusts is mostly boundary doubt, and one on a slice it flags is mostly error
@@ -55,11 +58,13 @@ DOUBT_LEVEL = 0.5
 #: REGION_SHARE × A₀ (a region of a quarter of A₀'s area of certainly wrong pixels scores 0.5).
 REGION_LEVEL = 0.3
 REGION_SHARE = 0.25
-#: Stored with the calibrated thresholds (run.json): which slice score they were calibrated on. Runs whose
-#: calibration names another rule were calibrated on F alone (before the region term); score says so.
-SLICE_RULE = f"max(F, R): R over regions of s_v > {REGION_LEVEL} against {REGION_SHARE} x A0"
-#: The case score is the mean of this many worst slices.
+#: The case score is the mean of this many worst slice masses, each M_i against CASE_SHARE × A₀.
 CASE_TOP_SLICES = 3
+CASE_SHARE = 0.5
+#: Stored with the calibrated thresholds (run.json `slice_rule`): the slice and case scores they were calibrated
+#: on. Runs whose calibration names another rule were calibrated on earlier scores; score says so.
+SLICE_RULE = (f"max(F, R): R over regions of s_v > {REGION_LEVEL} against {REGION_SHARE} x A0; case: mean of the "
+              f"{CASE_TOP_SLICES} worst M/(M + {CASE_SHARE} x A0)")
 
 
 def given_class_probability(prob: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -164,6 +169,7 @@ class SliceStats:
     mislabelled: np.ndarray  # float64, Σ_ROI s_v: the expected mislabelled area in pixels
     union: np.ndarray  # int64, |{y ≠ 0} ∪ {ŷ ≠ 0}|
     worst_region: np.ndarray  # float64, R_i: the score of the slice's most confidently wrong region
+    mass: np.ndarray  # float64, m_i = M_i / (M_i + CASE_SHARE · A₀), what the case score is made of (S_i without A₀)
 
 
 def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_classes: int,
@@ -173,7 +179,8 @@ def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_cl
 
     noise: float (b, H, W) pixel noise scores; classes: int (b, H, W) the given label; pred: int (b, H, W)
     argmax of p̄; radius: ROI dilation (rows, columns) in pixels; eps: A₀ in pixels (see the module docstring);
-    region_share: R_i's share of A₀ (None: no region term, S_i = F_i).
+    region_share: R_i's share of A₀ (None: no region term, S_i = F_i, and no A₀ to weigh a mass against: the
+    case is then made of the slice scores themselves).
     """
     label_fg, pred_fg = classes != 0, pred != 0
     union = (label_fg | pred_fg).reshape(len(noise), -1).sum(axis=1)
@@ -190,7 +197,15 @@ def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_cl
     counts = class_counts(classes, pred, num_classes)
     return SliceStats(score, dice_disagreement(counts), doubt, label_pixels.astype(np.int64),
                       pred_fg.reshape(len(noise), -1).sum(axis=1).astype(np.int64), counts, in_roi,
-                      union.astype(np.int64), region)
+                      union.astype(np.int64), region,
+                      slice_mass(in_roi, eps) if region_share is not None else score.astype(np.float64))
+
+
+def slice_mass(mislabelled: np.ndarray, eps: float) -> np.ndarray:
+    """m_i = M_i / (M_i + CASE_SHARE · A₀): mislabelled float (b,) the expected mislabelled pixels, eps A₀ in
+    pixels -> float64 (b,) in [0, 1)."""
+    mislabelled = np.asarray(mislabelled, dtype=np.float64)
+    return mislabelled / (mislabelled + max(CASE_SHARE * float(eps), 1e-12))
 
 
 #: 4-connectivity within a slice, none across slices: one labelling call for a whole batch.
@@ -217,12 +232,13 @@ def worst_region(noise: np.ndarray, prior_pixels: float, level: float = REGION_L
 def concat_stats(parts: list[SliceStats]) -> SliceStats:
     return SliceStats(*(np.concatenate([getattr(p, name) for p in parts], axis=-1)
                         for name in ("noise_score", "disagreement", "doubt_fraction", "label_pixels",
-                                     "pred_pixels", "counts", "mislabelled", "union", "worst_region")))
+                                     "pred_pixels", "counts", "mislabelled", "union", "worst_region", "mass")))
 
 
-def case_noise_score(slice_scores: np.ndarray, top: int = CASE_TOP_SLICES) -> float:
-    """Mean of the `top` highest slice scores (all of them when fewer): float in [0, 1]; 0 for no slices."""
-    if len(slice_scores) == 0:
+def case_noise_score(slice_masses: np.ndarray, top: int = CASE_TOP_SLICES) -> float:
+    """Mean of the `top` highest slice masses (SliceStats.mass; all of them when fewer): float in [0, 1); 0 for
+    no slices."""
+    if len(slice_masses) == 0:
         return 0.0
-    k = min(top, len(slice_scores))
-    return float(np.mean(np.sort(np.asarray(slice_scores, dtype=np.float64))[-k:]))
+    k = min(top, len(slice_masses))
+    return float(np.mean(np.sort(np.asarray(slice_masses, dtype=np.float64))[-k:]))

@@ -259,7 +259,7 @@ def decide_again(audit: Audit) -> None:
 
 def _case_result(case_id: str, stats: SliceStats, threshold: Threshold, model: str, routing: Routing,
                  audit: Audit, kinds: list[ErrorKind], axis: int) -> CaseScore:
-    score = case_noise_score(stats.noise_score)
+    score = case_noise_score(stats.mass)
     decision = decide(score, stats.noise_score, threshold)
     for i in range(len(stats.noise_score)):
         audit.slices.append(SliceScore(case_id, i, float(stats.noise_score[i]), bool(decision.slice_flags[i]),
@@ -268,7 +268,7 @@ def _case_result(case_id: str, stats: SliceStats, threshold: Threshold, model: s
     result = CaseScore(case_id, score, decision.flagged, int(np.argmax(stats.noise_score)),
                        float(dice_disagreement(stats.counts.sum(axis=-1))), len(stats.noise_score),
                        decision.n_flagged_slices, model, routing.value, axis=axis)
-    worst = np.argsort(-stats.noise_score, kind="stable")[:CASE_TOP_SLICES]  # the slices that make the case score
+    worst = np.argsort(-stats.mass, kind="stable")[:CASE_TOP_SLICES]  # the slices that make the case score
     result.error_kind = dominant_kind([kinds[i] for i in worst], stats.noise_score[worst]).value
     audit.cases.append(result)
     return result

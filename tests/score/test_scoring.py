@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,18 @@ from labelaudit.errors import ModelError, UsageError
 from labelaudit.preprocess import ChannelNorm
 from labelaudit.formats.run import FoldModel, load_run
 from labelaudit.config import PixelScore, ScoreConfig
+from labelaudit.score.decide import NO_CASE_THRESHOLD
 from labelaudit.score.calibrate import (FAST_GATE_K, GATE_K, GATE_RULE, calibrate_run, gate_k_for, gate_rule,
                                         robust_threshold, structure_prior)
 from labelaudit.noise_map import noise_map
 from labelaudit.score.formulas import (
-    CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability, normalised_entropy,
-    pixel_noise_score, region_of_interest, roi_radius, slice_stats, REGION_SHARE, SLICE_RULE, worst_region,
+    CASE_SHARE, CASE_TOP_SLICES, case_noise_score, class_counts, dice_disagreement, given_class_probability,
+    normalised_entropy, pixel_noise_score, region_of_interest, roi_radius, slice_mass, slice_stats, REGION_SHARE,
+    SLICE_RULE, worst_region,
 )
 from labelaudit.score.pipeline import score_dataset
 from labelaudit.score.routing import route_case
-from labelaudit.types import Geometry, ScoreSpread, Volume
+from labelaudit.types import Calibration, Geometry, ScoreSpread, Volume
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 # ----------------------------------------------------------------------------- tiny datasets and audits
@@ -184,6 +187,39 @@ def test_case_score_is_mean_of_top_slices():
     assert case_noise_score(np.array([0.1, 0.9, 0.0, 0.5, 0.7])) == pytest.approx((0.9 + 0.7 + 0.5) / 3)
     assert case_noise_score(np.array([0.4, 0.2])) == pytest.approx(0.3)
     assert case_noise_score(np.array([])) == 0.0
+
+
+def test_the_case_is_made_of_slice_masses_against_a0():
+    """m_i = M_i / (M_i + CASE_SHARE · A₀): counted in pixels, not as a share of the structure, so one strip of
+    wrong pixels weighs the same on a large structure as on a small one (F divides it by the structure)."""
+    classes = np.zeros((2, 32, 32), dtype=np.int64)
+    classes[0, 8:24, 8:24] = 1  # large
+    classes[1, 14:18, 14:18] = 1  # small
+    noise = np.zeros((2, 32, 32), dtype=np.float32)
+    noise[0, 8:24, 8] = 1.0  # the same 16 wrong pixels on each
+    noise[1, 14:18, 14:18] = 1.0
+    stats = slice_stats(noise, classes, classes, 2, (1, 1), eps=64.0)
+    np.testing.assert_allclose(stats.mass, stats.mislabelled / (stats.mislabelled + CASE_SHARE * 64.0))
+    np.testing.assert_allclose(stats.mass, slice_mass(np.array([16.0, 16.0]), 64.0))
+    fraction = stats.mislabelled / (stats.union + 64.0)  # F
+    assert stats.mass[0] == pytest.approx(stats.mass[1]) and fraction[0] < fraction[1]
+    # without A₀ (region_share None) there is no prior to weigh a mass against: the slice score itself
+    plain = slice_stats(noise, classes, classes, 2, (1, 1), eps=64.0, region_share=None)
+    np.testing.assert_array_equal(plain.mass, plain.noise_score)
+
+
+def test_thresholds_without_case_calibration_leave_the_case_to_its_worst_slice():
+    """--threshold, the default and a calibration of an earlier score are slice-score thresholds: a case score
+    (a mean of masses) is not compared with them, so a case is flagged only by its worst slice."""
+    from labelaudit.score.decide import decide, resolve_threshold
+    override = resolve_threshold(None, 0.4)
+    assert (override.slice, override.case) == (0.4, NO_CASE_THRESHOLD)
+    assert resolve_threshold(None, None).case == NO_CASE_THRESHOLD
+    assert not decide(0.99, [0.1, 0.3], override).flagged and decide(0.0, [0.1, 0.4], override).flagged
+    current = Calibration(slice=0.2, case=0.7, slice_rule=SLICE_RULE, gate=0.3)
+    assert resolve_threshold(current, None).case == 0.7
+    earlier = replace(current, slice_rule="max(F, R): R over regions of s_v > 0.3 against 0.25 x A0")
+    assert resolve_threshold(earlier, None).case == NO_CASE_THRESHOLD
 
 
 def test_robust_threshold_by_hand():
@@ -349,7 +385,7 @@ def test_calibrate_run_writes_nothing(data3d, tmp_path, monkeypatch, make_run):
     run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]])
     threshold = calibrate_run(run_dir, device="cpu")
     assert threshold.rule == "median+k*mad" and threshold.k == 3.0
-    assert threshold.floor <= threshold.slice <= 1.0 and threshold.case == threshold.slice
+    assert threshold.floor <= threshold.slice <= 1.0 and threshold.case == NO_CASE_THRESHOLD  # 3 cases
     assert threshold.scored == "out-of-fold" and threshold.n_slices > 0
     assert "q90" in threshold.slice_stats.quantiles
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no audit folder written
