@@ -43,11 +43,6 @@ from labelaudit.types import Threshold, ThresholdSource
 
 HERE = Path(__file__).resolve().parent
 TITLE = "## Slice scores with their thresholds (`python bench/score_gates.py`)"
-
-
-def title_of(half: str) -> str:
-    """The section's heading: the development half's under TITLE, any other half's under its own."""
-    return TITLE if half == Half.DEV.value else TITLE.replace("`)", f" --half {half}`)")
 LEVELS = ("slice", "pixel", "case")
 #: The case rule that standardises the top-3 mean and the whole-case share against the training cases.
 STANDARDISED = "case z(top3) + z(whole)"
@@ -69,6 +64,11 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "slice, max(whole, R) = with the case's worst region R, max(whole, top3 R) = with the mean of "
              "its 3 worst R, z(top3) + z(whole) = σ of their mean, each standardised by the training cases' "
              "median and MAD, case mass 0.25 = the mean of the 3 worst slices' mass 0.25.")
+
+
+def title_of(half: str) -> str:
+    """The section's heading: the development half's under TITLE, any other half's under its own."""
+    return TITLE if half == Half.DEV.value else TITLE.replace("`)", f" --half {half}`)")
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
         weight = np.exp(-(quality - quality.min(axis=1, keepdims=True)) / TEMPERATURE)
         scores = {"landed": landed, "softmin": soft, "mean": (ours(0.1) + soft) / 2, "product": landed * soft,
                   "geo": np.sqrt(landed * soft),
-                  "mass 0.05": mass / (mass + 0.1 * a0), "mass 0.25": mass / (mass + 0.5 * a0),
+                  "mass 0.05": mass / (mass + 0.1 * a0), "mass 0.25": landed_stats.mass,  # formulas.slice_mass
                   "softmin of s": 1.0 - (quality * weight).sum(axis=1) / weight.sum(axis=1)}
         if medians is not None:
             scores["class R"] = np.maximum(landed_stats.noise_score, class_scores(noise, case, pred, medians, False))

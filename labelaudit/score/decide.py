@@ -45,6 +45,11 @@ def decide(case_score: float, slice_scores: Sequence[float] | np.ndarray, thresh
     return Decision(bool(case_score >= threshold.case or worst), scores >= threshold.slice)
 
 
+def calibrated_on_today(calibration: Calibration) -> bool:
+    """Whether the calibration's thresholds were derived from today's slice and case scores (formulas.SLICE_RULE)."""
+    return calibration.slice_rule == SLICE_RULE
+
+
 def resolve_threshold(calibration: Calibration | None, override: float | None) -> Threshold:
     """The thresholds to flag with: the override, else the run's calibration, else the default.
 
@@ -56,7 +61,7 @@ def resolve_threshold(calibration: Calibration | None, override: float | None) -
             raise UsageError(f"--threshold {override}: expected a noise score in [0, 1]")
         return Threshold(float(override), NO_CASE_THRESHOLD, ThresholdSource.OVERRIDE)
     if calibration is not None:
-        case = calibration.case if calibration.slice_rule == SLICE_RULE else NO_CASE_THRESHOLD
+        case = calibration.case if calibrated_on_today(calibration) else NO_CASE_THRESHOLD
         return Threshold(calibration.slice, case, ThresholdSource.RUN, calibration, calibration.gate)
     return Threshold(DEFAULT_THRESHOLD, NO_CASE_THRESHOLD, ThresholdSource.DEFAULT)
 
@@ -66,7 +71,7 @@ def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | No
     calibration = threshold.calibration
     if threshold.source is not ThresholdSource.RUN or calibration is None or not structure_prior_mm2:
         return None
-    if calibration.slice_rule == SLICE_RULE:
+    if calibrated_on_today(calibration):
         if calibration.gate is not None:
             return None
         return ("this model's thresholds were calibrated before cases had a gate of their own: a case is flagged "

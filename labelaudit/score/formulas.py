@@ -235,10 +235,10 @@ def concat_stats(parts: list[SliceStats]) -> SliceStats:
                                      "pred_pixels", "counts", "mislabelled", "union", "worst_region", "mass")))
 
 
-def case_noise_score(slice_masses: np.ndarray, top: int = CASE_TOP_SLICES) -> float:
-    """Mean of the `top` highest slice masses (SliceStats.mass; all of them when fewer): float in [0, 1); 0 for
-    no slices."""
-    if len(slice_masses) == 0:
+def case_noise_score(values: np.ndarray, top: int = CASE_TOP_SLICES) -> float:
+    """Mean of the `top` highest of a case's per-slice `values` (all of them when fewer); 0 for no slices. The
+    case score is that of its slice masses (SliceStats.mass)."""
+    if len(values) == 0:
         return 0.0
-    k = min(top, len(slice_masses))
-    return float(np.mean(np.sort(np.asarray(slice_masses, dtype=np.float64))[-k:]))
+    k = min(top, len(values))
+    return float(np.mean(np.sort(np.asarray(values, dtype=np.float64))[-k:]))
