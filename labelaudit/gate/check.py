@@ -24,6 +24,7 @@ from ..formats.cache import CacheEntry, ScoreCache, case_key, model_hash
 from ..formats.run import load_run
 from ..types import Audit, AuditDataset, CaseScore, Dataset, SliceScore, Threshold
 from ..score.decide import decide, resolve_threshold
+from ..score.formulas import SLICE_RULE
 
 #: Flagged slices named per case in every output (the worst first).
 WORST_SLICES = 3
@@ -131,7 +132,7 @@ class _OnnxGate:
         self.threshold = resolve_threshold(info.threshold, config.threshold)
         self.model = CheckedModel(str(self.run_dir), info.method, info.created, info.dataset.name, len(info.models))
         self.settings = {"pixel_score": pixel_score_of(info).value, "perturbations": info.perturbations.k,
-                         "labelaudit": __version__, "routing": "ensemble"}
+                         "labelaudit": __version__, "scores": SLICE_RULE, "routing": "ensemble"}
         self.notes: list[str] = []
 
     def matches(self, dataset: Dataset) -> None:
@@ -162,7 +163,7 @@ class _GivenGate:
             f"no calibration given (--model): flagging at the default threshold {self.threshold.slice:g}; calibrate "
             "with `labelaudit score TRAINING_DATASET --probabilities SRC` and pass --model AUDIT_DIR/calibration"]
         self.settings = {"pixel_score": given_pixel_score(None, self.calibration, []).value, "perturbations": 1,
-                         "labelaudit": __version__, "routing": "given",
+                         "labelaudit": __version__, "scores": SLICE_RULE, "routing": "given",
                          "probabilities": [str(Path(p).resolve()) for p in config.probabilities]}
         self.given = None
 

@@ -161,6 +161,18 @@ def test_cache_rescores_only_new_or_changed_annotations(clean, model, tmp_path, 
         assert check(clean, model, "--cache", cache, "--threshold", "0.99").exit_code == 0
 
 
+
+def test_cache_is_rescored_when_the_noise_scores_change(clean, model, tmp_path, monkeypatch):
+    """Cached scores are keyed on the scoring rule too: a labelaudit whose slice or case score changed (same
+    version, same run.json) must not serve scores of the earlier rule."""
+    cache = tmp_path / "cache"
+    assert check(clean, model, "--cache", cache).exit_code == 0
+    import labelaudit.gate.check
+
+    monkeypatch.setattr(labelaudit.gate.check, "SLICE_RULE", "an earlier rule")
+    again = check(clean, model, "--cache", cache, "--format", "json")
+    assert json.loads(again.stdout)["counts"]["scored"] == 3, again.output
+
 # ----------------------------------------------------------------------------- exit codes
 
 @pytest.mark.parametrize("args", [["--no-such-flag"], ["--format", "xml"], ["--threshold", "1.5"],
