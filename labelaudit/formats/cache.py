@@ -2,9 +2,8 @@
 
 A case's key is the sha256 of its image files, its label file, the model (every ONNX graph and run.json)
 and the scoring settings that change a score (pixel formula, perturbations, labelaudit version, the slice and
-case score rule). The entry
-holds the scores, never the pass/fail decision: thresholds are applied afresh on every run, so changing
---threshold never needs a rescore.
+case score rule). The entry holds the scores, never the pass/fail decision: thresholds are applied afresh on
+every run, so changing --threshold never needs a rescore.
 
     DIR/<key[:2]>/<key>.json     one entry per (case content, model), written atomically
 
