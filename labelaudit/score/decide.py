@@ -46,8 +46,11 @@ def decide(case_score: float, slice_scores: Sequence[float] | np.ndarray, thresh
 
 
 def calibrated_on_today(calibration: Calibration) -> bool:
-    """Whether the calibration's thresholds were derived from today's slice and case scores (formulas.SLICE_RULE)."""
-    return calibration.slice_rule == SLICE_RULE
+    """Whether the calibration's thresholds were derived from today's slice and case scores (formulas.SLICE_RULE).
+
+    A calibration without a structure prior (A₀) is: without A₀ the slice score is the structure fraction alone
+    and the case score the mean of the 3 worst slice scores, which no later rule changed."""
+    return calibration.slice_rule == SLICE_RULE or not calibration.structure_prior_mm2
 
 
 def resolve_threshold(calibration: Calibration | None, override: float | None) -> Threshold:

@@ -216,10 +216,13 @@ def test_thresholds_without_case_calibration_leave_the_case_to_its_worst_slice()
     assert (override.slice, override.case) == (0.4, NO_CASE_THRESHOLD)
     assert resolve_threshold(None, None).case == NO_CASE_THRESHOLD
     assert not decide(0.99, [0.1, 0.3], override).flagged and decide(0.0, [0.1, 0.4], override).flagged
-    current = Calibration(slice=0.2, case=0.7, slice_rule=SLICE_RULE, gate=0.3)
+    current = Calibration(slice=0.2, case=0.7, slice_rule=SLICE_RULE, gate=0.3, structure_prior_mm2=80.0)
     assert resolve_threshold(current, None).case == 0.7
     earlier = replace(current, slice_rule="max(F, R): R over regions of s_v > 0.3 against 0.25 x A0")
     assert resolve_threshold(earlier, None).case == NO_CASE_THRESHOLD
+    # without A₀ the scores are those of every earlier rule (S = F, case = mean of the 3 worst S): kept
+    no_prior = replace(earlier, structure_prior_mm2=None)
+    assert resolve_threshold(no_prior, None).case == 0.7
 
 
 def test_robust_threshold_by_hand():
