@@ -46,15 +46,18 @@ TITLE = "## Slice scores with their thresholds (`python bench/score_gates.py`)"
 LEVELS = ("slice", "pixel", "case")
 #: The case rule that standardises the top-3 mean and the whole-case share against the training cases.
 STANDARDISED = "case z(top3) + z(whole)"
+#: The case score before 2026-12-03: the mean of the 3 worst slice scores (today's: of the 3 worst slice masses).
+TOP3 = "case top3 (before)"
 #: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
 #: rejected on the first five).
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
 SCORES = (*EVERY_RULE, "mass 0.05", "mass 0.25", "softmin of s",
           "class R", "class R, F", "case whole", "case max(top3, whole)", "case mean", "case max",
-          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, "case mass 0.25")
+          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3)
 #: cleanlab's softmin temperature, for the softmin of labelaudit's own pixel score.
 TEMPERATURE = 0.1
-DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean of its 3 worst slices; softmin = "
+DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean of its 3 worst slice masses "
+             "M / (M + 0.5 · A₀) (score/formulas.py); the other scores' case = mean of their 3 worst; softmin = "
              "cleanlab's; mean = (max(F, R) at A₀ = 0.1 × the median + softmin) / 2; product = landed × softmin; "
              "geo = its square root; mass c = M / (M + 2c · A₀), M = Σ_ROI s_v; softmin of s = cleanlab's softmin "
              "(T = 0.1) of 1 − s_v; class R = max(landed, R of each class against its own median area), class "
@@ -63,7 +66,7 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "case's slices, max(top3, whole), mean = mean over the slices with structure, max = the worst "
              "slice, max(whole, R) = with the case's worst region R, max(whole, top3 R) = with the mean of "
              "its 3 worst R, z(top3) + z(whole) = σ of their mean, each standardised by the training cases' "
-             "median and MAD, case mass 0.25 = the mean of the 3 worst slices' mass 0.25.")
+             "median and MAD, top3 (before) = the mean of the 3 worst slice scores.")
 
 
 def title_of(half: str) -> str:
@@ -164,7 +167,7 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
                       "case max": float(landed.max(initial=0.0)),
                       "case max(whole, R)": max(whole, float(region.max(initial=0.0))),
                       "case max(whole, top3 R)": max(whole, case_noise_score(region)),
-                      "case mass 0.25": case_noise_score(scores["mass 0.25"])}
+                      TOP3: case_noise_score(landed), "landed": case_noise_score(landed_stats.mass)}
         scores.update({how: landed for how in (*case_rules, STANDARDISED)})  # the case rules keep the slice score
         for how, values in scores.items():
             scored = out[how]
@@ -183,10 +186,10 @@ def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> 
         values = np.array(list(training[how].cases.values()))
         med = float(np.median(values))
         return med, max(calibrate.MAD_SCALE * float(np.median(np.abs(values - med))), 1e-9)
-    (m3, s3), (mw, sw) = centre("landed"), centre("case whole")
+    (m3, s3), (mw, sw) = centre(TOP3), centre("case whole")
     for scored in every:
         for case_id in scored[STANDARDISED].cases:
-            z = (scored["landed"].cases[case_id] - m3) / s3 + (scored["case whole"].cases[case_id] - mw) / sw
+            z = (scored[TOP3].cases[case_id] - m3) / s3 + (scored["case whole"].cases[case_id] - mw) / sw
             scored[STANDARDISED].cases[case_id] = float(sigmoid(z / 2))
 
 

@@ -6,7 +6,8 @@ same probabilities. Signals give a score per pixel, per slice and per case (high
 
 - labelaudit variants (`Variant`): pixel formula (conf = (1 - p̄_y)(1 - ũ), disagree = 1 - p̄_y) × slice
   aggregation (labelaudit.score.formulas.slice_stats: the structure fraction F with A₀ = f × the median
-  labelled area, with or without the region term R) × case aggregation (mean of the 3 worst slices, max) ×
+  labelled area, with or without the region term R) × case aggregation (mass: the mean of the 3 worst slice
+  masses, as score/formulas.py; top3: of the 3 worst slice scores; max: the worst slice score) ×
   noise map (a pixel formula, times the slice's score or not);
 - cleanlab: `get_label_quality_scores(method="softmin")` per slice, 1 - p_y per pixel, case = max over slices;
 - 1 - Dice: the model's own disagreement per slice (case = max over slices; no pixel score).
@@ -63,7 +64,7 @@ class Variant:
     formula: PixelScore = CONF  # the pixel formula the slice score sums
     prior: float = 0.5  # A₀ = prior × the median labelled area
     region_share: float | None = REGION_SHARE  # the region term R of the slice score (None: S = F only)
-    case_rule: str = "top3"  # or "max"
+    case_rule: str = "mass"  # the landed case score; or "top3", "max" (the module docstring)
     map_formula: PixelScore = DISAGREE  # the noise map's pixel formula
     map_times_slice: bool = True
 
@@ -75,6 +76,7 @@ VARIANTS = (
     Variant("max(F, R), R share 0.5", region_share=0.5),
     Variant("max(F, R), R share 0.1", region_share=0.1),
     Variant("max(F, R), case max", case_rule="max"),
+    Variant("max(F, R), case top3 of slice scores (before)", case_rule="top3"),
     Variant("max(F, R), f=0.25", prior=0.25),
     Variant("max(F, R), disagree", formula=DISAGREE),
     Variant("F only, map conf", region_share=None, map_formula=CONF, map_times_slice=False),
@@ -101,10 +103,12 @@ def labelaudit_variants(cases: list[CaseData], variants: Iterable[Variant] = VAR
         for signal, v in zip(signals, variants):
             noise = pixel_noise_score(p_given, unc, v.formula)
             eps = max(1.0, v.prior * median / (case.spacing[0] * case.spacing[1]))
-            scores = slice_stats(noise, case.classes, pred, case.prob.shape[1], radius, eps, v.region_share).noise_score
+            stats = slice_stats(noise, case.classes, pred, case.prob.shape[1], radius, eps, v.region_share)
+            scores = stats.noise_score
             for index, value in enumerate(scores):
                 signal.slices[(case.case_id, index)] = float(value)
-            signal.cases[case.case_id] = case_noise_score(scores) if v.case_rule == "top3" else float(scores.max())
+            signal.cases[case.case_id] = (case_noise_score(stats.mass) if v.case_rule == "mass" else
+                                          case_noise_score(scores) if v.case_rule == "top3" else float(scores.max()))
             pixel = pixel_noise_score(p_given, unc, v.map_formula)
             if v.map_times_slice:
                 pixel = pixel * scores[:, None, None].astype(np.float32)

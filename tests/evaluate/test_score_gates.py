@@ -35,7 +35,7 @@ def _case(gates, case_id: str, wrong: int):
 def test_case_rules_keep_the_slice_score_and_aggregate_it(gates):
     cases = [_case(gates, "a", 0), _case(gates, "b", 16)]
     found = gates.score_cases(cases, MEDIAN_MM2)
-    for how in ("case whole", "case mean", "case max", "case mass 0.25", gates.STANDARDISED):
+    for how in ("case whole", "case mean", "case max", gates.TOP3, gates.STANDARDISED):
         assert found[how].slices == found["landed"].slices
     case = cases[1]
     noise = pixel_noise_score(given_class_probability(case.prob, case.classes), normalised_entropy(case.prob),
@@ -45,9 +45,10 @@ def test_case_rules_keep_the_slice_score_and_aggregate_it(gates):
     assert found["case whole"].cases["b"] == pytest.approx(stats.mislabelled.sum() / (stats.union.sum() + eps))
     assert found["case max"].cases["b"] == pytest.approx(stats.noise_score.max())
     mass = stats.mislabelled / (stats.mislabelled + 0.5 * eps)
-    assert found["case mass 0.25"].cases["b"] == pytest.approx(case_noise_score(mass))
-    assert found["landed"].cases["b"] == pytest.approx(case_noise_score(stats.noise_score))
-    for how in ("landed", "case whole", "case mass 0.25"):  # the wrong strip raises every rule's case score
+    np.testing.assert_allclose(stats.mass, mass)
+    assert found["landed"].cases["b"] == pytest.approx(case_noise_score(mass))  # today's case score
+    assert found[gates.TOP3].cases["b"] == pytest.approx(case_noise_score(stats.noise_score))
+    for how in ("landed", "case whole", gates.TOP3):  # the wrong strip raises every rule's case score
         assert found[how].cases["b"] > found[how].cases["a"]
 
 
