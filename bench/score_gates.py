@@ -48,12 +48,17 @@ LEVELS = ("slice", "pixel", "case")
 STANDARDISED = "case z(top3) + z(whole)"
 #: The case score before 2026-12-03: the mean of the 3 worst slice scores (today's: of the 3 worst slice masses).
 TOP3 = "case top3 (before)"
+#: Rankings put on the landed score's scale: each slice's mean empirical CDF under the named scores' training
+#: distributions, ranked among the training slices' and mapped through the landed score's training quantiles, so
+#: that the training slices keep the landed score's distribution (hence its thresholds) and only their order
+#: changes; the case keeps the landed case score, the noise map is (1 − p̄_y) × the new slice score.
+REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → landed scale": ("softmin",)}
 #: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
 #: rejected on the first five).
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
 SCORES = (*EVERY_RULE, "mass 0.05", "mass 0.25", "softmin of s",
           "class R", "class R, F", "case whole", "case max(top3, whole)", "case mean", "case max",
-          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3)
+          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3, *REMAPPED)
 #: cleanlab's softmin temperature, for the softmin of labelaudit's own pixel score.
 TEMPERATURE = 0.1
 DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean of its 3 worst slice masses "
@@ -66,7 +71,11 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "case's slices, max(top3, whole), mean = mean over the slices with structure, max = the worst "
              "slice, max(whole, R) = with the case's worst region R, max(whole, top3 R) = with the mean of "
              "its 3 worst R, z(top3) + z(whole) = σ of their mean, each standardised by the training cases' "
-             "median and MAD, top3 (before) = the mean of the 3 worst slice scores.")
+             "median and MAD, top3 (before) = the mean of the 3 worst slice scores; rank mean → landed scale = "
+             "the mean of a slice's empirical CDFs under the landed score and softmin among the training slices "
+             "with structure, ranked and mapped through the landed score's training quantiles (the training "
+             "slices keep the landed distribution, so its thresholds, in another order), softmin → landed scale "
+             "the same of softmin alone; both keep the landed case score.")
 
 
 def title_of(half: str) -> str:
@@ -168,15 +177,51 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
                       "case max(whole, R)": max(whole, float(region.max(initial=0.0))),
                       "case max(whole, top3 R)": max(whole, case_noise_score(region)),
                       TOP3: case_noise_score(landed), "landed": case_noise_score(landed_stats.mass)}
-        scores.update({how: landed for how in (*case_rules, STANDARDISED)})  # the case rules keep the slice score
+        scores.update({how: landed for how in (*case_rules, STANDARDISED, *REMAPPED)})  # the slice score kept
+        case_rules.update({how: case_rules["landed"] for how in REMAPPED})  # remap() changes their slices only
         for how, values in scores.items():
             scored = out[how]
             for i, value in enumerate(values):
                 scored.slices[(case.case_id, i)] = float(value)
                 scored.structure[(case.case_id, i)] = bool(has[i])
             scored.cases[case.case_id] = case_rules.get(how, case_noise_score(values))
-            scored.pixels.append((wrong * values[:, None, None]).reshape(-1).astype(np.float32))
+            # REMAPPED: remap() multiplies by the slice score it makes
+            scored.pixels.append(wrong if how in REMAPPED else
+                                 (wrong * values[:, None, None]).reshape(-1).astype(np.float32))
     return out
+
+
+def _ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mid-rank empirical CDF of `values` under the sorted `reference` (ties count half)."""
+    below = np.searchsorted(reference, values, side="left")
+    upto = np.searchsorted(reference, values, side="right")
+    return (below + upto) / (2.0 * max(len(reference), 1))
+
+
+def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
+    """REMAPPED's slice scores and noise maps, in place (every holds training too); slices without structure
+    keep the landed score (0 where neither label nor prediction has structure)."""
+    keys = [k for k, has in training["landed"].structure.items() if has]
+    landed = np.sort([training["landed"].slices[k] for k in keys])
+    for how, sources in REMAPPED.items():
+        refs = {src: np.sort([training[src].slices[k] for k in keys]) for src in sources}
+
+        def mean_cdf(scored: dict[str, Scored], chosen: list) -> np.ndarray:
+            return np.mean([_ecdf(refs[src], np.array([scored[src].slices[k] for k in chosen])) for src in sources],
+                           axis=0)
+
+        u_train = np.sort(mean_cdf(training, keys))
+        for scored in every:
+            target = scored[how]
+            chosen = [k for k, has in target.structure.items() if has]
+            if chosen:
+                mapped = np.quantile(landed, np.clip(_ecdf(u_train, mean_cdf(scored, chosen)), 0.0, 1.0),
+                                     method="inverted_cdf")  # the training slices get the landed values exactly
+                target.slices.update(zip(chosen, mapped.tolist()))
+            for index, case_id in enumerate(dict.fromkeys(c for c, _ in target.slices)):  # the order of pixels
+                wrong = target.pixels[index]
+                values = np.array([target.slices[(case_id, i)] for i in range(len(wrong))])
+                target.pixels[index] = (wrong * values[:, None, None]).reshape(-1).astype(np.float32)
 
 
 def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
@@ -301,6 +346,7 @@ def measure(cell: Path, clean_new: Path) -> dict:
     all_train = score_cases(train, median, medians)
     all_new = {name: score_cases(cases_, median, medians) for name, cases_ in new.items()}
     standardise(all_train, [all_train, *all_new.values()])
+    remap(all_train, [*all_new.values(), all_train])
     for how in SCORES:
         scored = all_train[how]
         signal = Signal(how, scored.slices, scored.cases, scored.pixels)
@@ -369,6 +415,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "suite_runs" / "full")
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
     parser.add_argument("--rewrite", action="store_true", help="write the section from the saved figures")
+    parser.add_argument("--datasets", help="comma-separated names: measure these again, keep the saved others")
     options = parser.parse_args()
     saved = options.work / f"score_gates_{options.half}.json"
     if options.rewrite:
@@ -378,7 +425,11 @@ def main() -> None:
                               READINGS.get(options.half, "")))
         return
     rows, start = {}, time.perf_counter()
-    for dataset in (d for d in DATASETS if d.half.value == options.half):
+    chosen = set(options.datasets.split(",")) if options.datasets else None
+    if chosen and saved.exists():
+        rows = {cell: row for cell, row in json.loads(saved.read_text())["rows"].items()
+                if cell.split("/")[0] not in chosen}
+    for dataset in (d for d in DATASETS if d.half.value == options.half and (chosen is None or d.name in chosen)):
         for regime in REGIMES:
             cell = options.work / dataset.name / regime
             row = cell / "row.json"

@@ -59,3 +59,31 @@ def test_standardised_case_scores_order_the_cases_by_both_statistics(gates):
     values = [found[gates.STANDARDISED].cases[c.case_id] for c in cases]
     assert all(0.0 < v < 1.0 for v in values)
     assert values == sorted(values)
+
+
+def test_remapped_rankings_keep_the_landed_scores_training_distribution(gates):
+    """The training slices keep the landed score's values (hence its thresholds) in the order of the mean CDF;
+    slices without structure keep the landed score; a new slice lands on the landed scale by its rank."""
+    def scored(landed, softmin, structure):
+        keys = [("a", i) for i in range(len(landed))]
+        out = {}
+        for how in gates.SCORES:
+            values = softmin if how == "softmin" else landed
+            out[how] = gates.Scored(dict(zip(keys, map(float, values))), dict(zip(keys, structure)), {"a": 0.0},
+                                    [np.ones((len(landed), 2, 2), np.float32) if how in gates.REMAPPED
+                                     else np.zeros(len(landed) * 4, np.float32)])
+        return out
+
+    landed, softmin = [0.1, 0.2, 0.3, 0.4, 0.0], [0.9, 0.1, 0.5, 0.3, 0.7]
+    train = scored(landed, softmin, [True, True, True, True, False])
+    new = scored([0.35, 0.0], [0.95, 0.2], [True, True])
+    gates.remap(train, [new, train])
+    only_softmin = train["softmin → landed scale"].slices
+    assert sorted(only_softmin[("a", i)] for i in range(4)) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert sorted(range(4), key=lambda i: only_softmin[("a", i)]) == [1, 3, 2, 0]  # softmin's order
+    assert only_softmin[("a", 4)] == 0.0  # no structure: the landed score
+    mean = train["rank mean → landed scale"].slices
+    assert mean[("a", 0)] > mean[("a", 1)]  # (1 + 4) / 2 ranks above (2 + 1) / 2
+    assert new["softmin → landed scale"].slices[("a", 0)] == pytest.approx(0.4)  # above every training softmin
+    np.testing.assert_allclose(train["softmin → landed scale"].pixels[0].reshape(5, 4)[:, 0],
+                               [only_softmin[("a", i)] for i in range(5)])
