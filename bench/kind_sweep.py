@@ -16,7 +16,7 @@ records with the current diagnosis code; and prints the confusion matrix per tru
                                        # before it became a package); --check: against the error_kind the
                                        # audits' slices.csv recorded
 
-Held-out datasets (brain_tissue, ct_organs, brain_gm) are never read. Takes ~10 s on one core.
+Only the development half's datasets (bench/suite_data.py) are read. Takes ~10 s on one core.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from pathlib import Path
 import numpy as np
 
 SUITE = Path(__file__).resolve().parent / "suite_runs" / "full"
-DEVELOPMENT = {"brain_wm": ("slice", "case", "structure"), "ct_lesion": ("slice", "case"),
-               "ct_liver": ("slice", "structure", "case")}
-HELD_OUT = {"brain_tissue", "ct_organs", "brain_gm"}
 KINDS = ("none", "over_segmentation", "under_segmentation", "missing_structure", "spurious_structure",
          "shifted_boundary", "wrong_class")  # the ErrorKind values, in its order
 SHORT = {k: k.split("_")[0][:5] for k in KINDS}
@@ -90,10 +87,11 @@ class Cell:
 
 
 def development_cells(audit: str = "plain") -> list[Path]:
+    from suite_data import DATASETS, REGIMES, Half
+
     found = []
-    for dataset, regimes in DEVELOPMENT.items():
-        assert dataset not in HELD_OUT
-        for regime in regimes:
+    for dataset in (d.name for d in DATASETS if d.half is Half.DEV):
+        for regime in REGIMES:
             folder = SUITE / dataset / regime
             if (folder / "audits" / audit / "summary.json").is_file():
                 found.append(folder)
