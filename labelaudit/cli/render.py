@@ -10,6 +10,7 @@ from rich.text import Text
 from ..data import DatasetSummary
 from ..gate.check import CheckResult
 from ..gate.ci import describe_threshold, kind_label, slices_text
+from ..score.decide import case_threshold_text
 from ..types import Audit
 
 
@@ -72,10 +73,10 @@ def render_audit(audit: Audit, top: int = 10) -> Group:
     threshold = audit.threshold
     parts: list = [Text(f"provider: {audit.provider} ({audit.device_reason})"),
                    Text(f"scored {len(audit.cases)} cases, {len(audit.slices)} slices; flagged "
-                        f"{len(audit.flagged_cases)} cases, {len(audit.flagged_slices)} slices (threshold slice "
-                        f"{threshold.slice:.3f}, case {threshold.case:.3f}"
-                        + (f" or worst slice {threshold.gate:.3f}" if threshold.gate is not None else "")
-                        + f", {threshold.source.value})")]
+                        f"{len(audit.flagged_cases)} cases, {len(audit.flagged_slices)} slices (thresholds: slice "
+                        f"{threshold.slice:.3f}"
+                        + (f", worst slice {threshold.gate:.3f}" if threshold.gate is not None else "")
+                        + f", {case_threshold_text(threshold.case)}; {threshold.source.value})")]
     if audit.skipped:
         parts.append(Text(f"skipped {len(audit.skipped)} case(s): {', '.join(sorted(audit.skipped))} "
                           "(see summary.json)"))

@@ -128,16 +128,17 @@ def calibrate(
     from ..console import err, track
     from ..formats.run import latest_run, load_run, save_run
     from ..score.calibrate import calibrate_run
-    from ..score.decide import saturated_calibration_note
+    from ..score.decide import case_threshold_text, saturated_calibration_note
 
     run_dir = model if model is not None else latest_run()
     info = load_run(run_dir)
     before = info.threshold
     info.threshold = calibrate_run(run_dir, device=device, track=track, batch_size=batch_size, dataset=dataset)
     save_run(run_dir, info)
-    was = f" (was {before.slice:.3f} / {before.case:.3f})" if before is not None else ""
+    was = f" (was slice {before.slice:.3f}, {case_threshold_text(before.case)})" if before is not None else ""
     gate = f", worst slice {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
-    err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}, case {info.threshold.case:.3f}{gate}{was}, "
+    err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}{gate}, "
+              f"{case_threshold_text(info.threshold.case)}{was}, "
               f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases", markup=False,
               soft_wrap=True)
     saturated = saturated_calibration_note(info.threshold)

@@ -166,7 +166,7 @@ def fit(
     from rich.markup import escape
 
     from ..formats.run import load_run
-    from ..score.decide import saturated_calibration_note
+    from ..score.decide import case_threshold_text, saturated_calibration_note
 
     info = load_run(run_dir)
     for case_id, problems in info.dataset.skipped.items():
@@ -189,8 +189,8 @@ def fit(
                      f"{model.export.get('max_abs_diff', float('nan')):.1e}", soft_wrap=True)
     if info.threshold is not None:
         gate = f", worst slice of a case {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
-        stdout.print(f"flagging threshold (calibrated on the training data): slice {info.threshold.slice:.3f}, "
-                     f"case {info.threshold.case:.3f}{gate}", soft_wrap=True)
+        stdout.print(f"flagging threshold (calibrated on the training data): slice {info.threshold.slice:.3f}{gate}, "
+                     f"{case_threshold_text(info.threshold.case)}", soft_wrap=True)
         saturated = saturated_calibration_note(info.threshold)
         if saturated:
             err.print(f"[yellow]warning:[/] {escape(saturated)}", soft_wrap=True)

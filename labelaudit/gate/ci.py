@@ -8,6 +8,7 @@ from xml.etree import ElementTree as ET
 
 from ..diagnosis import ErrorKind
 from ..score.calibrate import MAD_SCALE, THRESHOLD_RULE
+from ..score.decide import case_threshold_text, has_case_threshold
 from ..types import Threshold, ThresholdSource
 from .check import CaseVerdict, CheckResult
 
@@ -16,7 +17,7 @@ def describe_threshold(threshold: Threshold) -> str:
     """One line that says what the threshold is and where it comes from."""
     slice_t, case_t = threshold.slice, threshold.case
     if threshold.source is ThresholdSource.OVERRIDE:
-        return f"slice and case {slice_t:.3f} (--threshold)"
+        return f"slice {slice_t:.3f} (--threshold), {case_threshold_text(case_t)}"
     calibration = threshold.calibration
     if threshold.source is ThresholdSource.RUN and calibration is not None and calibration.rule == THRESHOLD_RULE:
         stats = calibration.slice_stats
@@ -30,9 +31,9 @@ def describe_threshold(threshold: Threshold) -> str:
             gate = f", worst slice {threshold.gate:.3f} = max(slice, min(1, median + {gate_k:g}·{MAD_SCALE:g}·MAD))"
         elif threshold.gate is not None:
             gate = f", worst slice {threshold.gate:.3f} ({calibration.gate_rule or 'calibrated'})"
-        return (f"slice {slice_t:.3f}{spread}{gate}, case {case_t:.3f}; calibrated at fit time on "
+        return (f"slice {slice_t:.3f}{spread}{gate}, {case_threshold_text(case_t)}; calibrated at fit time on "
                 f"{calibration.n_slices} {calibration.scored} training slices")
-    return f"slice {slice_t:.3f}, case {case_t:.3f} ({threshold.source.value})"
+    return f"slice {slice_t:.3f}, {case_threshold_text(case_t)} ({threshold.source.value})"
 
 
 def kind_label(kind: str | None) -> str:
@@ -55,7 +56,8 @@ def slices_text(case: CaseVerdict) -> str:
 
 def failure_message(case: CaseVerdict, threshold: Threshold) -> str:
     """One line: why the case is flagged, its worst slice(s) and the likely kind of error."""
-    why = (f"noise score {case.noise_score:.3f} (case threshold {threshold.case:.3f}); "
+    against = f" (case threshold {threshold.case:.3f})" if has_case_threshold(threshold.case) else ""
+    why = (f"noise score {case.noise_score:.3f}{against}; "
            f"{case.n_flagged_slices} of {case.n_slices} slices at or above {threshold.slice:.3f}")
     if threshold.worst_slice != threshold.slice:
         why += f" (a case fails from one slice at {threshold.worst_slice:.3f})"

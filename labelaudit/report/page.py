@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..diagnosis import KIND_HELP, ErrorKind
+from ..score.decide import has_case_threshold
 from ..types import Routing
 from .histogram import histogram_svg
 from .picture import HEAT_RGB, class_palette, contour_path, heat_rgba, thumbnail_html  # noqa: F401 - re-exported
@@ -76,9 +77,10 @@ def _scored_by(audit) -> str:
 
 
 def _threshold(threshold) -> str:
-    return (f"slice <b>{threshold.slice:.3f}</b> (flags a slice for review); case: flagged at score "
-            f"<b>{threshold.case:.3f}</b> or worst slice <b>{threshold.worst_slice:.3f}</b> "
-            f"({_e(threshold.source.value)})")
+    case = (f"flagged at score <b>{threshold.case:.3f}</b> or worst slice" if has_case_threshold(threshold.case)
+            else "flagged when its worst slice reaches")
+    return (f"slice <b>{threshold.slice:.3f}</b> (flags a slice for review); case: {case} "
+            f"<b>{threshold.worst_slice:.3f}</b> ({_e(threshold.source.value)})")
 
 
 def _facts(audit, config: ReportConfig, views: dict[str, CaseView]) -> str:
@@ -220,7 +222,8 @@ def _case_section(rank: int, case, slices: list, view: CaseView | None, audit, c
             f'data-flagged="{int(case.flagged)}">'
             f'<header class="case-head"><span class="title"><span class="rank">#{rank}</span>'
             f'<h3 class="case-id">{_e(case.case_id)}</h3></span>'
-            f'<span class="case-score" title="case noise score: mean of its worst slice scores">'
+            f'<span class="case-score" '
+            f'title="case noise score: the mean of its 3 worst slices’ expected mislabelled share">'
             f'<b>{case.noise_score:.3f}</b> noise score</span>{_badge(kind)}{flag}'
             f'<span class="dice" title="1 − Dice of the label against the robust prediction, whole case">'
             f'1 − Dice {case.disagreement:.2f}</span></header>'

@@ -45,6 +45,16 @@ def decide(case_score: float, slice_scores: Sequence[float] | np.ndarray, thresh
     return Decision(bool(case_score >= threshold.case or worst), scores >= threshold.slice)
 
 
+def has_case_threshold(case: float) -> bool:
+    """Whether a case threshold (Threshold.case, Calibration.case) can flag a case by its score."""
+    return case < NO_CASE_THRESHOLD
+
+
+def case_threshold_text(case: float) -> str:
+    """`case 0.812`, or the words for no case threshold: what every command prints of it."""
+    return f"case {case:.3f}" if has_case_threshold(case) else "no case threshold"
+
+
 def calibrated_on_today(calibration: Calibration) -> bool:
     """Whether the calibration's thresholds were derived from today's slice and case scores (formulas.SLICE_RULE).
 

@@ -96,8 +96,12 @@ def test_threshold_is_described_with_its_origin():
     text = describe_threshold(THRESHOLD)
     assert "slice 0.400" in text and "median 0.100" in text and "MAD 0.020" in text and "40 out-of-fold" in text
     assert "= min(1, max(floor" in text  # the rule's ceiling, which a model that cannot segment reaches
-    assert describe_threshold(Threshold(0.2, 0.2, ThresholdSource.OVERRIDE)) == \
-        "slice and case 0.200 (--threshold)"
+    from labelaudit.score.decide import resolve_threshold
+
+    # --threshold sets the slice threshold; a case score (a mean of masses) is not compared with it
+    assert describe_threshold(resolve_threshold(None, 0.2)) == \
+        "slice 0.200 (--threshold), no case threshold"
+    assert "case 0.700" in describe_threshold(Threshold(0.2, 0.7, ThresholdSource.DEFAULT))
 
 
 def test_the_gate_is_described_with_its_stored_mads():

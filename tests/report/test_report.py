@@ -21,6 +21,7 @@ from labelaudit.report.page import contour_path, histogram_svg
 from labelaudit.report.png import encode_png
 from labelaudit.report.views import Orientation, crop_box, make_slice_view, orientation_of
 from labelaudit.config import ScoreConfig
+from labelaudit.score.decide import NO_CASE_THRESHOLD
 from labelaudit.score.pipeline import score_dataset
 from labelaudit.synth import SynthConfig, write_synth_dataset
 from labelaudit.types import Case, CaseRef, Geometry, Volume
@@ -74,7 +75,9 @@ def test_report_header_facts_counts_and_histogram(planted):
     assert "<title>labelaudit: Dataset007_Report</title>" in page
     assert "<b>pint</b>" in page and "trained" in page
     assert f"slice <b>{audit.threshold.slice:.3f}</b> (flags a slice for review)" in page
-    assert f"worst slice <b>{audit.threshold.worst_slice:.3f}</b>" in page
+    assert audit.threshold.case == NO_CASE_THRESHOLD  # the default threshold: the worst slice decides
+    assert f"case: flagged when its worst slice reaches <b>{audit.threshold.worst_slice:.3f}</b>" in page
+    assert "flagged at score" not in page
     for number, name in ((3, "cases"), (18, "slices"), (len(audit.flagged_cases), "flagged cases"),
                          (len(audit.flagged_slices), "flagged slices")):
         assert f"<b>{number}</b><span>{name}</span>" in page

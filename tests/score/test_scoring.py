@@ -417,7 +417,7 @@ def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(d
     assert not any("calibrate RUN_DIR" in n for n in overridden.notes)  # the user chose the threshold
     result = _cli(["calibrate", str(run_dir), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "thresholds slice" in result.output and "(was 0.200 / 0.200)" in result.output
+    assert "thresholds slice" in result.output and "(was slice 0.200, case 0.200)" in result.output
     info = load_run(run_dir)
     assert info.threshold.slice_rule == SLICE_RULE and info.threshold.scored == "out-of-fold"
     assert info.models and (run_dir / "fold_0" / "segmenter.onnx").is_file()  # the rest of run.json is kept
