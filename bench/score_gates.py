@@ -329,7 +329,8 @@ def _gate(scored: Scored, threshold: Threshold, only: set[str] | None = None) ->
     return [int(sum(verdicts)), len(verdicts)]
 
 
-def measure(cell: Path, clean_new: Path) -> dict:
+def measure(cell: Path, clean_new: Path, shown: tuple[str, ...] = SCORES) -> dict:
+    """The figures of the scores `shown` (of SCORES) on one cell; every score is computed, only these are read."""
     run_dir = cell / "runs" / "stronger"
     manifest = read_manifest(cell / "noisy" / "corruption.json")
     order = sorted(manifest.cases)
@@ -347,7 +348,7 @@ def measure(cell: Path, clean_new: Path) -> dict:
     all_new = {name: score_cases(cases_, median, medians) for name, cases_ in new.items()}
     standardise(all_train, [all_train, *all_new.values()])
     remap(all_train, [*all_new.values(), all_train])
-    for how in SCORES:
+    for how in shown:
         scored = all_train[how]
         signal = Signal(how, scored.slices, scored.cases, scored.pixels)
         levels = {lv: (None if s.ap is None else float(s.ap)) for lv, s in level_scores(signal, truth).items()}
@@ -381,8 +382,9 @@ def section(rows: dict[str, dict], meta: str, title: str = TITLE, reading: str =
              "flagged |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     totals: dict[tuple[str, str], list[list[int]]] = {}
+    shown = [how for how in SCORES if all(how in found for found in rows.values())]
     for cell, found in rows.items():
-        for how in SCORES:
+        for how in shown:
             entry = found[how]
             ap = " · ".join("—" if (v := entry["ap"].get(lv)) is None or np.isnan(v) else f"{v:.3f}"
                             for lv in LEVELS)
@@ -397,7 +399,7 @@ def section(rows: dict[str, dict], meta: str, title: str = TITLE, reading: str =
                     pair[0] += m[key][0]
                     pair[1] += m[key][1]
     lines.append("")
-    for how in SCORES:
+    for how in shown:
         aps = [[v for e in rows.values() if (v := e[how]["ap"].get(lv)) is not None and not np.isnan(v)]
                for lv in LEVELS]
         lines.append(f"- {how}: mean AP slice · pixel · case " + " · ".join(f"{np.mean(a):.3f}" if a else "—"
@@ -416,6 +418,9 @@ def main() -> None:
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
     parser.add_argument("--rewrite", action="store_true", help="write the section from the saved figures")
     parser.add_argument("--datasets", help="comma-separated names: measure these again, keep the saved others")
+    parser.add_argument("--scores", help="comma-separated scores of SCORES to read (default: all); a held-out half "
+                        "is read for the scores that ship and their baselines only, so that a candidate stays "
+                        "unread there until it is chosen")
     options = parser.parse_args()
     saved = options.work / f"score_gates_{options.half}.json"
     if options.rewrite:
@@ -426,6 +431,9 @@ def main() -> None:
         return
     rows, start = {}, time.perf_counter()
     chosen = set(options.datasets.split(",")) if options.datasets else None
+    shown = tuple(options.scores.split(",")) if options.scores else SCORES
+    if unknown := [how for how in shown if how not in SCORES]:
+        parser.error(f"unknown scores {unknown}; choose from {', '.join(SCORES)}")
     if chosen and saved.exists():
         rows = {cell: row for cell, row in json.loads(saved.read_text())["rows"].items()
                 if cell.split("/")[0] not in chosen}
@@ -435,7 +443,7 @@ def main() -> None:
             row = cell / "row.json"
             if not row.exists() or "stronger" not in json.loads(row.read_text())["methods"]:
                 continue
-            rows[f"{dataset.name}/{regime}"] = measure(cell, options.work / "data" / dataset.name / "new")
+            rows[f"{dataset.name}/{regime}"] = measure(cell, options.work / "data" / dataset.name / "new", shown)
             print(f"{dataset.name}/{regime} done", flush=True)
     meta = (f"Generated {time.strftime('%Y-%m-%d')} on {machine()}, in {time.perf_counter() - start:.0f} s; "
             f"{Half(options.half).title.lower()} half, the standard preset's fits (bench/suite.py --methods "
