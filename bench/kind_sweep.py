@@ -76,6 +76,7 @@ class SliceData:
     pred: np.ndarray
     noise: np.ndarray  # (H, W) float, the noise map as written: (1 - p̄_y) x the slice's score
     score: float  # the slice's noise score (slices.csv)
+    flagged: bool  # the audit flagged it (slices.csv): what a reviewer reads
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,12 @@ def development_cells(audit: str = "plain") -> list[Path]:
     return found
 
 
-def read_slice_scores(path: Path) -> dict[tuple[str, int], float]:
+def read_slice_scores(path: Path) -> dict[tuple[str, int], tuple[float, bool]]:
+    """(noise score, flagged) of every slice of an audit's slices.csv."""
     with path.open(newline="", encoding="utf-8") as handle:
-        return {(row["case_id"], int(row["slice_index"])): float(row["noise_score"]) for row in csv.DictReader(handle)}
+        return {(row["case_id"], int(row["slice_index"])): (float(row["noise_score"]),
+                                                            row["flagged"].strip().lower() in ("true", "1", "yes"))
+                for row in csv.DictReader(handle)}
 
 
 def load_cell(folder: Path, audit_name: str = "plain") -> Cell:
@@ -121,7 +125,7 @@ def load_cell(folder: Path, audit_name: str = "plain") -> Cell:
             slices[(case_id, i)] = SliceData(truth_name(r.corruption if r.corrupted else None),
                                              r.corruption if r.corrupted else None,
                                              np.array(label[i]), np.array(pred[i]), np.array(noise[i], np.float32),
-                                             scores[(case_id, i)])
+                                             *scores[(case_id, i)])
     return Cell(f"{folder.parent.name}/{folder.name}", folder, manifest, slices)
 
 
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit", default="plain", help="the cells' audit to read (audits/NAME: plain, or e.g. "
                     "stronger, the audit of suite.py --methods stronger)")
     ap.add_argument("--skip", action="append", default=[], metavar="DS/REGIME", help="leave a cell out")
+    ap.add_argument("--flagged", action="store_true", help="the slices the audit flagged only (what a reviewer "
+                    "reads; each is classified as in the whole stack)")
     args = ap.parse_args(argv)
     import_labelaudit(args.diagnosis)
     params = replace(ErrorKindParams(), **parse_sets(args.set))
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cell = load_cell(folder, args.audit)
         kinds = classify(cell, params, args.noise)
+        if args.flagged:
+            kinds = {k: v for k, v in kinds.items() if cell.slices[k].flagged}
         confusion = kind_confusion(cell.manifest, kinds)
         if confusion is None:
             continue
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             differ = [k for k in kinds if recorded.get(k) is not None and recorded[k] != kinds[k]]
             print(f"  check: {len(differ)} of {len(kinds)} slices differ from slices.csv {differ[:5]}")
         for key, s in cell.slices.items():
-            if s.truth in shown and shown[s.truth] < args.limit and kinds[key] != EXPECTED_KIND[s.truth].value:
+            if (s.truth in shown and key in kinds and shown[s.truth] < args.limit
+                    and kinds[key] != EXPECTED_KIND[s.truth].value):
                 shown[s.truth] += 1
                 print(f"{cell.name}" + describe(key, s, kinds[key], params))
     rows = [r for r in total if r != CLEAN] + ([CLEAN] if CLEAN in total else [])

@@ -92,6 +92,9 @@ class ErrorKindParams:
         of a class's (missing pieces), see regions.py.
     swap_share: a labelled component of one class whose pixels the prediction gives to other classes at
         this fraction or more is a wrong-class component.
+    swap_keep: a predicted component of one class that the label gives to another class at swap_share or more
+        and keeps below this fraction as its own is a wrong-class component too (regions.py; a few pixels of
+        a neighbouring component of the class must not make it an over-segmentation of the other class).
     noise_floor: with a noise map, a region speaks for its slice's kind by its pixels' disagreement
         1 - p̄_y (the map divided by its slice's score) above this, summed (see docs/decisions.md).
     """
@@ -101,6 +104,7 @@ class ErrorKindParams:
     match_overlap: float = 0.01
     one_sided: float = 0.75
     swap_share: float = 0.5
+    swap_keep: float = 0.1
     noise_floor: float = 0.8
 
 

@@ -126,13 +126,13 @@ def _owner(label: np.ndarray, pred: np.ndarray, differ: np.ndarray) -> tuple[np.
 
 
 def _covered(label: np.ndarray, pred: np.ndarray, value: int, by: int, params: ErrorKindParams) -> np.ndarray:
-    """Pixels of the prediction's components of `value` that the label gives (almost) none of `value` and
-    mostly `by`: a structure labelled as another class."""
+    """Pixels of the prediction's components of `value` that the label gives little of `value` (below
+    `swap_keep`) and mostly `by` (`swap_share`): a structure labelled as another class."""
     components, count = ndimage.label(pred == value, structure=_FOUR_CONNECTED)
     area = np.bincount(components.ravel(), minlength=count + 1)
     kept = np.bincount(components.ravel(), weights=(label == value).ravel(), minlength=count + 1)
     taken = np.bincount(components.ravel(), weights=(label == by).ravel(), minlength=count + 1)
-    whole = (kept < params.match_overlap * area) & (taken >= params.swap_share * area)
+    whole = (kept < params.swap_keep * area) & (taken >= params.swap_share * area)
     whole[0] = False
     return whole[components]
 
