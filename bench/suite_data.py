@@ -31,7 +31,8 @@ The suite is split by dataset, never by case, so that no default can be tuned to
   from the reserve half, to report the case score of slice masses chosen on the development half
   (bench/score_gates.py).
 - reserve half (fit, never reported): `brain_gm_fine` (gray matter alone on a finer grid, 1.9x1.9x3.2 mm),
-  added on 2026-12-03 with the two development datasets above. A dataset put here is fit but read by no table, gate or fix
+  added on 2026-12-03 with the two development datasets above and not fit yet (`python bench/suite.py --half
+  reserve --methods stronger`, about 25 minutes on 2 cores). A dataset put here is fit but read by no table, gate or fix
   section, so that the next default chosen on the development half can be reported on data nobody has read;
   move it to `Half.FRESH` in the commit that reports that choice, and say so in bench/RESULTS.md.
 
