@@ -240,7 +240,8 @@ def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> 
 
 #: What the development half's figures of 2026-12-03 said (kept with the table it reads).
 READING = """What this says (development half, nine cells refit on 2026-12-03, the standard preset; the case score changed,
-the slice score did not):
+the slice score did not). Written when `landed` was the mean of the 3 worst slice scores; the table now shows
+today's case score as `landed` and the earlier one as `case top3 (before)`, and two more datasets (the end):
 
 - **The landed slice score and today's rule stay**: mean AP slice · pixel · case 0.804 · 0.725 · 0.811, 270 of 594
   corrupted training slices flagged (29 of 1302 clean), the gate 0 of 72 clean and 39 of 67 corrupted new
@@ -278,7 +279,23 @@ the slice score did not):
   lesion slices, and its thresholds reach 1; on the binary datasets it is the landed score by construction.
 - **ct_lesion saturates at 1 under every score and rule**, as on 2026-12-02: the model does not segment its
   lesions well enough for any aggregation of its probabilities to be thresholded.
-- The reserve half (ct_lesion_fine), read only after this choice, reports it."""
+- The reserve half (ct_lesion_fine), read only after this choice, reports it.
+
+Added later on 2026-12-03 (the two development datasets fit that day, `--datasets brain_wm_gm` and
+`--datasets ct_spleen_kidney`; nothing was chosen from them yet):
+
+- **They show what the held-out half showed**: cleanlab's softmin ranks slices better than the landed score
+  in 5 of their 6 cells (brain_wm_gm 0.969 against 0.927 in the slice regime, 0.956 against 0.898 in the
+  structure regime; ct_spleen_kidney 0.993 against 0.975, 0.994 against 0.979; the case regimes tie or go to
+  the landed score), and ct_spleen_kidney's slice and case regimes flag nothing although their slice AP is
+  0.975 and 0.889: the gate reaches 1 (slice thresholds 0.913 and 0.957), as on the fresh ct_spleen. The
+  development half now holds the failures it lacked.
+- **Rankings put on the landed score's scale keep its thresholds**: `rank mean → landed scale` (the mean of
+  a slice's empirical CDFs under the landed score and softmin) ranks 0.861 · 0.783 · 0.888 over the fifteen
+  cells against the landed 0.855 · 0.788 · 0.888, flags 502 of 1087 corrupted and 28 of 2252 clean training
+  slices (landed 494 and 37) and 65 of 115 corrupted new cases (64), 0 of 120 clean ones; `softmin → landed
+  scale` ranks 0.851 · 0.773 · 0.888. Neither lifts the ceiling on ct_spleen_kidney. The rank mean is the
+  candidate for the next choice, which the reserve dataset (brain_gm_fine, not yet fit) is to report."""
 
 
 
