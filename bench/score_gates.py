@@ -34,7 +34,7 @@ from threshold_rules import logit, sigmoid
 
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.score import calibrate
-from labelaudit.score.decide import decide
+from labelaudit.score.decide import NO_CASE_THRESHOLD, decide
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
                                        pixel_noise_score, roi_radius, slice_stats, worst_region)
 from labelaudit.score.inference import dataset_probabilities
@@ -345,8 +345,26 @@ def mad_rule(k: float, gate_k: float, scale: str) -> Callable[[np.ndarray, np.nd
     return rule
 
 
+def lower_mad_rule(k: float, gate_k: float) -> Callable[[np.ndarray, np.ndarray], Threshold]:
+    """median + k · 1.4826 · the MAD of the scores below the median only: a label error only raises a score, so
+    the wrong slices (up to half) sit above the median and widen the two-sided MAD; the lower side is the
+    clean bulk's."""
+    def at(values: np.ndarray, kk: float) -> float:
+        med = float(np.median(values)) if len(values) else 0.0
+        low = med - values[values <= med]
+        mad = float(np.median(low)) if len(low) else 0.0
+        return float(min(1.0, max(calibrate.THRESHOLD_FLOOR, med + kk * calibrate.MAD_SCALE * mad)))
+
+    def rule(slices: np.ndarray, cases: np.ndarray) -> Threshold:
+        sl = at(slices, k)
+        case = at(cases, k) if calibrate.case_rule_applies(len(cases)) else NO_CASE_THRESHOLD
+        return Threshold(sl, case, ThresholdSource.RUN, gate=max(sl, at(slices, gate_k)))
+    return rule
+
+
 TODAY = "MAD 3/6"  # score/calibrate.py's rule at the standard preset
-RULES = {TODAY: mad_rule(3, 6, "raw"), "logit MAD 3/6": mad_rule(3, 6, "logit")}
+RULES = {TODAY: mad_rule(3, 6, "raw"), "logit MAD 3/6": mad_rule(3, 6, "logit"),
+         "lower MAD 3/6": lower_mad_rule(3, 6)}
 
 
 def _gate(scored: Scored, threshold: Threshold, only: set[str] | None = None) -> list[int]:

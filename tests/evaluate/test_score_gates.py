@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from labelaudit.config import PixelScore
+from labelaudit.score.decide import NO_CASE_THRESHOLD
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
                                        pixel_noise_score, roi_radius, slice_stats)
 
@@ -87,3 +88,18 @@ def test_remapped_rankings_keep_the_landed_scores_training_distribution(gates):
     assert new["softmin → landed scale"].slices[("a", 0)] == pytest.approx(0.4)  # above every training softmin
     np.testing.assert_allclose(train["softmin → landed scale"].pixels[0].reshape(5, 4)[:, 0],
                                [only_softmin[("a", i)] for i in range(5)])
+
+
+def test_the_lower_mad_rule_takes_the_spread_from_below_the_median(gates):
+    """Wrong slices only raise scores: a heavy upper tail widens the two-sided MAD, not the lower one."""
+    clean = np.array([0.10, 0.12, 0.14, 0.16, 0.18, 0.20])
+    wrong = np.array([0.7, 0.8, 0.9, 0.95])
+    slices = np.concatenate([clean, wrong])
+    t = gates.lower_mad_rule(3, 6)(slices, np.array([0.5] * 3))
+    med = float(np.median(slices))
+    lower = float(np.median(med - slices[slices <= med]))
+    assert t.slice == pytest.approx(med + 3 * 1.4826 * lower) and t.slice < 0.7  # the wrong slices stand out
+    two_sided = gates.mad_rule(3, 6, "raw")(slices, np.array([0.5] * 3))
+    assert t.slice < two_sided.slice and t.gate < two_sided.gate  # the upper tail widened the two-sided MAD
+    assert t.case == NO_CASE_THRESHOLD  # 3 cases: no case threshold
+    assert t.gate == pytest.approx(min(1.0, med + 6 * 1.4826 * lower))
