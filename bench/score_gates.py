@@ -295,7 +295,11 @@ Added later on 2026-12-03 (the two development datasets fit that day, `--dataset
   cells against the landed 0.855 · 0.788 · 0.888, flags 502 of 1087 corrupted and 28 of 2252 clean training
   slices (landed 494 and 37) and 65 of 115 corrupted new cases (64), 0 of 120 clean ones; `softmin → landed
   scale` ranks 0.851 · 0.773 · 0.888. Neither lifts the ceiling on ct_spleen_kidney. The rank mean is the
-  candidate for the next choice, which the reserve dataset (brain_gm_fine, not yet fit) is to report."""
+  candidate for the next choice, which the reserve dataset (brain_gm_fine, not yet fit) is to report.
+- **The lower MAD** (the spread from the scores below the median; `lower MAD 3/6`) catches 73 of 115 corrupted
+  new cases against 64, at 1 of 120 clean ones flagged (0 today) and 63 of 2252 clean training slices (37);
+  ct_spleen_kidney's gate still reaches 1 in its slice and case regimes (slice thresholds 0.779 and 0.847).
+  Not kept as it stands."""
 
 
 
