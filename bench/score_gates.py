@@ -344,7 +344,7 @@ def mad_rule(k: float, gate_k: float, scale: str) -> Callable[[np.ndarray, np.nd
             mad = float(np.median(np.abs(z - med)))
             return max(calibrate.THRESHOLD_FLOOR, float(sigmoid(med + kk * calibrate.MAD_SCALE * mad)))
         sl = at(slices, k)
-        case = at(cases, k) if calibrate.case_rule_applies(len(cases)) else sl
+        case = at(cases, k) if calibrate.case_rule_applies(len(cases)) else NO_CASE_THRESHOLD
         return Threshold(sl, case, ThresholdSource.RUN, gate=max(sl, at(slices, gate_k)))
     return rule
 
