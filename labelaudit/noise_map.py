@@ -2,7 +2,8 @@
 callers and the report, so it sits below all of them.
 
 noise map m_v = (1 - p̄_{v,y_v}) · S_i: how likely the pixel's label is wrong, given how wrong its slice is
-(score/formulas.py gives the slice score S_i; docs/decisions.md the measurement that chose the product).
+(S_i the slice's noise score, as slices.csv holds it: score/ranking.py; docs/decisions.md the measurement
+that chose the product).
 """
 
 from __future__ import annotations
@@ -22,3 +23,11 @@ def map_disagreement(noise: np.ndarray, slice_score: float) -> np.ndarray:
     if slice_score <= 0:
         return np.zeros_like(noise, dtype=np.float32)
     return np.clip(noise / float(slice_score), 0.0, 1.0).astype(np.float32)
+
+
+def rescaled(noise: np.ndarray, old_scores: np.ndarray, new_scores: np.ndarray) -> np.ndarray:
+    """A case's noise map (float (S, H, W)) made with slice scores old_scores (S,) as if made with new_scores
+    (S,); zeros on a slice whose old score was 0 (its 1 - p̄_y is not in the map)."""
+    wrong = np.stack([map_disagreement(noise[i], float(old_scores[i])) for i in range(len(noise))]) if len(noise) \
+        else np.zeros_like(noise, dtype=np.float32)
+    return noise_map(1.0 - wrong, new_scores)

@@ -244,6 +244,22 @@ class ScoreSpread:
 
 
 @dataclass(frozen=True)
+class SliceRanking:
+    """The training slices' scores that rank new slices by two scores at once: run.json's "slice_ranking"
+    (score/ranking.py). Each tuple is sorted ascending, in [0, 1], of one length (quantiles where the training
+    data had more slices than score/ranking.py keeps)."""
+
+    rule: str
+    structure: tuple[float, ...]  # S_i, the slice score the thresholds are calibrated on
+    softmin: tuple[float, ...]  # Q_i
+    blended: tuple[float, ...]  # the mean of each training slice's two empirical CDF values
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "structure": list(self.structure), "softmin": list(self.softmin),
+                "blended": list(self.blended)}
+
+
+@dataclass(frozen=True)
 class Calibration:
     """How fit derived its thresholds from the training data's scores: run.json's "threshold" (score/calibrate.py)."""
 
@@ -272,18 +288,22 @@ class Calibration:
     gate_k: float | None = None  # the gate's MADs (None: earlier runs, whose gate_rule alone says it)
     # label value -> Dice of the prediction against the training labels, over the whole training audit
     class_agreement: dict[int, float] | None = None
+    # how slices are ranked by S_i and Q_i together (None: earlier runs, ranked by S_i alone)
+    slice_ranking: SliceRanking | None = None
 
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__
                 if not (name in OPTIONAL_CALIBRATION_FIELDS and getattr(self, name) is None)}
         data["slice_stats"], data["case_stats"] = self.slice_stats.to_json(), self.case_stats.to_json()
+        if self.slice_ranking is not None:
+            data["slice_ranking"] = self.slice_ranking.to_json()
         if self.class_agreement is not None:  # JSON keys are text
             data["class_agreement"] = {str(v): d for v, d in sorted(self.class_agreement.items())}
         return data
 
 
 OPTIONAL_CALIBRATION_FIELDS = ("structure_prior_mm2", "structure_prior_rule", "slice_rule", "gate", "gate_rule",
-                               "gate_k", "class_agreement")
+                               "gate_k", "class_agreement", "slice_ranking")
 
 
 class ThresholdSource(str, Enum):
@@ -314,6 +334,9 @@ class Threshold:
 
     def to_json(self) -> dict:
         base = self.calibration.to_json() if self.calibration is not None else {}
+        ranking = base.pop("slice_ranking", None)  # its tables stay in run.json: summaries name its rule
+        if ranking is not None:
+            base["slice_ranking_rule"] = ranking["rule"]
         gate = {"gate": self.gate} if self.gate is not None else {}
         return {**base, "slice": self.slice, "case": self.case, **gate, "source": self.source.value}
 
@@ -330,6 +353,8 @@ class SliceScore:
     pred_pixels: int
     error_kind: str = "none"  # diagnosis.ErrorKind value: label vs robust prediction on this slice
     axis: int = 0  # the numpy axis of the case's array that slice_index counts along (interface.md)
+    structure_score: float | None = None  # S_i (formulas.py); None when read back from an earlier audit
+    softmin: float | None = None  # Q_i
 
 
 @dataclass

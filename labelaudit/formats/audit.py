@@ -36,6 +36,9 @@ CASE_COLUMNS = ("case_id", "noise_score", "flagged", "worst_slice", "disagreemen
                 "model", "routing", "noise_map", "pred_map", "error_kind")
 SLICE_COLUMNS = ("case_id", "slice_index", "noise_score", "flagged", "disagreement", "doubt_fraction",
                  "label_pixels", "pred_pixels", "error_kind", "axis")
+#: Written after SLICE_COLUMNS, not required when an audit is read back (earlier audits have none): the
+#: structure and softmin scores the noise score ranks by (score/ranking.py).
+SLICE_PART_COLUMNS = ("structure_score", "softmin")
 #: Files the audit itself writes; --report may not name one of them.
 OWN_FILES = ("cases.csv", "slices.csv", "summary.json", "maps")
 
@@ -175,14 +178,12 @@ class AuditFolder:
         return self._stage.path
 
     def add_case(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats, result: CaseScore,
-                 fixed: np.ndarray, judged: list, maps: bool = True) -> None:
-        """Write one case's maps; noise float32 (S, H, W), pred and fixed label values (S, H, W); stats: its
-        SliceStats; judged: the regions (fix.rule.JudgedRegion) that `fixed` replaced, for the report.
-        Without `maps`, the noise and prediction maps are those written before: only the fixed map and the
-        case's view are written again (after the flags changed)."""
+                 fixed: np.ndarray, judged: list) -> None:
+        """Write one case's maps (again, when its scores and flags changed); noise float32 (S, H, W), pred and
+        fixed label values (S, H, W); stats: its SliceStats; judged: the regions (fix.rule.JudgedRegion) that
+        `fixed` replaced, for the report."""
         try:
-            if maps:
-                result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
+            result.noise_map, result.pred_map = write_case_maps(self._root, ref, case.label.geometry, noise, pred)
             fixed_rel = f"maps/{ref.case_id}_fixed{map_ending(ref)}"
             io.write_like(from_slices(fixed, case.label.geometry), case.label.geometry, self._root / fixed_rel)
         except OSError as exc:
@@ -215,7 +216,7 @@ class AuditFolder:
                        "summary": str(self.path / "summary.json"), "maps": str(self.path / "maps"),
                        **({"part": str(self.path / "part")} if self.part else {"report": str(self.report)})}
         write_text(self._root / "cases.csv", _csv(audit.cases, CASE_COLUMNS))
-        write_text(self._root / "slices.csv", _csv(audit.slices, SLICE_COLUMNS))
+        write_text(self._root / "slices.csv", _csv(audit.slices, SLICE_COLUMNS + SLICE_PART_COLUMNS))
         inside = self._inside(self.report)
         if self.part is not None:  # merge writes the report, for all parts together
             self.part.write_files(self._root, audit, self.views.views)

@@ -33,6 +33,7 @@ PART_FORMAT = 1
 PART_FOLDER = "part"
 _HINT = "PART_DIR is a folder written by `labelaudit score --shard i/N --out PART_DIR`"
 _FLOATS = ("noise_score", "disagreement", "doubt_fraction")  # the float columns of slices.csv
+_PARTS = ("structure_score", "softmin")  # the float columns of slices.csv that the noise score is made of
 _PICTURES = ("image", "label", "pred", "noise")  # the arrays of a SliceView
 
 
@@ -73,6 +74,8 @@ class PartMarker:
         """Write part/arrays.npz and part/views.json into the audit folder being written at `root`."""
         arrays = {f"slice_{name}": np.array([getattr(s, name) for s in audit.slices], dtype=np.float64)
                   for name in _FLOATS}
+        arrays.update({f"slice_{name}": np.array([getattr(s, name) for s in audit.slices], dtype=np.float64)
+                       for name in _PARTS if all(getattr(s, name) is not None for s in audit.slices)})
         records = []
         for n, view in enumerate(views.values()):  # numpy scalars become JSON through `default` below
             records.append({"case_id": view.case_id, "images": list(view.images), "label": view.label,
@@ -182,6 +185,8 @@ def _read_slices(path: Path, cases: list[CaseScore], arrays: dict[str, np.ndarra
             raise InputError(f"{path / PART_FOLDER / 'arrays.npz'}: slice_{name} does not hold one value per row "
                              f"of {csv_path} ({len(rows)})", hint="score the part again")
         exact[name] = values
+    parts = {name: arrays[f"slice_{name}"] for name in _PARTS
+             if f"slice_{name}" in arrays and arrays[f"slice_{name}"].shape == (len(rows),)}
     scored = {c.case_id: c.n_slices for c in cases}
     slices = []
     for i, row in enumerate(rows):
@@ -193,7 +198,8 @@ def _read_slices(path: Path, cases: list[CaseScore], arrays: dict[str, np.ndarra
                                  hint="score the part again")
             s = SliceScore(row["case_id"], int(row["slice_index"]), values["noise_score"], row["flagged"] == "true",
                            values["disagreement"], values["doubt_fraction"], int(row["label_pixels"]),
-                           int(row["pred_pixels"]), row["error_kind"], int(row["axis"]))
+                           int(row["pred_pixels"]), row["error_kind"], int(row["axis"]),
+                           *(float(parts[name][i]) if name in parts else None for name in _PARTS))
         except ValueError:
             raise InputError(f"{csv_path}, line {line}: a number that is not one", hint=_HINT) from None
         if s.case_id not in scored or not 0 <= s.slice_index < scored[s.case_id]:

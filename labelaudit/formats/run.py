@@ -20,7 +20,7 @@ from ..config import (PRESET_BUDGETS, Exporter, McpmParams, NetParams, Perturbat
 from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
-from ..types import Calibration, ScoreSpread
+from ..types import Calibration, ScoreSpread, SliceRanking
 from .fields import Fields, load_json
 
 RUN_FORMAT = 1
@@ -265,8 +265,25 @@ def read_calibration(f: Fields | None) -> Calibration | None:
         structure_prior_rule=f.str("structure_prior_rule", None), slice_rule=f.str("slice_rule", None),
         gate=f.float("gate", None, low=0.0, high=1.0), gate_rule=f.str("gate_rule", None),
         gate_k=f.float("gate_k", None, positive=True),
-        class_agreement=_class_agreement(f),
+        class_agreement=_class_agreement(f), slice_ranking=_slice_ranking(f),
     )
+
+
+def _slice_ranking(f: Fields) -> SliceRanking | None:
+    """threshold.slice_ranking: three sorted tables of scores in [0, 1], of one length (score/ranking.py)."""
+    block = f.object("slice_ranking", None)
+    if block is None:
+        return None
+    unknown = [k for k in block.data if k not in ("rule", "structure", "softmin", "blended")]
+    if unknown:
+        raise block.fail(unknown[0], "no such field (rule, structure, softmin, blended)")
+    tables = {key: block.numbers(key) for key in ("structure", "softmin", "blended")}
+    for key, values in tables.items():
+        if not values or len(values) != len(tables["structure"]):
+            raise block.fail(key, f"a non-empty list as long as 'structure' ({len(tables['structure'])} values)")
+        if min(values) < 0.0 or max(values) > 1.0 or any(b < a for a, b in zip(values, values[1:])):
+            raise block.fail(key, "scores in [0, 1], sorted ascending")
+    return SliceRanking(block.str("rule"), *(tuple(tables[k]) for k in ("structure", "softmin", "blended")))
 
 
 def _class_agreement(f: Fields) -> dict[int, float] | None:

@@ -25,6 +25,7 @@ from ..formats.run import load_run
 from ..types import Audit, AuditDataset, CaseScore, Dataset, SliceScore, Threshold
 from ..score.decide import decide, resolve_threshold
 from ..score.formulas import SLICE_RULE
+from ..score.ranking import RANKING_RULE
 
 #: Flagged slices named per case in every output (the worst first).
 WORST_SLICES = 3
@@ -116,11 +117,18 @@ def _entry(case: CaseScore, slices: list[SliceScore]) -> CacheEntry:
                       tuple(s.error_kind for s in slices), case.error_kind, float(case.disagreement), case.model)
 
 
+def cache_settings(pixel_score: str, perturbations: int, routing: str) -> dict:
+    """What a cached case's scores depend on besides its files and the model's: the cache key's settings."""
+    from .. import __version__
+
+    return {"pixel_score": pixel_score, "perturbations": perturbations, "labelaudit": __version__,
+            "scores": SLICE_RULE, "ranking": RANKING_RULE, "routing": routing}
+
+
 class _OnnxGate:
     """The run folder's ONNX models (ONNX Runtime must be installed)."""
 
     def __init__(self, config: CheckConfig) -> None:
-        from .. import __version__
         from ..score.inference import pixel_score_of
         from ..score.providers import require_onnxruntime
 
@@ -131,8 +139,7 @@ class _OnnxGate:
         self.info = info = load_run(self.run_dir)
         self.threshold = resolve_threshold(info.threshold, config.threshold)
         self.model = CheckedModel(str(self.run_dir), info.method, info.created, info.dataset.name, len(info.models))
-        self.settings = {"pixel_score": pixel_score_of(info).value, "perturbations": info.perturbations.k,
-                         "labelaudit": __version__, "scores": SLICE_RULE, "routing": "ensemble"}
+        self.settings = cache_settings(pixel_score_of(info).value, info.perturbations.k, "ensemble")
         self.notes: list[str] = []
 
     def matches(self, dataset: Dataset) -> None:
@@ -151,7 +158,6 @@ class _GivenGate:
     """Probabilities given per case (score/sources.py), with the thresholds of a calibration folder if any."""
 
     def __init__(self, config: CheckConfig) -> None:
-        from .. import __version__
         from ..formats.probability_run import read_probability_run
         from ..score.sources import given_pixel_score
 
@@ -162,8 +168,7 @@ class _GivenGate:
         self.notes = [] if calibrated is not None or config.threshold is not None else [
             f"no calibration given (--model): flagging at the default threshold {self.threshold.slice:g}; calibrate "
             "with `labelaudit score TRAINING_DATASET --probabilities SRC` and pass --model AUDIT_DIR/calibration"]
-        self.settings = {"pixel_score": given_pixel_score(None, self.calibration, []).value, "perturbations": 1,
-                         "labelaudit": __version__, "scores": SLICE_RULE, "routing": "given",
+        self.settings = {**cache_settings(given_pixel_score(None, self.calibration, []).value, 1, "given"),
                          "probabilities": [str(Path(p).resolve()) for p in config.probabilities]}
         self.given = None
 

@@ -31,6 +31,7 @@ from ..types import Audit, Calibration, Dataset, Routing, ScoreSpread, Threshold
 from ..fix.rule import class_agreement
 from .formulas import CASE_SHARE, CASE_TOP_SLICES, SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
+from .ranking import counts_for_calibration, ranking_from_scores, rerank_slices, structure_score
 
 
 #: See the module docstring: threshold = max(THRESHOLD_FLOOR, median + THRESHOLD_K · MAD_SCALE · MAD).
@@ -74,14 +75,6 @@ PRIOR_RULE = (f"{STRUCTURE_PRIOR} x the median labelled area of the training sli
               "slice score)")
 
 
-def counts_for_calibration(label_pixels: int, pred_pixels: int) -> bool:
-    """Whether a slice's score enters the calibration: a non-empty ROI (labelled or predicted structure).
-
-    Empty slices score 0 by definition and would pull the median to 0.
-    """
-    return bool(label_pixels or pred_pixels)
-
-
 def robust_threshold(scores: np.ndarray, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR) -> float:
     """max(floor, median + k · 1.4826 · MAD) of `scores` (float, any shape); `floor` when empty. At most 1."""
     spread = ScoreSpread.of(np.asarray(scores).reshape(-1))
@@ -111,20 +104,27 @@ def threshold_from_scores(slice_scores: np.ndarray, case_scores: np.ndarray, k: 
 
 def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = THRESHOLD_FLOOR,
                           gate_k: float = GATE_K) -> Calibration:
-    """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE.
+    """Slice and case thresholds from an audit of the (noisy) training data; see THRESHOLD_RULE; and the tables
+    that rank slices by the structure and softmin scores together (score/ranking.py).
 
-    Only the slices that `counts_for_calibration` count.
+    Only the slices that `counts_for_calibration` count. The thresholds are those of the structure score S_i,
+    whatever ranked the audit's slices (the ranked training slices take S_i's values, in another order).
     """
     kept = [s for s in audit.slices if counts_for_calibration(s.label_pixels, s.pred_pixels)]
-    slice_scores = np.array([s.noise_score for s in kept], dtype=float)
+    slice_scores = np.array([structure_score(s) for s in kept], dtype=float)
     case_scores = np.array([c.noise_score for c in audit.cases], dtype=float)
     threshold = threshold_from_scores(slice_scores, case_scores, k, floor, gate_k)
     slice_threshold, case_threshold, gate = threshold.slice, threshold.case, threshold.gate
     case_rule = (THRESHOLD_RULE if case_rule_applies(len(case_scores))
                  else f"none (fewer than {MIN_CASES_FOR_CASE_RULE} cases): the worst slice alone")
+    ranking = (ranking_from_scores(slice_scores, np.array([s.softmin for s in kept], dtype=float))
+               if kept and all(s.softmin is not None for s in kept) else None)
+    ranked = rerank_slices(audit.slices, ranking)
     per_case: dict[str, list[float]] = {}
-    for s in audit.slices:
-        per_case.setdefault(s.case_id, []).append(s.noise_score)
+    for s, score in zip(audit.slices, ranked):
+        per_case.setdefault(s.case_id, []).append(score)
+    kept_ranked = np.array([score for s, score in zip(audit.slices, ranked)
+                            if counts_for_calibration(s.label_pixels, s.pred_pixels)], dtype=float)
 
     return Calibration(
         slice=slice_threshold, case=case_threshold, rule=THRESHOLD_RULE, case_rule=case_rule,
@@ -133,10 +133,10 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
         scored="out-of-fold" if any(c.routing == Routing.OUT_OF_FOLD.value for c in audit.cases) else "in-sample",
         n_slices=int(slice_scores.size), n_cases=int(case_scores.size),
         slice_stats=ScoreSpread.of(slice_scores, QUANTILES), case_stats=ScoreSpread.of(case_scores, QUANTILES),
-        flagged_slices=int(decide(0.0, slice_scores, threshold).n_flagged_slices),
+        flagged_slices=int(decide(0.0, kept_ranked, threshold).n_flagged_slices),
         flagged_cases=sum(decide(c.noise_score, per_case.get(c.case_id, []), threshold).flagged for c in audit.cases),
         gate=gate, gate_rule=gate_rule(gate_k), gate_k=gate_k,
-        class_agreement=class_agreement(audit.class_counts) or None,
+        class_agreement=class_agreement(audit.class_counts) or None, slice_ranking=ranking,
     )
 
 

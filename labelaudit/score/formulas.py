@@ -19,6 +19,9 @@ Array legend: b slices of one batch, C classes, H x W in-plane pixels. Class ind
       4-connected in-plane components of {v ∈ ROI: s_v > `REGION_LEVEL`}: one confidently wrong region (a missed
       lesion, a spurious blob) that is small beside a large structure, which F_i dilutes (see
       docs/decisions.md);
+- softmin score Q_i = 1 − Σ_v p̄_{v,y_v} w_v / Σ_v w_v, w_v = exp(−p̄_{v,y_v} / `SOFTMIN_TEMPERATURE`) over every
+  pixel of the slice: cleanlab's image label quality (method "softmin"), a second ranking of the same slices that
+  finds a few confidently wrong pixels whatever the structure's size; score/ranking.py blends the two;
 - case score = mean of the `CASE_TOP_SLICES` highest slice masses m_i = M_i / (M_i + `CASE_SHARE` · A₀), with
   M_i = Σ_{v ∈ ROI} s_v the slice's expected mislabelled area: the worst slices show at case level and a long
   volume is not diluted by its many clean slices; not divided by the structure's area, so that one
@@ -61,6 +64,8 @@ REGION_SHARE = 0.25
 #: The case score is the mean of this many worst slice masses, each M_i against CASE_SHARE × A₀.
 CASE_TOP_SLICES = 3
 CASE_SHARE = 0.5
+#: cleanlab's default temperature of its softmin over a slice's pixels (the softmin score).
+SOFTMIN_TEMPERATURE = 0.1
 #: Stored with the calibrated thresholds (run.json `slice_rule`): the slice and case scores they were calibrated
 #: on. Runs whose calibration names another rule were calibrated on earlier scores; score says so.
 SLICE_RULE = (f"max(F, R): R over regions of s_v > {REGION_LEVEL} against {REGION_SHARE} x A0; case: mean of the "
@@ -70,6 +75,18 @@ SLICE_RULE = (f"max(F, R): R over regions of s_v > {REGION_LEVEL} against {REGIO
 def given_class_probability(prob: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """p̄ of the given class: prob float (b, C, H, W), classes int (b, H, W) -> float32 (b, H, W)."""
     return np.take_along_axis(prob, classes[:, np.newaxis].astype(np.int64), axis=1)[:, 0].astype(np.float32)
+
+
+def softmin_noise(p_given: np.ndarray, temperature: float = SOFTMIN_TEMPERATURE) -> np.ndarray:
+    """The softmin score Q_i per slice (module docstring): p_given float (b, H, W) -> float64 (b,) in [0, 1].
+
+    cleanlab.segmentation.rank.get_label_quality_scores(method="softmin") computes 1 − Q_i; the weights are
+    shifted by the slice's lowest p̄ first, so that no exponent underflows."""
+    p = np.clip(p_given.reshape(len(p_given), -1).astype(np.float64), 0.0, 1.0)
+    if p.shape[1] == 0:
+        return np.zeros(len(p))
+    weights = np.exp((p.min(axis=1, keepdims=True) - p) / temperature)
+    return np.clip(1.0 - (p * weights).sum(axis=1) / weights.sum(axis=1), 0.0, 1.0)
 
 
 def normalised_entropy(prob: np.ndarray) -> np.ndarray:
@@ -160,7 +177,7 @@ def dice_disagreement(counts: np.ndarray) -> np.ndarray:
 class SliceStats:
     """Per-slice results of one batch or case, each an array of shape (b,)."""
 
-    noise_score: np.ndarray  # float64, [0, 1]
+    noise_score: np.ndarray  # float64, [0, 1]: the slice score that flags and ranks (score/ranking.py)
     disagreement: np.ndarray  # float64, 1 - Dice(label, prediction)
     doubt_fraction: np.ndarray  # float64, fraction of labelled (non-background) pixels with s_v > DOUBT_LEVEL
     label_pixels: np.ndarray  # int64, non-background pixels of the label
@@ -170,17 +187,20 @@ class SliceStats:
     union: np.ndarray  # int64, |{y ≠ 0} ∪ {ŷ ≠ 0}|
     worst_region: np.ndarray  # float64, R_i: the score of the slice's most confidently wrong region
     mass: np.ndarray  # float64, m_i = M_i / (M_i + CASE_SHARE · A₀), what the case score is made of (S_i without A₀)
+    structure_score: np.ndarray  # float64, S_i = max(F_i, R_i): what the thresholds are calibrated on
+    softmin: np.ndarray  # float64, Q_i (0 where p̄ was not given)
 
 
 def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_classes: int,
                 radius: tuple[int, int], eps: float = SLICE_EPS,
-                region_share: float | None = REGION_SHARE) -> SliceStats:
+                region_share: float | None = REGION_SHARE, p_given: np.ndarray | None = None) -> SliceStats:
     """Aggregate a batch of pixel noise scores into slice scores.
 
     noise: float (b, H, W) pixel noise scores; classes: int (b, H, W) the given label; pred: int (b, H, W)
     argmax of p̄; radius: ROI dilation (rows, columns) in pixels; eps: A₀ in pixels (see the module docstring);
     region_share: R_i's share of A₀ (None: no region term, S_i = F_i, and no A₀ to weigh a mass against: the
-    case is then made of the slice scores themselves).
+    case is then made of the slice scores themselves); p_given: float (b, H, W) p̄ of the given class, for the
+    softmin score. noise_score is S_i until score/ranking.py ranks the slices.
     """
     label_fg, pred_fg = classes != 0, pred != 0
     union = (label_fg | pred_fg).reshape(len(noise), -1).sum(axis=1)
@@ -198,7 +218,9 @@ def slice_stats(noise: np.ndarray, classes: np.ndarray, pred: np.ndarray, num_cl
     return SliceStats(score, dice_disagreement(counts), doubt, label_pixels.astype(np.int64),
                       pred_fg.reshape(len(noise), -1).sum(axis=1).astype(np.int64), counts, in_roi,
                       union.astype(np.int64), region,
-                      slice_mass(in_roi, eps) if region_share is not None else score.astype(np.float64))
+                      slice_mass(in_roi, eps) if region_share is not None else score.astype(np.float64),
+                      score.astype(np.float64),
+                      softmin_noise(p_given) if p_given is not None else np.zeros(len(noise)))
 
 
 def slice_mass(mislabelled: np.ndarray, eps: float) -> np.ndarray:
@@ -232,7 +254,8 @@ def worst_region(noise: np.ndarray, prior_pixels: float, level: float = REGION_L
 def concat_stats(parts: list[SliceStats]) -> SliceStats:
     return SliceStats(*(np.concatenate([getattr(p, name) for p in parts], axis=-1)
                         for name in ("noise_score", "disagreement", "doubt_fraction", "label_pixels",
-                                     "pred_pixels", "counts", "mislabelled", "union", "worst_region", "mass")))
+                                     "pred_pixels", "counts", "mislabelled", "union", "worst_region", "mass",
+                                     "structure_score", "softmin")))
 
 
 def case_noise_score(values: np.ndarray, top: int = CASE_TOP_SLICES) -> float:

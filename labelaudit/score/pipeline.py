@@ -28,10 +28,11 @@ from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold, saturated_calibration_note, stale_calibration_note
 from ..types import (
-    Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
+    Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceRanking, SliceScore, Threshold,
 )
 from .formulas import CASE_TOP_SLICES, SliceStats, case_noise_score, dice_disagreement
 from .inference import OnnxSource
+from .ranking import rank_stats, ranking_of, rerank_slices
 from .routing import check_run_matches, is_fit_dataset, model_name
 from .scorer import CaseScorer, ScoringPlan
 from .shard import Shard
@@ -103,7 +104,8 @@ def _onnx_plan(config: ScoreConfig) -> ScoringPlan:
         dataset=dataset, threshold=threshold, run=run, fit_dataset=fit_dataset, label_map=info.label_map,
         open_source=lambda: OnnxSource(info, run_dir, config.device, config.batch_size, config.perturbations,
                                        config.pixel_score, fit_dataset, config.out_of_fold),
-        structure_prior_mm2=prior, model_path=run_dir, classes="the run's classes",
+        structure_prior_mm2=prior, ranking=ranking_of(info.threshold), model_path=run_dir,
+        classes="the run's classes",
         fit_on=f"run fit on {info.dataset.name}",
         label_hint="this run folder was fit on another label set; pass --model with a run fit on this dataset")
 
@@ -125,7 +127,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
         folders.append(folder)
 
     source = plan.open_source()
-    scorer = CaseScorer(source, plan.structure_prior_mm2)
+    scorer = CaseScorer(source, plan.structure_prior_mm2, plan.ranking)
     audit = Audit(
         dataset=AuditDataset(dataset.name, str(dataset.root.resolve()), dataset.layout, plan.fit_dataset),
         run=plan.run, provider=source.provider, device=source.device, device_reason=source.reason,
@@ -140,7 +142,8 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
             audit.notes.append(note)
     declared = dataset.labels.values() if dataset.labels else None
     seconds = {"read": 0.0}
-    kept: dict[str, tuple[CaseRef, SliceStats]] = {}  # for the fixed maps again, once `calibrate` flagged anew
+    # for the maps again, once `calibrate` ranked and flagged anew: the stats, the scores the noise map was made with
+    kept: dict[str, tuple[CaseRef, SliceStats, np.ndarray]] = {}
     label_set_failures = 0
     # the writer sets each CaseScore's map paths and the folder's views: read them only once it is drained
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelaudit-read") as pool,
@@ -178,7 +181,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
             if writer is not None:
                 writer.submit(ref, case, noise_map, pred_values, stats, result)
                 if calibrate is not None:
-                    kept[ref.case_id] = (ref, stats)
+                    kept[ref.case_id] = (ref, stats, stats.noise_score)
             del case, noise_map, pred_map, pred_values
             wait = time.perf_counter()
         if writer is not None:
@@ -192,6 +195,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
     if calibrate is not None:
         audit.threshold = calibrate(audit)
+        _rank_again(audit, kept, ranking_of(audit.threshold.calibration))
         decide_again(audit)
         if folder is not None:
             _rewrite_fixed(folder, audit, kept, declared, track)
@@ -214,17 +218,35 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
     return audit
 
 
-def _rewrite_fixed(folder: AuditFolder, audit: Audit, kept: dict[str, tuple[CaseRef, SliceStats]], declared,
-                   track: Track) -> None:
-    """The fixed maps and views again with the flags of the thresholds derived from this audit (the same rule
-    as `labelaudit fix` on the finished audit); each case is read once more, its maps are read back."""
+def _rank_again(audit: Audit, kept: dict[str, tuple[CaseRef, SliceStats, np.ndarray]],
+                ranking: SliceRanking | None) -> None:
+    """Every slice scored again by the ranking derived from this audit (score/ranking.py), the audit sorted again;
+    kept's stats too (its noise maps, written with the scores before, are rescaled by _rewrite_fixed)."""
+    for s, score in zip(audit.slices, rerank_slices(audit.slices, ranking)):
+        s.noise_score = float(score)
+    for case_id, (ref, stats, _) in kept.items():
+        kept[case_id] = (ref, rank_stats(stats, ranking), stats.noise_score)
+    worst: dict[str, SliceScore] = {}
+    for s in audit.slices:
+        if s.case_id not in worst or s.noise_score > worst[s.case_id].noise_score:
+            worst[s.case_id] = s
+    for case in audit.cases:
+        if case.case_id in worst:
+            case.worst_slice = worst[case.case_id].slice_index
+    audit.slices.sort(key=lambda s: (-s.noise_score, s.case_id, s.slice_index))
+
+
+def _rewrite_fixed(folder: AuditFolder, audit: Audit, kept: dict[str, tuple[CaseRef, SliceStats, np.ndarray]],
+                   declared, track: Track) -> None:
+    """The maps and views again with the ranking and flags of the thresholds derived from this audit (the same
+    rule as `labelaudit fix` on the finished audit); each case is read once more, its maps are read back."""
     writer = CaseWriter(folder, overlap=False, untrusted=_untrusted(audit.threshold))
     for result in track([c for c in audit.cases if c.case_id in kept], "flagging with the derived thresholds"):
-        ref, stats = kept[result.case_id]
+        ref, stats, mapped_with = kept[result.case_id]
         case, _, problems = check_case(ref, declared)
         if case is None:
             raise InputError("\n".join(str(p) for p in problems), hint="the dataset changed while it was scored")
-        writer.rewrite_fixed(ref, case, stats, result)
+        writer.rewrite(ref, case, stats, result, mapped_with)
 
 
 def _untrusted(threshold: Threshold) -> frozenset[int]:
@@ -264,7 +286,8 @@ def _case_result(case_id: str, stats: SliceStats, threshold: Threshold, model: s
     for i in range(len(stats.noise_score)):
         audit.slices.append(SliceScore(case_id, i, float(stats.noise_score[i]), bool(decision.slice_flags[i]),
                                        float(stats.disagreement[i]), float(stats.doubt_fraction[i]),
-                                       int(stats.label_pixels[i]), int(stats.pred_pixels[i]), kinds[i].value, axis))
+                                       int(stats.label_pixels[i]), int(stats.pred_pixels[i]), kinds[i].value, axis,
+                                       float(stats.structure_score[i]), float(stats.softmin[i])))
     result = CaseScore(case_id, score, decision.flagged, int(np.argmax(stats.noise_score)),
                        float(dice_disagreement(stats.counts.sum(axis=-1))), len(stats.noise_score),
                        decision.n_flagged_slices, model, routing.value, axis=axis)

@@ -19,10 +19,11 @@ import numpy as np
 
 from ..config import PixelScore
 from ..preprocess import LabelMap
-from ..types import AuditRun, Case, Dataset, Routing, Threshold
+from ..types import AuditRun, Case, Dataset, Routing, SliceRanking, Threshold
 from .formulas import (REGION_SHARE, SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score,
                        roi_radius, slice_stats)
 from ..noise_map import noise_map as noise_map_of
+from .ranking import rank_stats
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ProbabilitySource(Protocol):
 class ScoringPlan:
     """What one audit scores with, settled before any model is opened (so that a bad --out fails first).
 
+    ranking: the training slices' tables that rank slices (score/ranking.py; None: by the structure score);
     model_path: the run folder or the first probability folder (named in messages, guarded as an input);
     classes / fit_on / label_hint: how messages about label values outside the classes name them.
     """
@@ -83,6 +85,7 @@ class ScoringPlan:
     label_map: LabelMap
     open_source: Callable[[], ProbabilitySource]
     structure_prior_mm2: float | None
+    ranking: SliceRanking | None
     model_path: Path
     classes: str
     fit_on: str
@@ -93,8 +96,10 @@ class ScoringPlan:
 class CaseScorer:
     """Turns a source's probabilities for one case into its noise map, prediction and slice stats."""
 
-    def __init__(self, source: ProbabilitySource, structure_prior_mm2: float | None = None) -> None:
+    def __init__(self, source: ProbabilitySource, structure_prior_mm2: float | None = None,
+                 ranking: SliceRanking | None = None) -> None:
         self.source = source
+        self.ranking = ranking
         self.label_map = source.label_map
         self.pixel_score = source.pixel_score
         self.structure_prior_mm2 = float(structure_prior_mm2) if structure_prior_mm2 else None
@@ -121,7 +126,8 @@ class CaseScorer:
             pred = batch.prob.argmax(axis=1)
             p_given = given_class_probability(batch.prob, batch.classes)
             noise = pixel_noise_score(p_given, batch.uncertainty, self.pixel_score, batch.weight)
-            stats = slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps, region_share)
+            stats = rank_stats(slice_stats(noise, batch.classes, pred, self.label_map.num_classes, radius, eps,
+                                           region_share, p_given), self.ranking)
             noise_map[batch.start:batch.stop] = noise_map_of(p_given, stats.noise_score)
             pred_map[batch.start:batch.stop] = pred
             parts.append(stats)

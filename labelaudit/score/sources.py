@@ -32,6 +32,7 @@ from ..types import AuditRun, Case, Dataset, Routing
 from .formulas import PIXEL_SCORE, normalised_entropy
 from .nnunet import NnunetLabels, is_model_folder, read_model_folder, read_nnunet_labels
 from .probability_files import count_classes, is_npz, read_probabilities
+from .ranking import ranking_of
 from .scorer import ProbabilityBatch, Route, ScoringPlan
 
 #: Cases named in a "no probabilities for" error before "… and N more".
@@ -305,6 +306,6 @@ def probability_plan(config: ScoreConfig) -> ScoringPlan:
     return ScoringPlan(
         dataset=dataset, threshold=threshold, run=run, fit_dataset=given.out_of_fold, label_map=given.label_map,
         open_source=lambda: GivenSource(given, pixel_score, config.batch_size), structure_prior_mm2=prior,
-        model_path=first, classes="the probabilities' classes", fit_on=f"probabilities in {first}",
+        ranking=ranking_of(calibration), model_path=first, classes="the probabilities' classes", fit_on=f"probabilities in {first}",
         label_hint="these probabilities come from a model of another label set; give those of a model trained "
                    "on this dataset's labels", notes=notes)

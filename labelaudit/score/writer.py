@@ -18,6 +18,7 @@ import numpy as np
 from ..fix.rule import fix_case
 from ..formats.audit import AuditFolder
 from ..io import read_volume
+from ..noise_map import rescaled
 from ..types import Case, CaseRef, CaseScore, to_slices
 from .formulas import SliceStats
 
@@ -67,18 +68,20 @@ class CaseWriter:
             self.seconds["write_wait"] += time.perf_counter() - t0
 
     def _write(self, ref: CaseRef, case: Case, noise: np.ndarray, pred: np.ndarray, stats: SliceStats,
-               result: CaseScore, maps: bool = True) -> None:
+               result: CaseScore) -> None:
         t0 = time.perf_counter()
         # the label with its regions judged wrong replaced: the same rule as `labelaudit fix`
         fixed, judged = fix_case(case.label_slices(), pred, noise, stats.noise_score, result.n_flagged_slices,
                                  untrusted=self.untrusted)
-        self.folder.add_case(ref, case, noise, pred, stats, result, fixed, judged, maps=maps)
+        self.folder.add_case(ref, case, noise, pred, stats, result, fixed, judged)
         self.seconds["write"] += time.perf_counter() - t0
 
-    def rewrite_fixed(self, ref: CaseRef, case: Case, stats: SliceStats, result: CaseScore) -> None:
-        """The fixed map and view of a case written before, again, with result's flags as they are now (after
-        `score --probabilities` derived its thresholds from the whole audit); its maps are read back."""
+    def rewrite(self, ref: CaseRef, case: Case, stats: SliceStats, result: CaseScore, mapped_with: np.ndarray) -> None:
+        """A case written before, again, with result's flags and stats' scores as they are now (after `score
+        --probabilities` derived its thresholds and ranking from the whole audit): its maps are read back, the
+        noise map rescaled from the slice scores `mapped_with` (S,) it was made with."""
         geometry = case.label.geometry
         noise, pred = (to_slices(read_volume(self.folder.written(rel)).array, geometry)
                        for rel in (result.noise_map, result.pred_map))
-        self._write(ref, case, noise.astype(np.float32, copy=False), pred, stats, result, maps=False)
+        noise = rescaled(noise.astype(np.float32, copy=False), mapped_with, stats.noise_score)
+        self._write(ref, case, noise, pred, stats, result)

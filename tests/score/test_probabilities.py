@@ -161,6 +161,21 @@ def test_the_fixed_maps_follow_the_thresholds_derived_from_the_audit(training, t
                                       io.read_volume(fixed / "labelsTr" / path.name).array, err_msg=case_id)
 
 
+def test_the_noise_maps_follow_the_ranking_derived_from_the_audit(audited, training):
+    # written before the ranking was derived, rescaled after: m_v = (1 - p̄_y) · the slice's noise score
+    root, _, probabilities = training
+    scores = {(r["case_id"], int(r["slice_index"])): float(r["noise_score"]) for r in read_csv(audited / "slices.csv")}
+    assert any(abs(scores[k] - float(r["structure_score"])) > 1e-4
+               for r in read_csv(audited / "slices.csv") for k in [(r["case_id"], int(r["slice_index"]))])
+    for case_id in ("case_000", PLANTED[0]):
+        label = io.read_volume(root / "labelsTr" / f"{case_id}.nii.gz").array.astype(np.int64)
+        noise = io.read_volume(audited / "maps" / f"{case_id}_noise.nii.gz").array
+        p_given = np.take_along_axis(probabilities[case_id], label[None], axis=0)[0]
+        for i in range(label.shape[0]):
+            np.testing.assert_allclose(noise[i], (1.0 - p_given[i]) * scores[(case_id, i)], atol=2e-5,
+                                       err_msg=f"{case_id} slice {i}")
+
+
 def test_score_saves_a_calibration_that_check_reuses(audited, incoming):
     from labelaudit.formats.probability_run import read_probability_run
 
@@ -171,6 +186,7 @@ def test_score_saves_a_calibration_that_check_reuses(audited, incoming):
     assert calibration.threshold.scored == "out-of-fold" and calibration.threshold.perturbations == 1
     assert calibration.threshold.structure_prior_mm2 > 0
     assert calibration.label_map.values == (0, 1)
+    assert calibration.threshold.slice_ranking is not None  # check ranks new slices as the audit did
     new, pred = incoming
     result = invoke("check", new, "--probabilities", pred, "--model", audited / "calibration", "--format", "json")
     assert result.exit_code == 1, result.output

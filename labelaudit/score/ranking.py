@@ -1,0 +1,110 @@
+"""The slice ranking: the structure score S_i and the softmin score Q_i (formulas.py) blended by their ranks among
+the training slices, on S_i's scale (pure numpy).
+
+S_i weighs what is wrong against the structure's size; Q_i, cleanlab's softmin, finds a few confidently wrong
+pixels whatever the size. Neither ranks best everywhere (docs/decisions.md), and their scales differ, so each
+new slice gets the mean u of its two empirical CDF values among the training slices with structure, and u is
+mapped through the training slices' own u and S_i:
+
+    ranked_i = quantile of the training S at ECDF_u(u_i)   (inverted CDF)
+
+The training slices then get exactly the training S values in another order, so the thresholds calibrated on
+S_i (score/calibrate.py) flag about as many of them as before (slices whose two ranks average alike share a
+value) and keep their meaning; only the order changes. The ranked score is the slice's noise score: it flags,
+orders slices.csv and scales the noise map (noise_map.py). Slices with neither label nor prediction keep S_i
+(0). A calibration without the tables (earlier runs, fewer than MIN_SLICES training slices) ranks by S_i alone;
+`--threshold` changes the thresholds, not the ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..types import Calibration, SliceRanking, SliceScore
+from .formulas import SOFTMIN_TEMPERATURE, SliceStats
+
+#: Stored with the tables (run.json `slice_ranking.rule`).
+RANKING_RULE = (f"mean of the empirical CDFs of max(F, R) and softmin (T = {SOFTMIN_TEMPERATURE}) among the "
+                "training slices with structure, mapped through the training max(F, R)")
+#: At most this many values per table (quantiles of more training slices): run.json stays small.
+MAX_TABLE = 2001
+#: Fewer training slices with structure than this: no tables (an ECDF of a handful of slices is noise).
+MIN_SLICES = 10
+#: Decimals kept in the tables, as run.json stores them (the in-memory ranking is the one read back).
+DECIMALS = 6
+
+
+def counts_for_calibration(label_pixels: int, pred_pixels: int) -> bool:
+    """Whether a slice's score enters the calibration: a non-empty ROI (labelled or predicted structure).
+
+    Empty slices score 0 by definition and would pull the median to 0.
+    """
+    return bool(label_pixels or pred_pixels)
+
+
+def _ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mid-rank empirical CDF of `values` (float (n,)) among the sorted `reference`, in [0, 1]."""
+    below = np.searchsorted(reference, values, side="left")
+    upto = np.searchsorted(reference, values, side="right")
+    return (below + upto) / (2.0 * max(len(reference), 1))
+
+
+def _table(values: np.ndarray) -> tuple[float, ...]:
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    if len(ordered) > MAX_TABLE:
+        ordered = np.quantile(ordered, np.linspace(0.0, 1.0, MAX_TABLE), method="inverted_cdf")
+    return tuple(float(v) for v in np.round(ordered, DECIMALS))
+
+
+def ranking_from_scores(structure: np.ndarray, softmin: np.ndarray) -> SliceRanking | None:
+    """The tables from the training slices with structure: S_i and Q_i, float (n,) each; None below MIN_SLICES."""
+    structure, softmin = np.asarray(structure, dtype=np.float64), np.asarray(softmin, dtype=np.float64)
+    if len(structure) < MIN_SLICES:
+        return None
+    s_table, q_table = _table(structure), _table(softmin)
+    blended = _blend(structure, softmin, np.array(s_table), np.array(q_table))
+    return SliceRanking(RANKING_RULE, s_table, q_table, _table(blended))
+
+
+def _blend(structure: np.ndarray, softmin: np.ndarray, s_table: np.ndarray, q_table: np.ndarray) -> np.ndarray:
+    return 0.5 * (_ecdf(s_table, structure) + _ecdf(q_table, softmin))
+
+
+def ranked_scores(structure: np.ndarray, softmin: np.ndarray, has_structure: np.ndarray,
+                  ranking: SliceRanking | None) -> np.ndarray:
+    """The slice scores that flag and rank: float64 (b,) from S_i, Q_i (float (b,)) and has_structure (bool
+    (b,)); S_i itself without tables or for slices without structure."""
+    structure = np.asarray(structure, dtype=np.float64)
+    if ranking is None or not np.any(has_structure):
+        return structure.copy()
+    s_table, q_table, u_table = (np.array(t) for t in (ranking.structure, ranking.softmin, ranking.blended))
+    u = _blend(structure, np.asarray(softmin, dtype=np.float64), s_table, q_table)
+    mapped = np.quantile(s_table, np.clip(_ecdf(u_table, u), 0.0, 1.0), method="inverted_cdf")
+    return np.where(has_structure, mapped, structure)
+
+
+def ranking_of(calibration: Calibration | None) -> SliceRanking | None:
+    return calibration.slice_ranking if calibration is not None else None
+
+
+def rank_stats(stats: SliceStats, ranking: SliceRanking | None) -> SliceStats:
+    """stats with noise_score ranked (the structure score kept in stats.structure_score)."""
+    has_structure = (stats.label_pixels > 0) | (stats.pred_pixels > 0)  # counts_for_calibration, per slice
+    return replace(stats, noise_score=ranked_scores(stats.structure_score, stats.softmin, has_structure, ranking))
+
+
+def structure_score(s: SliceScore) -> float:
+    """A slice's S_i (its noise score where the audit was read back from an earlier audit, without S_i)."""
+    return s.noise_score if s.structure_score is None else s.structure_score
+
+
+def rerank_slices(slices: list[SliceScore], ranking: SliceRanking | None) -> list[float]:
+    """The slices' scores under `ranking` (score/ranking.py), in their order; their noise scores where a slice
+    has no S_i or Q_i (an audit read back)."""
+    if not slices or any(s.structure_score is None or s.softmin is None for s in slices):
+        return [s.noise_score for s in slices]
+    return ranked_scores(np.array([s.structure_score for s in slices]), np.array([s.softmin for s in slices]),
+                         np.array([counts_for_calibration(s.label_pixels, s.pred_pixels) for s in slices]),
+                         ranking).tolist()
