@@ -5,8 +5,9 @@ number. Its error_kind column was regenerated twice, when diagnosis moved to per
 rules were chosen on the audit-quality suite's development half (the noise scores and every other column
 stayed identical); its noise_score column when slices were ranked by the structure and softmin scores together
 (score/ranking.py; the structure score, now its own column, stayed within 1.3e-4 of the noise score before, and
-every other column within the tolerances). Each slice of the reference is compared with the same slice of the new file, within the
-tolerances below (torch's CPU kernels differ between machines); new columns (e.g. `axis`) are allowed.
+every other column within the tolerances). Each slice of the reference is compared with the same slice of the
+new file, within the tolerances below (torch's CPU kernels differ between machines); new columns (e.g. `axis`)
+are allowed.
 """
 
 from __future__ import annotations

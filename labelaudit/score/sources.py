@@ -306,6 +306,7 @@ def probability_plan(config: ScoreConfig) -> ScoringPlan:
     return ScoringPlan(
         dataset=dataset, threshold=threshold, run=run, fit_dataset=given.out_of_fold, label_map=given.label_map,
         open_source=lambda: GivenSource(given, pixel_score, config.batch_size), structure_prior_mm2=prior,
-        ranking=ranking_of(calibration), model_path=first, classes="the probabilities' classes", fit_on=f"probabilities in {first}",
+        ranking=ranking_of(calibration), model_path=first, classes="the probabilities' classes",
+        fit_on=f"probabilities in {first}",
         label_hint="these probabilities come from a model of another label set; give those of a model trained "
                    "on this dataset's labels", notes=notes)

@@ -18,6 +18,9 @@ from labelaudit.score.ranking import MAX_TABLE, RANKING_RULE, ranked_scores, ran
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 
+FOLDS = [["case_000", "case_001", "case_002"], ["case_003", "case_004", "case_005"]]
+
+
 @pytest.fixture(scope="module")
 def data3d(tmp_path_factory):
     return write_synth_dataset(tmp_path_factory.mktemp("rank") / "Dataset003_Synth",
@@ -88,7 +91,7 @@ def test_large_training_sets_store_quantiles_and_tiny_ones_none():
 
 
 def test_calibration_stores_the_tables_and_scoring_ranks_by_them(data3d, tmp_path, make_run):
-    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001", "case_002"], ["case_003", "case_004", "case_005"]])
+    run_dir = make_run(tmp_path / "run", data3d, folds=FOLDS)
     calibration = calibrate_run(run_dir, device="cpu")
     ranking = calibration.slice_ranking
     assert ranking is not None and ranking.rule == RANKING_RULE
@@ -117,7 +120,7 @@ def test_calibration_stores_the_tables_and_scoring_ranks_by_them(data3d, tmp_pat
     (lambda r: r.update(extra=1), "extra"),
 ])
 def test_a_damaged_ranking_in_run_json_is_refused_naming_the_field(data3d, tmp_path, make_run, change, field):
-    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001", "case_002"], ["case_003", "case_004", "case_005"]])
+    run_dir = make_run(tmp_path / "run", data3d, folds=FOLDS)
     structure, softmin = _training(40)
     block = {"slice": 0.3, "case": 1.0, "slice_ranking": ranking_from_scores(structure, softmin).to_json()}
     change(block["slice_ranking"])
