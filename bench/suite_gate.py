@@ -27,7 +27,8 @@ from suite_data import DATASETS, Half
 from labelaudit.formats.manifest import read_manifest
 from labelaudit.formats.run import load_run
 from labelaudit.config import Preset
-from labelaudit.score.calibrate import GATE_K, counts_for_calibration, gate_k_for, threshold_from_scores
+from labelaudit.score.calibrate import GATE_K, gate_k_for, threshold_from_scores
+from labelaudit.score.ranking import counts_for_calibration
 from labelaudit.score.decide import decide
 from labelaudit.types import Threshold
 

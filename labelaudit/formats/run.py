@@ -20,7 +20,8 @@ from ..config import (PRESET_BUDGETS, Exporter, McpmParams, NetParams, Perturbat
 from ..errors import ModelError
 from ..io.atomic import write_json
 from ..preprocess import CHANNEL_NORMS, ChannelNorm, LabelMap, Preprocessing
-from ..types import Calibration, ScoreSpread, SliceRanking
+from ..training_scores import ScoreSpread, SliceRanking
+from ..types import Calibration
 from .fields import Fields, load_json
 
 RUN_FORMAT = 1

@@ -27,7 +27,8 @@ from ..errors import ImageReadError
 from ..formats.run import DatasetRecord, load_run
 from .decide import NO_CASE_THRESHOLD, decide, resolve_threshold, saturated_calibration_note
 from ..io import read_volume
-from ..types import Audit, Calibration, Dataset, Routing, ScoreSpread, Threshold, ThresholdSource, Volume
+from ..training_scores import ScoreSpread
+from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSource, Volume
 from ..fix.rule import class_agreement
 from .formulas import CASE_SHARE, CASE_TOP_SLICES, SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset

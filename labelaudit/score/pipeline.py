@@ -27,8 +27,9 @@ from ..fix.rule import agreement_counts, untrusted_classes
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold, saturated_calibration_note, stale_calibration_note
+from ..training_scores import SliceRanking
 from ..types import (
-    Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceRanking, SliceScore, Threshold,
+    Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
 )
 from .formulas import CASE_TOP_SLICES, SliceStats, case_noise_score, dice_disagreement
 from .inference import OnnxSource

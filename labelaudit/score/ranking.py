@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..types import Calibration, SliceRanking, SliceScore
+from ..training_scores import SliceRanking
+from ..types import Calibration, SliceScore
 from .formulas import SOFTMIN_TEMPERATURE, SliceStats
 
 #: Stored with the tables (run.json `slice_ranking.rule`).

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..config import PixelScore
 from ..preprocess import LabelMap
-from ..types import AuditRun, Case, Dataset, Routing, SliceRanking, Threshold
+from ..training_scores import SliceRanking
+from ..types import AuditRun, Case, Dataset, Routing, Threshold
 from .formulas import (REGION_SHARE, SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score,
                        roi_radius, slice_stats)
 from ..noise_map import noise_map as noise_map_of

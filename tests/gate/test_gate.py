@@ -16,7 +16,8 @@ from labelaudit.gate.check import CheckedModel, CheckResult, _verdict
 from labelaudit.gate.ci import check_json, describe_threshold, failure_message, github_annotations, junit_xml
 from labelaudit.score.decide import decide
 from labelaudit.score.routing import check_run_matches
-from labelaudit.types import AuditDataset, Calibration, ScoreSpread, Threshold, ThresholdSource
+from labelaudit.training_scores import ScoreSpread
+from labelaudit.types import AuditDataset, Calibration, Threshold, ThresholdSource
 from labelaudit.preprocess import LabelMap
 from labelaudit.formats.run import load_run
 from labelaudit.synth import SynthConfig, write_synth_dataset

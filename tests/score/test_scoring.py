@@ -33,7 +33,8 @@ from labelaudit.score.formulas import (
 )
 from labelaudit.score.pipeline import score_dataset
 from labelaudit.score.routing import route_case
-from labelaudit.types import Calibration, Geometry, ScoreSpread, Volume
+from labelaudit.training_scores import ScoreSpread
+from labelaudit.types import Calibration, Geometry, Volume
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 # ----------------------------------------------------------------------------- tiny datasets and audits
