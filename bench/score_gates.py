@@ -38,6 +38,7 @@ from labelaudit.score.decide import NO_CASE_THRESHOLD, decide
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
                                        pixel_noise_score, roi_radius, slice_stats, worst_region)
 from labelaudit.score.inference import dataset_probabilities
+from labelaudit.score.ranking import ecdf
 from labelaudit.config import PixelScore
 from labelaudit.types import Threshold, ThresholdSource
 
@@ -191,13 +192,6 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
     return out
 
 
-def _ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mid-rank empirical CDF of `values` under the sorted `reference` (ties count half)."""
-    below = np.searchsorted(reference, values, side="left")
-    upto = np.searchsorted(reference, values, side="right")
-    return (below + upto) / (2.0 * max(len(reference), 1))
-
-
 def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
     """REMAPPED's slice scores and noise maps, in place (every holds training too); slices without structure
     keep the landed score (0 where neither label nor prediction has structure)."""
@@ -207,7 +201,7 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
         refs = {src: np.sort([training[src].slices[k] for k in keys]) for src in sources}
 
         def mean_cdf(scored: dict[str, Scored], chosen: list) -> np.ndarray:
-            return np.mean([_ecdf(refs[src], np.array([scored[src].slices[k] for k in chosen])) for src in sources],
+            return np.mean([ecdf(refs[src], np.array([scored[src].slices[k] for k in chosen])) for src in sources],
                            axis=0)
 
         u_train = np.sort(mean_cdf(training, keys))
@@ -215,7 +209,7 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
             target = scored[how]
             chosen = [k for k, has in target.structure.items() if has]
             if chosen:
-                mapped = np.quantile(landed, np.clip(_ecdf(u_train, mean_cdf(scored, chosen)), 0.0, 1.0),
+                mapped = np.quantile(landed, np.clip(ecdf(u_train, mean_cdf(scored, chosen)), 0.0, 1.0),
                                      method="inverted_cdf")  # the training slices get the landed values exactly
                 target.slices.update(zip(chosen, mapped.tolist()))
             for index, case_id in enumerate(dict.fromkeys(c for c, _ in target.slices)):  # the order of pixels

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import UsageError
 from ..types import Calibration, Threshold, ThresholdSource
 from .formulas import SLICE_RULE
+from .ranking import MIN_SLICES
 
 #: Flagging threshold when the run has none calibrated and none is given.
 DEFAULT_THRESHOLD = 0.5
@@ -80,12 +81,18 @@ def resolve_threshold(calibration: Calibration | None, override: float | None) -
 
 
 def stale_calibration_note(threshold: Threshold, structure_prior_mm2: float | None) -> str | None:
-    """A note for an audit flagged with thresholds calibrated on an earlier slice score or without a gate, else None."""
+    """A note for an audit flagged with thresholds calibrated on an earlier slice score, without a gate or without
+    the slice ranking's tables, else None."""
     calibration = threshold.calibration
     if threshold.source is not ThresholdSource.RUN or calibration is None or not structure_prior_mm2:
         return None
     if calibrated_on_today(calibration):
         if calibration.gate is not None:
+            if calibration.slice_ranking is None and calibration.n_slices >= MIN_SLICES:
+                return ("this model's calibration has no slice ranking tables (it predates them): slices are "
+                        "ranked by the structure score alone, not together with softmin; recalibrate it with "
+                        "`labelaudit calibrate RUN_DIR` (a calibration folder of --probabilities: score the "
+                        "training data with --probabilities again)")
             return None
         return ("this model's thresholds were calibrated before cases had a gate of their own: a case is flagged "
                 "when any slice reaches the slice threshold, which flags more clean cases than today's rule; "

@@ -37,15 +37,20 @@ MIN_SLICES = 10
 DECIMALS = 6
 
 
+def has_structure(label_pixels: np.ndarray, pred_pixels: np.ndarray) -> np.ndarray:
+    """Per slice, whether it has a non-empty ROI (labelled or predicted structure): bool (n,) from counts (n,)."""
+    return (np.asarray(label_pixels) > 0) | (np.asarray(pred_pixels) > 0)
+
+
 def counts_for_calibration(label_pixels: int, pred_pixels: int) -> bool:
-    """Whether a slice's score enters the calibration: a non-empty ROI (labelled or predicted structure).
+    """Whether a slice's score enters the calibration and the ranking's tables: it has structure.
 
     Empty slices score 0 by definition and would pull the median to 0.
     """
-    return bool(label_pixels or pred_pixels)
+    return bool(has_structure(label_pixels, pred_pixels))
 
 
-def _ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+def ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Mid-rank empirical CDF of `values` (float (n,)) among the sorted `reference`, in [0, 1]."""
     below = np.searchsorted(reference, values, side="left")
     upto = np.searchsorted(reference, values, side="right")
@@ -70,20 +75,20 @@ def ranking_from_scores(structure: np.ndarray, softmin: np.ndarray) -> SliceRank
 
 
 def _blend(structure: np.ndarray, softmin: np.ndarray, s_table: np.ndarray, q_table: np.ndarray) -> np.ndarray:
-    return 0.5 * (_ecdf(s_table, structure) + _ecdf(q_table, softmin))
+    return 0.5 * (ecdf(s_table, structure) + ecdf(q_table, softmin))
 
 
-def ranked_scores(structure: np.ndarray, softmin: np.ndarray, has_structure: np.ndarray,
+def ranked_scores(structure: np.ndarray, softmin: np.ndarray, structured: np.ndarray,
                   ranking: SliceRanking | None) -> np.ndarray:
-    """The slice scores that flag and rank: float64 (b,) from S_i, Q_i (float (b,)) and has_structure (bool
-    (b,)); S_i itself without tables or for slices without structure."""
+    """The slice scores that flag and rank: float64 (b,) from S_i, Q_i (float (b,)) and `structured` (bool (b,), from
+    has_structure); S_i itself without tables or for slices without structure."""
     structure = np.asarray(structure, dtype=np.float64)
-    if ranking is None or not np.any(has_structure):
+    if ranking is None or not np.any(structured):
         return structure.copy()
     s_table, q_table, u_table = (np.array(t) for t in (ranking.structure, ranking.softmin, ranking.blended))
     u = _blend(structure, np.asarray(softmin, dtype=np.float64), s_table, q_table)
-    mapped = np.quantile(s_table, np.clip(_ecdf(u_table, u), 0.0, 1.0), method="inverted_cdf")
-    return np.where(has_structure, mapped, structure)
+    mapped = np.quantile(s_table, np.clip(ecdf(u_table, u), 0.0, 1.0), method="inverted_cdf")
+    return np.where(structured, mapped, structure)
 
 
 def ranking_of(calibration: Calibration | None) -> SliceRanking | None:
@@ -92,8 +97,8 @@ def ranking_of(calibration: Calibration | None) -> SliceRanking | None:
 
 def rank_stats(stats: SliceStats, ranking: SliceRanking | None) -> SliceStats:
     """stats with noise_score ranked (the structure score kept in stats.structure_score)."""
-    has_structure = (stats.label_pixels > 0) | (stats.pred_pixels > 0)  # counts_for_calibration, per slice
-    return replace(stats, noise_score=ranked_scores(stats.structure_score, stats.softmin, has_structure, ranking))
+    structured = has_structure(stats.label_pixels, stats.pred_pixels)
+    return replace(stats, noise_score=ranked_scores(stats.structure_score, stats.softmin, structured, ranking))
 
 
 def structure_score(s: SliceScore) -> float:
@@ -107,5 +112,5 @@ def rerank_slices(slices: list[SliceScore], ranking: SliceRanking | None) -> lis
     if not slices or any(s.structure_score is None or s.softmin is None for s in slices):
         return [s.noise_score for s in slices]
     return ranked_scores(np.array([s.structure_score for s in slices]), np.array([s.softmin for s in slices]),
-                         np.array([counts_for_calibration(s.label_pixels, s.pred_pixels) for s in slices]),
-                         ranking).tolist()
+                         has_structure(np.array([s.label_pixels for s in slices]),
+                                       np.array([s.pred_pixels for s in slices])), ranking).tolist()

@@ -438,6 +438,22 @@ def test_a_run_calibrated_without_a_gate_flags_as_before_and_says_so(data3d, tmp
     assert {c.case_id for c in audit.cases if c.flagged} >= by_slices  # any flagged slice flags its case
 
 
+def test_a_calibration_without_ranking_tables_ranks_by_the_structure_score_and_says_so(data3d, tmp_path, make_run):
+    untabled = {"slice": 0.2, "case": 0.9, "rule": "median+k*mad", "structure_prior_mm2": 40.0,
+                "slice_rule": SLICE_RULE, "gate": 0.5, "n_slices": 40}
+    run_dir = make_run(tmp_path / "run", data3d, folds=[["case_000", "case_001"], ["case_002"]], threshold=untabled)
+    audit = score_dataset(ScoreConfig(run_dir=run_dir, write=False, device="cpu"))
+    assert any("no slice ranking tables" in n for n in audit.notes)
+    assert all(s.noise_score == s.structure_score for s in audit.slices)  # S_i alone ranks
+    table = [round(i / 11, 6) for i in range(12)]
+    tabled = {**untabled, "slice_ranking": {"rule": "r", "structure": table, "softmin": table, "blended": table}}
+    tabled_run = make_run(tmp_path / "tabled", data3d, folds=[["case_000", "case_001"], ["case_002"]],
+                          threshold=tabled)
+    again = score_dataset(ScoreConfig(run_dir=tabled_run, write=False, device="cpu"))
+    assert not any("no slice ranking tables" in n for n in again.notes)
+    assert any(s.noise_score != s.structure_score for s in again.slices)  # the tables rank
+
+
 def test_a_calibration_at_its_ceiling_warns_that_nothing_will_be_flagged():
     from labelaudit.score.decide import saturated_calibration_note
     from labelaudit.types import Calibration
