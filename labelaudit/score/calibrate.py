@@ -32,7 +32,7 @@ from ..types import Audit, Calibration, Dataset, Routing, Threshold, ThresholdSo
 from ..fix.rule import class_agreement
 from .formulas import CASE_SHARE, CASE_TOP_SLICES, SLICE_RULE, STRUCTURE_PRIOR
 from .pipeline import fit_dataset_path, score_dataset
-from .ranking import counts_for_calibration, ranking_from_scores, rerank_slices, structure_score
+from .ranking import counts_for_calibration, order_of, ranking_from_scores, rerank_slices, structure_score
 
 
 #: See the module docstring: threshold = max(THRESHOLD_FLOOR, median + THRESHOLD_K · MAD_SCALE · MAD).
@@ -120,7 +120,7 @@ def thresholds_from_audit(audit: Audit, k: float = THRESHOLD_K, floor: float = T
                  else f"none (fewer than {MIN_CASES_FOR_CASE_RULE} cases): the worst slice alone")
     ranking = (ranking_from_scores(slice_scores, np.array([s.softmin for s in kept], dtype=float))
                if kept and all(s.softmin is not None for s in kept) else None)
-    ranked = rerank_slices(audit.slices, ranking)
+    ranked = rerank_slices(audit.slices, order_of(ranking, slice_threshold, gate))
     per_case: dict[str, list[float]] = {}
     for s, score in zip(audit.slices, ranked):
         per_case.setdefault(s.case_id, []).append(score)

@@ -27,13 +27,12 @@ from ..fix.rule import agreement_counts, untrusted_classes
 from ..formats.audit import AuditFolder
 from ..formats.run import RunInfo, load_run
 from .decide import decide, resolve_threshold, saturated_calibration_note, stale_calibration_note
-from ..training_scores import SliceRanking
 from ..types import (
     Audit, AuditDataset, AuditRun, Case, CaseRef, CaseScore, Problem, Routing, SliceScore, Threshold,
 )
 from .formulas import CASE_TOP_SLICES, SliceStats, case_noise_score, dice_disagreement
 from .inference import OnnxSource
-from .ranking import rank_stats, ranking_of, rerank_slices
+from .ranking import SliceOrder, rank_stats, ranking_of, rerank_slices
 from .routing import check_run_matches, is_fit_dataset, model_name
 from .scorer import CaseScorer, ScoringPlan
 from .shard import Shard
@@ -220,7 +219,7 @@ def _score_dataset(config: ScoreConfig, track: Track, folders: list[AuditFolder]
 
 
 def _rank_again(audit: Audit, kept: dict[str, tuple[CaseRef, SliceStats, np.ndarray]],
-                ranking: SliceRanking | None) -> None:
+                ranking: SliceOrder | None) -> None:
     """Every slice scored again by the ranking derived from this audit (score/ranking.py), the audit sorted again;
     kept's stats too (its noise maps, written with the scores before, are rescaled by _rewrite_fixed)."""
     for s, score in zip(audit.slices, rerank_slices(audit.slices, ranking)):

@@ -19,12 +19,11 @@ import numpy as np
 
 from ..config import PixelScore
 from ..preprocess import LabelMap
-from ..training_scores import SliceRanking
 from ..types import AuditRun, Case, Dataset, Routing, Threshold
 from .formulas import (REGION_SHARE, SLICE_EPS, SliceStats, concat_stats, given_class_probability, pixel_noise_score,
                        roi_radius, slice_stats)
 from ..noise_map import noise_map as noise_map_of
-from .ranking import rank_stats
+from .ranking import SliceOrder, rank_stats
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class ScoringPlan:
     label_map: LabelMap
     open_source: Callable[[], ProbabilitySource]
     structure_prior_mm2: float | None
-    ranking: SliceRanking | None
+    ranking: SliceOrder | None
     model_path: Path
     classes: str
     fit_on: str
@@ -98,7 +97,7 @@ class CaseScorer:
     """Turns a source's probabilities for one case into its noise map, prediction and slice stats."""
 
     def __init__(self, source: ProbabilitySource, structure_prior_mm2: float | None = None,
-                 ranking: SliceRanking | None = None) -> None:
+                 ranking: SliceOrder | None = None) -> None:
         self.source = source
         self.ranking = ranking
         self.label_map = source.label_map

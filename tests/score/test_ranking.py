@@ -14,7 +14,8 @@ from labelaudit.formats.run import load_run
 from labelaudit.score.calibrate import calibrate_run, threshold_from_scores
 from labelaudit.score.formulas import given_class_probability, softmin_noise
 from labelaudit.score.pipeline import score_dataset
-from labelaudit.score.ranking import MAX_TABLE, RANKING_RULE, ranked_scores, ranking_from_scores
+from labelaudit.score.ranking import (MAX_TABLE, RANKING_RULE, SliceOrder, ranked_scores, ranking_from_scores,
+                                      ranking_of)
 from labelaudit.synth import SynthConfig, write_synth_dataset
 
 
@@ -53,7 +54,7 @@ def test_the_training_slices_keep_the_structure_scores_values_so_the_thresholds_
     structure, softmin = _training()
     ranking = ranking_from_scores(structure, softmin)
     assert ranking.rule == RANKING_RULE and len(ranking.structure) == len(structure)
-    ranked = ranked_scores(structure, softmin, np.ones(len(structure), bool), ranking)
+    ranked = ranked_scores(structure, softmin, np.ones(len(structure), bool), SliceOrder(ranking))
     assert set(np.round(ranked, 6)) <= set(ranking.structure)  # the training S values, in another order
     assert not np.array_equal(np.argsort(ranked, kind="stable"), np.argsort(structure, kind="stable"))
     # slices whose two ranks average alike share a value, so the distribution is S's up to those ties
@@ -64,7 +65,7 @@ def test_the_training_slices_keep_the_structure_scores_values_so_the_thresholds_
 
 def test_the_blend_ranks_by_both_scores_and_keeps_empty_slices_at_their_score():
     structure, softmin = _training()
-    ranking = ranking_from_scores(structure, softmin)
+    ranking = SliceOrder(ranking_from_scores(structure, softmin))
     s, q = np.quantile(structure, 0.5), np.quantile(softmin, 0.5)
     low, high_q, high_both = ranked_scores(np.array([s, s, 0.9]), np.array([q, 0.95, 0.95]), np.ones(3, bool),
                                            ranking)
@@ -81,11 +82,30 @@ def test_the_blend_ranks_by_both_scores_and_keeps_empty_slices_at_their_score():
     np.testing.assert_array_equal(ranked_scores(grid, grid[::-1], np.ones(21, bool), None), grid)
 
 
+def test_the_bands_keep_every_flag_of_the_structure_score_and_reorder_within_them():
+    structure, softmin = _training()
+    threshold = threshold_from_scores(structure, np.zeros(3))
+    t, gate = threshold.slice, threshold.gate
+    assert 0.0 < t < gate < 1.0
+    order = SliceOrder(ranking_from_scores(structure, softmin), (t, gate))
+    # new slices: far beyond every training S_i with an ordinary softmin, and ordinary S_i with a high softmin
+    new_s = np.concatenate([structure, [0.95, 0.99, np.median(structure)]])
+    new_q = np.concatenate([softmin, [np.median(softmin)] * 2, [0.99]])
+    ranked = ranked_scores(new_s, new_q, np.ones(len(new_s), bool), order)
+    for edge in (t, gate):
+        np.testing.assert_array_equal(ranked >= edge, new_s >= edge)  # the same slices flagged, the same gate
+    unbanded = ranked_scores(new_s, new_q, np.ones(len(new_s), bool), SliceOrder(order.tables))
+    assert unbanded[-3] < gate <= ranked[-3]  # what the bands are for: unbanded, its ordinary softmin lowers it
+    within = (structure < t)
+    assert not np.array_equal(np.argsort(ranked[:-3][within], kind="stable"),
+                              np.argsort(structure[within], kind="stable"))  # the order within a band changed
+
+
 def test_large_training_sets_store_quantiles_and_tiny_ones_none():
     structure, softmin = _training(5 * MAX_TABLE)
     ranking = ranking_from_scores(structure, softmin)
     assert len(ranking.structure) == len(ranking.softmin) == len(ranking.blended) == MAX_TABLE
-    ranked = ranked_scores(structure, softmin, np.ones(len(structure), bool), ranking)
+    ranked = ranked_scores(structure, softmin, np.ones(len(structure), bool), SliceOrder(ranking))
     assert abs(np.median(ranked) - np.median(structure)) < 0.01
     assert ranking_from_scores(structure[:5], softmin[:5]) is None
 
@@ -103,7 +123,8 @@ def test_calibration_stores_the_tables_and_scoring_ranks_by_them(data3d, tmp_pat
     scores = np.array([s.noise_score for s in audit.slices])
     expected = ranked_scores(np.array([s.structure_score for s in audit.slices]),
                              np.array([s.softmin for s in audit.slices]),
-                             np.array([s.label_pixels > 0 or s.pred_pixels > 0 for s in audit.slices]), ranking)
+                             np.array([s.label_pixels > 0 or s.pred_pixels > 0 for s in audit.slices]),
+                             ranking_of(calibration))
     np.testing.assert_allclose(scores, expected)
     assert list(scores) == sorted(scores, reverse=True)
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
