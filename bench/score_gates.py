@@ -38,7 +38,7 @@ from labelaudit.score.decide import NO_CASE_THRESHOLD, decide
 from labelaudit.score.formulas import (REGION_SHARE, case_noise_score, given_class_probability, normalised_entropy,
                                        pixel_noise_score, roi_radius, slice_stats, worst_region)
 from labelaudit.score.inference import dataset_probabilities
-from labelaudit.score.ranking import ecdf
+from labelaudit.score.ranking import ecdf, order_of, ranked_scores, ranking_from_scores
 from labelaudit.config import PixelScore
 from labelaudit.types import Threshold, ThresholdSource
 
@@ -53,7 +53,11 @@ TOP3 = "case top3 (before)"
 #: distributions, ranked among the training slices' and mapped through the landed score's training quantiles, so
 #: that the training slices keep the landed score's distribution (hence its thresholds) and only their order
 #: changes; the case keeps the landed case score, the noise map is (1 − p̄_y) × the new slice score.
-REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → landed scale": ("softmin",)}
+#: BANDED is today's product (score/ranking.py): the rank mean from the tables calibration stores, kept within
+#: the landed score's bands between its slice threshold and gate (today's rule on the training slices).
+BANDED = "ranked, banded (today)"
+REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → landed scale": ("softmin",),
+            BANDED: ("landed", "softmin")}
 #: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
 #: rejected on the first five).
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
@@ -76,7 +80,9 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "the mean of a slice's empirical CDFs under the landed score and softmin among the training slices "
              "with structure, ranked and mapped through the landed score's training quantiles (the training "
              "slices keep the landed distribution, so its thresholds, in another order), softmin → landed scale "
-             "the same of softmin alone; both keep the landed case score.")
+             "the same of softmin alone; ranked, banded (today) = the rank mean as score/ranking.py computes it, "
+             "kept within the landed score's bands below its slice threshold, up to its gate and above (today's "
+             "rule on the training slices), so it flags what landed flags; all three keep the landed case score.")
 
 
 def title_of(half: str) -> str:
@@ -205,10 +211,22 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
                            axis=0)
 
         u_train = np.sort(mean_cdf(training, keys))
+        order = None
+        if how == BANDED:
+            cases = np.array(list(training["landed"].cases.values()))
+            t = RULES[TODAY](landed, cases)
+            tables = ranking_from_scores(np.array([training["landed"].slices[k] for k in keys]),
+                                         np.array([training["softmin"].slices[k] for k in keys]))
+            order = order_of(tables, t.slice, t.gate)
         for scored in every:
             target = scored[how]
             chosen = [k for k, has in target.structure.items() if has]
-            if chosen:
+            if chosen and how == BANDED:  # S_i alone where calibration would keep no tables, as the product
+                mapped = ranked_scores(np.array([scored["landed"].slices[k] for k in chosen]),
+                                       np.array([scored["softmin"].slices[k] for k in chosen]),
+                                       np.ones(len(chosen), bool), order)
+                target.slices.update(zip(chosen, mapped.tolist()))
+            elif chosen:
                 mapped = np.quantile(landed, np.clip(ecdf(u_train, mean_cdf(scored, chosen)), 0.0, 1.0),
                                      method="inverted_cdf")  # the training slices get the landed values exactly
                 target.slices.update(zip(chosen, mapped.tolist()))

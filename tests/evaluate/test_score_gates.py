@@ -103,3 +103,25 @@ def test_the_lower_mad_rule_takes_the_spread_from_below_the_median(gates):
     assert t.slice < two_sided.slice and t.gate < two_sided.gate  # the upper tail widened the two-sided MAD
     assert t.case == NO_CASE_THRESHOLD  # 3 cases: no case threshold
     assert t.gate == pytest.approx(min(1.0, med + 6 * 1.4826 * lower))
+
+
+def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
+    from labelaudit.score.ranking import order_of, ranked_scores, ranking_from_scores
+
+    rng = np.random.default_rng(0)
+    landed = rng.beta(1.2, 6.0, 40)
+    softmin = np.clip(landed + rng.normal(0.0, 0.2, 40), 0.0, 1.0)
+    keys = [("a", i) for i in range(40)]
+
+    def scored(values_landed, values_softmin):
+        return {how: gates.Scored(dict(zip(keys, map(float, values_softmin if how == "softmin" else values_landed))),
+                                  dict.fromkeys(keys, True), {"a": 0.0}, [np.ones((40, 2, 2), np.float32)])
+                for how in gates.SCORES}
+
+    train = scored(landed, softmin)
+    gates.remap(train, [train])
+    banded = np.array([train[gates.BANDED].slices[k] for k in keys])
+    t = gates.RULES[gates.TODAY](landed, np.zeros(1))  # the landed score's bands, as the bench calibrates
+    order = order_of(ranking_from_scores(landed, softmin), t.slice, t.gate)
+    np.testing.assert_allclose(banded, ranked_scores(landed, softmin, np.ones(40, bool), order))
+    np.testing.assert_array_equal(banded >= t.slice, landed >= t.slice)
