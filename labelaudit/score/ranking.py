@@ -22,6 +22,7 @@ MIN_SLICES training slices) ranks by S_i alone; `--threshold` changes the thresh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -48,6 +49,12 @@ class SliceOrder:
 
     tables: SliceRanking
     bands: tuple[float, ...] = ()
+
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tables as float64 arrays (S_i, Q_i, blended), made once: scoring ranks every batch by them."""
+        return tuple(np.array(t, dtype=np.float64) for t in (self.tables.structure, self.tables.softmin,
+                                                              self.tables.blended))
 
 
 def has_structure(label_pixels: np.ndarray, pred_pixels: np.ndarray) -> np.ndarray:
@@ -98,8 +105,7 @@ def ranked_scores(structure: np.ndarray, softmin: np.ndarray, structured: np.nda
     structure = np.asarray(structure, dtype=np.float64)
     if order is None or not np.any(structured):
         return structure.copy()
-    tables = order.tables
-    s_table, q_table, u_table = (np.array(t) for t in (tables.structure, tables.softmin, tables.blended))
+    s_table, q_table, u_table = order.arrays
     u = _blend(structure, np.asarray(softmin, dtype=np.float64), s_table, q_table)
     mapped = np.quantile(s_table, np.clip(ecdf(u_table, u), 0.0, 1.0), method="inverted_cdf")
     return np.where(structured, within_bands(mapped, structure, order.bands), structure)
