@@ -354,7 +354,8 @@ chosen after it):
   but catches 17 of 24 corrupted new cases (2 of 8 in the case regime against 6), as on the demo model, where it
   halved the corrupted slices flagged.
 - softmin still ranks slices best in the case regime (0.869 against 0.817) and reaches 1 under every threshold
-  rule (0 flagged)."""
+  rule (0 flagged).
+- brain_gm_fine then moved to the fresh held-out half (bench/suite_data.py); ct_organs_fine is the next reserve."""
 READINGS = {Half.DEV.value: READING, Half.FRESH.value: FRESH_READING, Half.HELD_OUT.value: HELD_OUT_READING,
             Half.RESERVE.value: RESERVE_READING}
 
