@@ -47,6 +47,11 @@ TITLE = "## Slice scores with their thresholds (`python bench/score_gates.py`)"
 LEVELS = ("slice", "pixel", "case")
 #: The case rule that standardises the top-3 mean and the whole-case share against the training cases.
 STANDARDISED = "case z(top3) + z(whole)"
+#: cleanlab's case rule on softmin: its worst slice (the landed slice score kept).
+SOFTMIN_WORST = "case softmin worst"
+#: The case put on the landed case score's scale by the mean of its empirical CDFs under the landed case score and
+#: SOFTMIN_WORST among the training cases, as score/ranking.py does for slices (the landed slice score kept).
+CASE_RANKED = "case rank mean (landed, softmin worst)"
 #: The case score before 2026-12-03: the mean of the 3 worst slice scores (today's: of the 3 worst slice masses).
 TOP3 = "case top3 (before)"
 #: Rankings put on the landed score's scale: each slice's mean empirical CDF under the named scores' training
@@ -63,7 +68,7 @@ REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → la
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
 SCORES = (*EVERY_RULE, "mass 0.05", "mass 0.25", "softmin of s",
           "class R", "class R, F", "case whole", "case max(top3, whole)", "case mean", "case max",
-          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3, *REMAPPED)
+          "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3, *REMAPPED, SOFTMIN_WORST, CASE_RANKED)
 #: cleanlab's softmin temperature, for the softmin of labelaudit's own pixel score.
 TEMPERATURE = 0.1
 DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean of its 3 worst slice masses "
@@ -82,7 +87,11 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "slices keep the landed distribution, so its thresholds, in another order), softmin → landed scale "
              "the same of softmin alone; ranked in bands (today) = the rank mean as score/ranking.py computes it, "
              "kept within the landed score's bands below its slice threshold, up to its gate and above (today's "
-             "rule on the training slices), so it flags what landed flags; all three keep the landed case score.")
+             "rule on the training slices), so it flags what landed flags; all three keep the landed case score; "
+             "case softmin worst = softmin's worst slice (cleanlab's case rule) as the case score; case rank mean "
+             "(landed, softmin worst) = the mean of a case's empirical CDFs under the landed case score and softmin's "
+             "worst slice among the training cases, mapped through the landed training case scores; both keep the "
+             "landed slice score.")
 
 
 def title_of(half: str) -> str:
@@ -183,7 +192,9 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
                       "case max": float(landed.max(initial=0.0)),
                       "case max(whole, R)": max(whole, float(region.max(initial=0.0))),
                       "case max(whole, top3 R)": max(whole, case_noise_score(region)),
-                      TOP3: case_noise_score(landed), "landed": case_noise_score(landed_stats.mass)}
+                      TOP3: case_noise_score(landed), "landed": case_noise_score(landed_stats.mass),
+                      SOFTMIN_WORST: float(soft.max(initial=0.0))}
+        case_rules[CASE_RANKED] = case_rules["landed"]  # rank_cases() replaces it
         scores.update({how: landed for how in (*case_rules, STANDARDISED, *REMAPPED)})  # the slice score kept
         case_rules.update({how: case_rules["landed"] for how in REMAPPED})  # remap() changes their slices only
         for how, values in scores.items():
@@ -234,6 +245,23 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
                 wrong = target.pixels[index]
                 values = np.array([target.slices[(case_id, i)] for i in range(len(wrong))])
                 target.pixels[index] = (wrong * values[:, None, None]).reshape(-1).astype(np.float32)
+
+
+def rank_cases(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
+    """CASE_RANKED's case scores, in place (every holds training too): the mean of a case's empirical CDFs under
+    the landed case score and SOFTMIN_WORST among the training cases, mapped through the landed training case
+    scores (inverted CDF), so that the training cases keep the landed distribution and its case threshold."""
+    refs = {how: np.sort(list(training[how].cases.values())) for how in ("landed", SOFTMIN_WORST)}
+
+    def mean_cdf(scored: dict[str, Scored], ids: list[str]) -> np.ndarray:
+        return np.mean([ecdf(refs[how], np.array([scored[how].cases[c] for c in ids])) for how in refs], axis=0)
+
+    u_train = np.sort(mean_cdf(training, list(training["landed"].cases)))
+    for scored in every:
+        ids = list(scored[CASE_RANKED].cases)
+        mapped = np.quantile(refs["landed"], np.clip(ecdf(u_train, mean_cdf(scored, ids)), 0.0, 1.0),
+                             method="inverted_cdf")
+        scored[CASE_RANKED].cases.update(zip(ids, map(float, mapped)))
 
 
 def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
@@ -437,6 +465,7 @@ def measure(cell: Path, clean_new: Path, shown: tuple[str, ...] = SCORES) -> dic
     all_new = {name: score_cases(cases_, median, medians) for name, cases_ in new.items()}
     standardise(all_train, [all_train, *all_new.values()])
     remap(all_train, [*all_new.values(), all_train])
+    rank_cases(all_train, [*all_new.values(), all_train])
     for how in shown:
         scored = all_train[how]
         signal = Signal(how, scored.slices, scored.cases, scored.pixels)

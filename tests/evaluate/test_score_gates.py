@@ -125,3 +125,22 @@ def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
     order = order_of(ranking_from_scores(landed, softmin), t.slice, t.gate)
     np.testing.assert_allclose(banded, ranked_scores(landed, softmin, np.ones(40, bool), order))
     np.testing.assert_array_equal(banded >= t.slice, landed >= t.slice)
+
+
+def test_ranked_cases_keep_the_landed_case_scores_training_distribution(gates):
+    ids = ["c0", "c1", "c2", "c3"]
+
+    def scored(landed, worst):
+        out = {}
+        for how in gates.SCORES:
+            values = worst if how == gates.SOFTMIN_WORST else landed
+            out[how] = gates.Scored({}, {}, dict(zip(ids, map(float, values))), [])
+        return out
+
+    train = scored([0.1, 0.2, 0.3, 0.4], [0.9, 0.1, 0.5, 0.3])
+    new = scored([0.45, 0.0, 0.0, 0.0], [0.95, 0.0, 0.0, 0.0])
+    gates.rank_cases(train, [new, train])
+    ranked = train[gates.CASE_RANKED].cases
+    assert set(np.round(list(ranked.values()), 9)) <= {0.1, 0.2, 0.3, 0.4}  # landed values (ties share one)
+    assert ranked["c0"] > ranked["c1"]  # (1 + 4) / 2 ranks above (2 + 1) / 2
+    assert new[gates.CASE_RANKED].cases["c0"] == pytest.approx(0.4)  # above every training case under both
