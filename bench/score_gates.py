@@ -51,7 +51,7 @@ STANDARDISED = "case z(top3) + z(whole)"
 SOFTMIN_WORST = "case softmin worst"
 #: The case put on the landed case score's scale by the mean of its empirical CDFs under the landed case score and
 #: SOFTMIN_WORST among the training cases, as score/ranking.py does for slices (the landed slice score kept).
-CASE_RANKED = "case rank mean (landed, softmin worst)"
+CASE_RANKED = "case rank mean (landed and softmin worst)"
 #: The case score before 2026-12-03: the mean of the 3 worst slice scores (today's: of the 3 worst slice masses).
 TOP3 = "case top3 (before)"
 #: Rankings put on the landed score's scale: each slice's mean empirical CDF under the named scores' training
