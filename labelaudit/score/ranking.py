@@ -11,9 +11,8 @@ mapped through the training slices' own u and S_i:
 The training slices then get exactly the training S values in another order. The ranked score is then kept
 within the band of S_i between the calibrated thresholds (below the slice threshold, up to the gate, from the
 gate on): the thresholds calibrated on S_i (score/calibrate.py) flag exactly the slices and cases they flag by
-S_i, and the ranking changes the order within each band. Unbanded, a new slice far beyond every training S_i
-but with an ordinary softmin fell below the slice threshold: the shipped demo model then flagged half as many
-corrupted slices and passed a case with two classes swapped on one slice (docs/decisions.md). The ranked score
+S_i, and the ranking changes the order within each band: unbanded, a new slice far beyond every training S_i
+but with an ordinary softmin would fall below the slice threshold (docs/decisions.md). The ranked score
 is the slice's noise score: it flags, orders slices.csv and scales the noise map (noise_map.py). Slices with
 neither label nor prediction keep S_i (0). A calibration without the tables (earlier runs, fewer than
 MIN_SLICES training slices) ranks by S_i alone; `--threshold` changes the thresholds, not the ranking.
@@ -130,6 +129,7 @@ def ranking_of(calibration: Calibration | None) -> SliceOrder | None:
 
 
 def order_of(tables: SliceRanking | None, slice_threshold: float, gate: float | None) -> SliceOrder | None:
+    """The order of `tables` banded by a slice threshold and a gate (None: the slice threshold alone)."""
     if tables is None:
         return None
     return SliceOrder(tables, tuple(sorted({slice_threshold, gate if gate is not None else slice_threshold})))
