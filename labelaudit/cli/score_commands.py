@@ -139,8 +139,10 @@ def calibrate(
     gate = f", worst slice {info.threshold.gate:.3f}" if info.threshold.gate is not None else ""
     err.print(f"{run_dir}: thresholds slice {info.threshold.slice:.3f}{gate}, "
               f"{case_threshold_text(info.threshold.case)}{was}, "
-              f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases", markup=False,
-              soft_wrap=True)
+              f"calibrated on {info.threshold.n_slices} slices of {info.threshold.n_cases} cases"
+              + ("; slices ranked by the structure score and softmin together" if info.threshold.slice_ranking
+                 else "; slices ranked by the structure score alone (too few training slices for the ranking)"),
+              markup=False, soft_wrap=True)
     saturated = saturated_calibration_note(info.threshold)
     if saturated:
         err.print(f"warning: {saturated}", markup=False, soft_wrap=True)

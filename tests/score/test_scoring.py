@@ -419,6 +419,8 @@ def test_a_run_calibrated_on_an_earlier_slice_score_says_so_until_recalibrated(d
     result = _cli(["calibrate", str(run_dir), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "thresholds slice" in result.output and "(was slice 0.200, case 0.200)" in result.output
+    ranked = load_run(run_dir).threshold.slice_ranking is not None
+    assert ("together" if ranked else "the structure score alone") in result.output  # how its slices are ranked
     info = load_run(run_dir)
     assert info.threshold.slice_rule == SLICE_RULE and info.threshold.scored == "out-of-fold"
     assert info.models and (run_dir / "fold_0" / "segmenter.onnx").is_file()  # the rest of run.json is kept
