@@ -167,6 +167,10 @@ def test_the_noise_maps_follow_the_ranking_derived_from_the_audit(audited, train
     scores = {(r["case_id"], int(r["slice_index"])): float(r["noise_score"]) for r in read_csv(audited / "slices.csv")}
     assert any(abs(scores[k] - float(r["structure_score"])) > 1e-4
                for r in read_csv(audited / "slices.csv") for k in [(r["case_id"], int(r["slice_index"]))])
+    # ranked within the structure score's bands: flagged exactly where the structure score reaches the threshold
+    threshold = json.loads((audited / "summary.json").read_text())["threshold"]["slice"]
+    for r in read_csv(audited / "slices.csv"):
+        assert (r["flagged"] == "true") == (float(r["structure_score"]) >= threshold - 1e-6), r
     for case_id in ("case_000", PLANTED[0]):
         label = io.read_volume(root / "labelsTr" / f"{case_id}.nii.gz").array.astype(np.int64)
         noise = io.read_volume(audited / "maps" / f"{case_id}_noise.nii.gz").array
