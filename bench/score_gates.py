@@ -209,38 +209,48 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
     return out
 
 
+def onto_scale(scale: np.ndarray, training: list[np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """A map of items scored under several scores onto `scale`'s training distribution: the mean of each item's
+    empirical CDFs under the scores' training values (`training`, one array per score, paired with `scale`),
+    ranked among the training items' and mapped through `scale`'s quantiles (inverted CDF), so that the training
+    items get exactly `scale`'s values, in another order."""
+    refs = [np.sort(values) for values in training]
+
+    def mean_cdf(values: list[np.ndarray]) -> np.ndarray:
+        return np.mean([ecdf(ref, v) for ref, v in zip(refs, values)], axis=0)
+
+    u_train, target = np.sort(mean_cdf(training)), np.sort(scale)
+    return lambda values: np.quantile(target, np.clip(ecdf(u_train, mean_cdf(values)), 0.0, 1.0),
+                                      method="inverted_cdf")
+
+
 def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
     """REMAPPED's slice scores and noise maps, in place (every holds training too); slices without structure
     keep the landed score (0 where neither label nor prediction has structure)."""
     keys = [k for k, has in training["landed"].structure.items() if has]
-    landed = np.sort([training["landed"].slices[k] for k in keys])
+
+    def of(scored: dict[str, Scored], src: str, chosen: list) -> np.ndarray:
+        return np.array([scored[src].slices[k] for k in chosen])
+
     for how, sources in REMAPPED.items():
-        refs = {src: np.sort([training[src].slices[k] for k in keys]) for src in sources}
+        if how == BANDED:  # the product's ranking, banded by today's thresholds of the landed training slices
+            t = RULES[TODAY](of(training, "landed", keys), np.array(list(training["landed"].cases.values())))
+            order = order_of(ranking_from_scores(of(training, "landed", keys), of(training, "softmin", keys)),
+                             t.slice, t.gate)  # None (S_i alone) where calibration would keep no tables
 
-        def mean_cdf(scored: dict[str, Scored], chosen: list) -> np.ndarray:
-            return np.mean([ecdf(refs[src], np.array([scored[src].slices[k] for k in chosen])) for src in sources],
-                           axis=0)
+            def rank(scored: dict[str, Scored], chosen: list) -> np.ndarray:
+                return ranked_scores(of(scored, "landed", chosen), of(scored, "softmin", chosen),
+                                     np.ones(len(chosen), bool), order)
+        else:
+            mapper = onto_scale(of(training, "landed", keys), [of(training, src, keys) for src in sources])
 
-        u_train = np.sort(mean_cdf(training, keys))
-        order = None
-        if how == BANDED:
-            cases = np.array(list(training["landed"].cases.values()))
-            t = RULES[TODAY](landed, cases)
-            tables = ranking_from_scores(np.array([training["landed"].slices[k] for k in keys]),
-                                         np.array([training["softmin"].slices[k] for k in keys]))
-            order = order_of(tables, t.slice, t.gate)
+            def rank(scored: dict[str, Scored], chosen: list) -> np.ndarray:
+                return mapper([of(scored, src, chosen) for src in sources])
         for scored in every:
             target = scored[how]
             chosen = [k for k, has in target.structure.items() if has]
-            if chosen and how == BANDED:  # S_i alone where calibration would keep no tables, as the product
-                mapped = ranked_scores(np.array([scored["landed"].slices[k] for k in chosen]),
-                                       np.array([scored["softmin"].slices[k] for k in chosen]),
-                                       np.ones(len(chosen), bool), order)
-                target.slices.update(zip(chosen, mapped.tolist()))
-            elif chosen:
-                mapped = np.quantile(landed, np.clip(ecdf(u_train, mean_cdf(scored, chosen)), 0.0, 1.0),
-                                     method="inverted_cdf")  # the training slices get the landed values exactly
-                target.slices.update(zip(chosen, mapped.tolist()))
+            if chosen:
+                target.slices.update(zip(chosen, rank(scored, chosen).tolist()))
             for index, case_id in enumerate(dict.fromkeys(c for c, _ in target.slices)):  # the order of pixels
                 wrong = target.pixels[index]
                 values = np.array([target.slices[(case_id, i)] for i in range(len(wrong))])
@@ -248,19 +258,15 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
 
 
 def rank_cases(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
-    """CASE_RANKED's case scores, in place (every holds training too): the mean of a case's empirical CDFs under
-    the landed case score and SOFTMIN_WORST among the training cases, mapped through the landed training case
-    scores (inverted CDF), so that the training cases keep the landed distribution and its case threshold."""
-    refs = {how: np.sort(list(training[how].cases.values())) for how in ("landed", SOFTMIN_WORST)}
-
-    def mean_cdf(scored: dict[str, Scored], ids: list[str]) -> np.ndarray:
-        return np.mean([ecdf(refs[how], np.array([scored[how].cases[c] for c in ids])) for how in refs], axis=0)
-
-    u_train = np.sort(mean_cdf(training, list(training["landed"].cases)))
+    """CASE_RANKED's case scores, in place (every holds training too): onto_scale of the landed case score and
+    SOFTMIN_WORST, on the landed training case scores' scale (so its case threshold keeps its meaning)."""
+    sources = ("landed", SOFTMIN_WORST)
+    ids_train = list(training["landed"].cases)
+    mapper = onto_scale(np.array([training["landed"].cases[c] for c in ids_train]),
+                        [np.array([training[src].cases[c] for c in ids_train]) for src in sources])
     for scored in every:
         ids = list(scored[CASE_RANKED].cases)
-        mapped = np.quantile(refs["landed"], np.clip(ecdf(u_train, mean_cdf(scored, ids)), 0.0, 1.0),
-                             method="inverted_cdf")
+        mapped = mapper([np.array([scored[src].cases[c] for c in ids]) for src in sources])
         scored[CASE_RANKED].cases.update(zip(ids, map(float, mapped)))
 
 
