@@ -366,8 +366,8 @@ slice masses had been chosen on the development half and committed; nothing was 
   0.810, 0.842 against 0.793) and worse in the case regime (0.846 against 0.882)."""
 #: What the held-out half's figures of 2026-12-03 said (refit that day, read once the case score had landed).
 HELD_OUT_READING = """What this says (held-out half, nine cells refit on 2026-12-04 at the default, read once after
-the slice ranking in bands had been chosen and reported on the reserve, `--scores "landed,softmin,ranked in bands (today)"`;
-nothing was chosen after it):
+the slice ranking in bands had been chosen and reported on the reserve, `--scores "landed,softmin,ranked in bands
+(today)"`; nothing was chosen after it):
 
 - **The ranking in bands ranks slices better than the structure score alone in 8 of 9 cells** (mean slice AP
   0.923 against 0.911; brain_gm's structure regime 0.936 → 0.932 the one loss), pixels a little worse (0.890
