@@ -45,6 +45,7 @@ from labelaudit.formats.manifest import read_manifest
 from labelaudit.formats.run import load_run
 from labelaudit.io.image import read_volume
 from labelaudit.score.formulas import SLICE_RULE
+from labelaudit.score.ranking import RANKING_RULE
 from labelaudit.score.inference import dataset_probabilities
 
 HERE = Path(__file__).resolve().parent
@@ -75,8 +76,10 @@ def corrupt(clean: Path, out: Path, args: list[str], seed: int, log: Path) -> Pa
 def fit(method: str, noisy: Path, run_dir: Path, meta: Path | None, options, log: Path) -> float:
     if (run_dir / "run.json").exists() and (run_dir / "suite_fit_seconds.json").exists():  # a finished fit
         threshold = load_run(run_dir).threshold
-        # fit before the slice score changed, or before cases had a gate: thresholds of today's rules
-        if threshold is not None and (threshold.slice_rule != SLICE_RULE or threshold.gate is None):
+        # fit before the slice score or its ranking changed, or before cases had a gate: today's rules
+        tables = threshold.slice_ranking if threshold is not None else None
+        if threshold is not None and (threshold.slice_rule != SLICE_RULE or threshold.gate is None
+                                      or (tables is not None and tables.rule != RANKING_RULE)):
             run(["calibrate", str(run_dir), "--device", "cpu"], log)
         return float(json.loads((run_dir / "suite_fit_seconds.json").read_text())["seconds"])
     args = ["fit", str(noisy), *SUITE_FIT_ARGS[method], "--out", str(run_dir), "--seed", "0", "--force"]

@@ -113,18 +113,27 @@ def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
     softmin = np.clip(landed + rng.normal(0.0, 0.2, 40), 0.0, 1.0)
     keys = [("a", i) for i in range(40)]
 
-    def scored(values_landed, values_softmin):
-        return {how: gates.Scored(dict(zip(keys, map(float, values_softmin if how == "softmin" else values_landed))),
+    shifted = np.clip(landed + rng.normal(0.0, 0.2, 40), 0.0, 1.0)
+    keys = [("a", i) for i in range(40)]
+    values = {"softmin": softmin, gates.SHIFTED: shifted}
+
+    def scored():
+        return {how: gates.Scored(dict(zip(keys, map(float, values.get(how, landed)))),
                                   dict.fromkeys(keys, True), {"a": 0.0}, [np.ones((40, 2, 2), np.float32)])
                 for how in gates.SCORES}
 
-    train = scored(landed, softmin)
+    train = scored()
     gates.remap(train, [train])
-    banded = np.array([train[gates.BANDED].slices[k] for k in keys])
     t = gates.RULES[gates.TODAY](landed, np.zeros(1))  # the landed score's bands, as the bench calibrates
-    order = order_of(ranking_from_scores(landed, softmin), t.slice, t.gate)
-    np.testing.assert_allclose(banded, ranked_scores(landed, softmin, np.ones(40, bool), order))
-    np.testing.assert_array_equal(banded >= t.slice, landed >= t.slice)
+    for how, q in ((gates.BANDED, softmin), (gates.SHIFTED_BANDED, shifted)):
+        banded = np.array([train[how].slices[k] for k in keys])
+        order = order_of(ranking_from_scores(landed, q), t.slice, t.gate)
+        np.testing.assert_allclose(banded, ranked_scores(landed, q, np.ones(40, bool), order))
+        np.testing.assert_array_equal(banded >= t.slice, landed >= t.slice)
+    both = np.array([train[gates.BOTH_BANDED].slices[k] for k in keys])
+    for edge in (t.slice, t.gate):
+        np.testing.assert_array_equal(both >= edge, landed >= edge)  # the same flags
+    assert not np.array_equal(np.argsort(both, kind="stable"), np.argsort(landed, kind="stable"))  # another order
 
 
 def test_ranked_cases_keep_the_landed_case_scores_training_distribution(gates):
@@ -144,3 +153,26 @@ def test_ranked_cases_keep_the_landed_case_scores_training_distribution(gates):
     assert set(np.round(list(ranked.values()), 9)) <= {0.1, 0.2, 0.3, 0.4}  # landed values (ties share one)
     assert ranked["c0"] > ranked["c1"]  # (1 + 4) / 2 ranks above (2 + 1) / 2
     assert new[gates.CASE_RANKED].cases["c0"] == pytest.approx(0.4)  # above every training case under both
+
+
+def test_the_shifted_softmin_is_cleanlabs_on_probabilities_adjusted_by_its_confident_thresholds(gates):
+    pytest.importorskip("cleanlab")
+    from cleanlab.count import get_confident_thresholds
+    from cleanlab.internal.label_quality_utils import _subtract_confident_thresholds
+    from cleanlab.segmentation.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (6, 3, 9, 11)) + np.array([1.5, 0.0, -1.0])[None, :, None, None]
+    prob = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    classes = rng.integers(0, 3, (6, 9, 11))
+    confidence = gates.training_confidence([gates.CaseData("a", classes, prob, SPACING)])
+    flat = np.moveaxis(prob, 1, -1).reshape(-1, 3).astype(np.float64)
+    theirs = get_confident_thresholds(classes.reshape(-1), flat)
+    np.testing.assert_allclose(confidence, theirs, atol=1e-6)
+    adjusted = np.moveaxis(_subtract_confident_thresholds(None, flat, confident_thresholds=theirs).reshape(
+        6, 9, 11, 3), -1, 1)
+    scale = 1.0 + 3 * theirs.max() - theirs.sum()  # cleanlab renormalises by it; the temperature stays on p's scale
+    quality, _ = get_label_quality_scores(classes, adjusted, method="softmin", verbose=False,
+                                          temperature=gates.SOFTMIN_TEMPERATURE / scale)
+    ours = gates.shifted_softmin(given_class_probability(prob, classes), classes, confidence)
+    np.testing.assert_allclose(ours, 1.0 - quality, atol=1e-5)
