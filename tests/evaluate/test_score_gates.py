@@ -176,3 +176,31 @@ def test_the_shifted_softmin_is_cleanlabs_on_probabilities_adjusted_by_its_confi
                                           temperature=gates.SOFTMIN_TEMPERATURE / scale)
     ours = gates.shifted_softmin(given_class_probability(prob, classes), classes, confidence)
     np.testing.assert_allclose(ours, 1.0 - quality, atol=1e-5)
+
+
+def test_the_region_level_candidates_are_the_landed_score_at_the_landed_level(gates, monkeypatch):
+    cases = [_case(gates, "a", 0), _case(gates, "b", 16)]
+    monkeypatch.setattr(gates, "LEVELS_R", {"R level 0.5": 0.3, "R level 0.7": 0.9})
+    found = gates.score_cases(cases, MEDIAN_MM2)
+    assert found["R level 0.5"].slices == pytest.approx(found["landed"].slices)  # formulas.REGION_LEVEL = 0.3
+    assert found["R level 0.5"].cases == found["landed"].cases == found["R level 0.7"].cases  # case score kept
+    assert all(found["R level 0.7"].slices[k] <= found["landed"].slices[k] + 1e-12 for k in found["landed"].slices)
+
+
+def test_the_ap_per_kind_ranks_each_kind_against_the_clean_slices_only(gates):
+    from types import SimpleNamespace as NS
+
+    keys = [("a", i) for i in range(6)]
+    # slices 0-1 spurious, 2-3 erosion, 4-5 clean; the landed score finds the erosions, misses the spurious ones
+    landed = dict(zip(keys, [0.1, 0.2, 0.9, 0.8, 0.3, 0.4]))
+    scored = {how: gates.Scored(landed, dict.fromkeys(keys, True), {"a": 0.0}, []) for how in gates.KIND_SCORES}
+    kinds = ["spurious", "spurious", "erosion", "erosion", None, None]
+    record = NS(cases={"a": NS(slices=[NS(slice_index=i, corrupted=k is not None,
+                                          corruption=NS(kind=NS(value=k)) if k else None)
+                                       for i, k in enumerate(kinds)])})
+    truth = NS(slices={k: kind is not None for k, kind in zip(keys, kinds)})
+    found = gates.kind_aps(scored, truth, record)
+    assert found["erosion"]["n"] == 2 and found["erosion"]["landed"] == pytest.approx(1.0)
+    assert found["spurious"]["landed"] == pytest.approx(0.5 * (1 / 3 + 2 / 4))  # both below the clean slices
+    table = gates.kind_table({"ds/slice": {"kinds": found}, "ds2/slice": {"kinds": found}})
+    assert any(line.startswith("| slice | erosion | 4 | 2 | 1.000") for line in table)
