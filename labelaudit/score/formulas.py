@@ -57,9 +57,10 @@ STRUCTURE_PRIOR = 0.5
 SLICE_EPS = 1.0
 #: A labelled pixel is "in doubt" when its noise score exceeds this (doubt_fraction column).
 DOUBT_LEVEL = 0.5
-#: The region term R_i of the slice score: components of pixels with s_v above REGION_LEVEL, each scored against
-#: REGION_SHARE × A₀ (a region of a quarter of A₀'s area of certainly wrong pixels scores 0.5).
-REGION_LEVEL = 0.3
+#: The region term R_i of the slice score: components of pixels with s_v above REGION_LEVEL (confidently wrong
+#: ones: a structure's uncertain boundary makes no region), each scored against REGION_SHARE × A₀ (a region of a
+#: quarter of A₀'s area of certainly wrong pixels scores 0.5). See docs/decisions.md.
+REGION_LEVEL = 0.7
 REGION_SHARE = 0.25
 #: The case score is the mean of this many worst slice masses, each M_i against CASE_SHARE × A₀.
 CASE_TOP_SLICES = 3

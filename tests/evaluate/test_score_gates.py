@@ -180,9 +180,11 @@ def test_the_shifted_softmin_is_cleanlabs_on_probabilities_adjusted_by_its_confi
 
 def test_the_region_level_candidates_are_the_landed_score_at_the_landed_level(gates, monkeypatch):
     cases = [_case(gates, "a", 0), _case(gates, "b", 16)]
-    monkeypatch.setattr(gates, "LEVELS_R", {"R level 0.5": 0.3, "R level 0.7": 0.9})
+    from labelaudit.score.formulas import REGION_LEVEL
+
+    monkeypatch.setattr(gates, "LEVELS_R", {"R level 0.5": REGION_LEVEL, "R level 0.7": 0.95})
     found = gates.score_cases(cases, MEDIAN_MM2)
-    assert found["R level 0.5"].slices == pytest.approx(found["landed"].slices)  # formulas.REGION_LEVEL = 0.3
+    assert found["R level 0.5"].slices == pytest.approx(found["landed"].slices)  # at the landed level
     assert found["R level 0.5"].cases == found["landed"].cases == found["R level 0.7"].cases  # case score kept
     assert all(found["R level 0.7"].slices[k] <= found["landed"].slices[k] + 1e-12 for k in found["landed"].slices)
 
