@@ -164,7 +164,7 @@ DATASETS = (
                  "76x92 px", 1, 16, 8, "brain", {"in_plane": (76, 92), "slices": (14, 18),
                                                  "spacing": (1.9, 1.9, 3.2), "seed": 1414,
                                                  "keep": {"gray_matter": 1}}),
-    SuiteDataset("ct_organs_fine", Half.RESERVE, "CT in HU, liver / spleen / kidneys (4 classes), 1.5x1.5x3 mm, "
+    SuiteDataset("ct_organs_fine", Half.FRESH, "CT in HU, liver / spleen / kidneys (4 classes), 1.5x1.5x3 mm, "
                  "104x88 px", 3, 16, 8, "ct", {"size": (104, 88), "slices": (12, 16), "spacing": (1.5, 1.5, 3.0),
                                                "seed": 1515, "labels": ("liver", "spleen", "kidney")}),
 )
