@@ -76,6 +76,8 @@ BANDS = {BANDED: ("landed", "softmin"), SHIFTED_BANDED: ("landed", SHIFTED),
 BOTH_BANDED = "ranked in bands (both softmins)"
 REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → landed scale": ("softmin",),
             **BANDS, BOTH_BANDED: ("landed", "softmin", SHIFTED)}
+#: The banded rankings' base score: its training slices' thresholds make the bands and are the ones it flags with.
+BANDED_ON = {**{how: base for how, (base, _) in BANDS.items()}, BOTH_BANDED: "landed"}
 #: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
 #: rejected on the first five).
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
@@ -288,10 +290,13 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
     def of(scored: dict[str, Scored], src: str, chosen: list) -> np.ndarray:
         return np.array([scored[src].slices[k] for k in chosen])
 
+    def today(base: str) -> Threshold:  # today's rule on the base score's training slices and cases
+        return RULES[TODAY](of(training, base, keys), np.array(list(training[base].cases.values())))
+
     for how, sources in REMAPPED.items():
         if how in BANDS:  # the product's ranking, banded by today's thresholds of its base's training slices
             base, softmin = BANDS[how]
-            t = RULES[TODAY](of(training, base, keys), np.array(list(training[base].cases.values())))
+            t = today(base)
             order = order_of(ranking_from_scores(of(training, base, keys), of(training, softmin, keys)),
                              t.slice, t.gate)  # None (S_i alone) where calibration would keep no tables
 
@@ -300,10 +305,8 @@ def remap(training: dict[str, Scored], every: list[dict[str, Scored]]) -> None:
                                      np.ones(len(chosen), bool), order)
         else:
             mapper = onto_scale(of(training, "landed", keys), [of(training, src, keys) for src in sources])
-            bands = ()
-            if how == BOTH_BANDED:
-                t = RULES[TODAY](of(training, "landed", keys), np.array(list(training["landed"].cases.values())))
-                bands = tuple(sorted({t.slice, t.gate}))
+            t = today(BANDED_ON[how]) if how in BANDED_ON else None
+            bands = tuple(sorted({t.slice, t.gate})) if t is not None else ()
 
             def rank(scored: dict[str, Scored], chosen: list, bands: tuple = bands) -> np.ndarray:
                 mapped = mapper([of(scored, src, chosen) for src in sources])
@@ -611,8 +614,7 @@ def measure(cell: Path, clean_new: Path, shown: tuple[str, ...] = SCORES, corrup
         keys = [k for k in scored.slices if scored.structure[k]]
         slices = np.array([scored.slices[k] for k in keys])
         # the product calibrates BANDED's thresholds on S_i, the landed score (score/calibrate.py)
-        base = BANDS[how][0] if how in BANDS else "landed" if how == BOTH_BANDED else how
-        calibrated_on = np.array([all_train[base].slices[k] for k in keys])
+        calibrated_on = np.array([all_train[BANDED_ON.get(how, how)].slices[k] for k in keys])
         corrupted = np.array([truth.slices.get(k, False) for k in keys])
         cases = np.array([scored.cases[c] for c in order])
         new_scored = {name: found_[how] for name, found_ in all_new.items()}

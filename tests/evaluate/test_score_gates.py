@@ -111,8 +111,6 @@ def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
     rng = np.random.default_rng(0)
     landed = rng.beta(1.2, 6.0, 40)
     softmin = np.clip(landed + rng.normal(0.0, 0.2, 40), 0.0, 1.0)
-    keys = [("a", i) for i in range(40)]
-
     shifted = np.clip(landed + rng.normal(0.0, 0.2, 40), 0.0, 1.0)
     keys = [("a", i) for i in range(40)]
     values = {"softmin": softmin, gates.SHIFTED: shifted}
