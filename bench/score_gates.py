@@ -757,6 +757,9 @@ def main() -> None:
                         options.new_seed, cell / "log.txt")
             rows[f"{dataset.name}/{regime}"] = measure(cell, clean_new, shown, folder)
             print(f"{dataset.name}/{regime} done", flush=True)
+    if not rows:  # a half whose datasets moved on (the reserve, once read): keep the figures saved for it
+        parser.error(f"no cell of the {options.half} half has a standard-preset run under {options.work}; "
+                     f"{saved.name} is left as it is")
     meta = (f"Generated {time.strftime('%Y-%m-%d')} on {machine()}, in {time.perf_counter() - start:.0f} s; "
             f"{Half(options.half).title.lower()} half, the standard preset's fits (bench/suite.py --methods "
             f"stronger). Scores: {DESCRIBED} AP on the training set (out-of-fold softmax); new cases scored by "
