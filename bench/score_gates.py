@@ -516,7 +516,8 @@ region term of confidently wrong pixels, s_v > 0.7, had been chosen on the devel
   0.904 · 0.976 against 0.977 · 0.915 · 0.976 before; training slices flagged 193 of 225 corrupted and 12 of 420
   clean against 174 and 10; the gate 1 of 24 clean and 21 of 24 corrupted new cases either way.
 - **cleanlab's softmin ranks better at every level here** (0.992 · 0.941 · 1.000) and flags nothing at these rules.
-- ct_organs_fine then moved to the fresh held-out half (bench/suite_data.py); no new reserve is declared yet.
+- ct_organs_fine then moved to the fresh held-out half (bench/suite_data.py); brain_tissue_fine (declared on
+  2026-12-06) is the next reserve.
 
 Earlier reserve (brain_gm_fine, since moved to the fresh half):
 

@@ -33,9 +33,13 @@ The suite is split by dataset, never by case, so that no default can be tuned to
   `brain_gm_fine` (gray matter alone on a finer grid, 1.9x1.9x3.2 mm) joined it on 2026-12-04 from the reserve
   half, to report the slice ranking chosen on the development half (bench/score_gates.py --half reserve, as it
   was then).
-- reserve half (fit, never reported): `ct_organs_fine` (liver, spleen and kidneys in CT on a finer grid,
-  1.5x1.5x3 mm: multi-class, where the held-out half loses most), added on 2026-12-04 and not fit yet (`python
-  bench/suite.py --half reserve --methods stronger`). A dataset put here is fit but read by no table, gate or fix
+  `ct_organs_fine` (liver, spleen and kidneys in CT on a finer grid, 1.5x1.5x3 mm) joined it on 2026-12-04 from
+  the reserve half, to report the region term of confidently wrong pixels (bench/score_gates.py --half reserve,
+  as it was then).
+- reserve half (fit, never reported): `brain_tissue_fine` (white and gray matter in MR on a finer grid,
+  1.8x1.8x3 mm: multi-class MR, where the held-out half loses most slice figures to cleanlab's softmin), added
+  on 2026-12-06 before anything was chosen that day (`python bench/suite.py --half reserve --methods
+  stronger`). A dataset put here is fit but read by no table, gate or fix
   section, so that the next default chosen on the development half can be reported on data nobody has read;
   move it to `Half.FRESH` in the commit that reports that choice, and say so in bench/RESULTS.md.
 
@@ -167,6 +171,10 @@ DATASETS = (
     SuiteDataset("ct_organs_fine", Half.FRESH, "CT in HU, liver / spleen / kidneys (4 classes), 1.5x1.5x3 mm, "
                  "104x88 px", 3, 16, 8, "ct", {"size": (104, 88), "slices": (12, 16), "spacing": (1.5, 1.5, 3.0),
                                                "seed": 1515, "labels": ("liver", "spleen", "kidney")}),
+    SuiteDataset("brain_tissue_fine", Half.RESERVE, "MR T1, white and gray matter (3 classes), 1.8x1.8x3 mm, "
+                 "80x96 px", 2, 16, 8, "brain", {"in_plane": (80, 96), "slices": (16, 20),
+                                                 "spacing": (1.8, 1.8, 3.0), "seed": 1616,
+                                                 "keep": {"white_matter": 1, "gray_matter": 2}}),
 )
 
 
