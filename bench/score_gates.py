@@ -69,19 +69,27 @@ SHIFTED_BANDED = "ranked in bands (softmin shifted)"
 #: The region term R at a higher pixel level (formulas.REGION_LEVEL is 0.3): only confidently wrong pixels make a
 #: region, so that a spurious blob stands out from a structure's uncertain boundary (max(F, R_level)).
 LEVELS_R = {"R level 0.3": 0.3, "R level 0.5": 0.5, "R level 0.7": 0.7}
+#: The region term R against a prior that does not grow with the structure: min(REGION_SHARE · A₀, k pixels), so
+#: that a small confidently wrong blob beside a large structure scores as it would beside a small one (spurious
+#: blobs are where the landed score trails softmin most); max(F, R_k), its thresholds those of the landed score.
+PRIORS_R = {"R prior 4 px": 4.0, "R prior 16 px": 16.0}
+#: The rank mean of each PRIORS_R score and softmin, on the landed scale within the landed score's bands (so it
+#: flags what landed flags and only reorders).
+PRIOR_BANDED = {f"ranked in landed bands ({name})": (name, "softmin") for name in PRIORS_R}
 #: Banded rankings: their base slice score (thresholds calibrated on it, bands of it) and the softmin blended in.
 BANDS = {BANDED: ("landed", "softmin"), SHIFTED_BANDED: ("landed", SHIFTED),
          **{f"ranked in bands ({name})": (name, "softmin") for name in LEVELS_R}}
 #: The rank mean of the landed score and both softmins, on the landed scale (onto_scale), within the same bands.
 BOTH_BANDED = "ranked in bands (both softmins)"
 REMAPPED = {"rank mean → landed scale": ("landed", "softmin"), "softmin → landed scale": ("softmin",),
-            **BANDS, BOTH_BANDED: ("landed", "softmin", SHIFTED)}
+            **BANDS, BOTH_BANDED: ("landed", "softmin", SHIFTED), **PRIOR_BANDED}
 #: The banded rankings' base score: its training slices' thresholds make the bands and are the ones it flags with.
-BANDED_ON = {**{how: base for how, (base, _) in BANDS.items()}, BOTH_BANDED: "landed"}
+BANDED_ON = {**{how: base for how, (base, _) in BANDS.items()}, BOTH_BANDED: "landed",
+             **{how: "landed" for how in PRIOR_BANDED}}
 #: The scores shown under every rule of RULES; the later candidates under today's rule only (the logit rule was
 #: rejected on the first five).
 EVERY_RULE = ("landed", "softmin", "mean", "product", "geo")
-SCORES = (*EVERY_RULE, SHIFTED, *LEVELS_R, "mass 0.05", "mass 0.25", "softmin of s",
+SCORES = (*EVERY_RULE, SHIFTED, *LEVELS_R, *PRIORS_R, "mass 0.05", "mass 0.25", "softmin of s",
           "class R", "class R, F", "case whole", "case max(top3, whole)", "case mean", "case max",
           "case max(whole, R)", "case max(whole, top3 R)", STANDARDISED, TOP3, *REMAPPED, SOFTMIN_WORST, CASE_RANKED)
 #: cleanlab's softmin temperature, for the softmin of labelaudit's own pixel score.
@@ -107,7 +115,11 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "t = the mean p̄ of each class over the training pixels labelled with it), ranked in "
              "bands (softmin shifted) = the banded rank mean of the landed score and it; ranked in bands (both "
              "softmins) = the rank mean of the landed score and both softmins, on the landed scale, within the same "
-             "bands; R level L = max(F, R) with R's regions made of the pixels whose s_v exceeds L (landed: 0.3 until "
+             "bands; R prior k px = max(F, R) with R against min(¼ A₀, k pixels) instead of ¼ A₀ (a small blob "
+             "beside a large structure scores as beside a small one), ranked in landed bands (R prior k px) = the "
+             "rank mean of it and softmin on the landed scale within the landed score's bands (landed's flags, "
+             "another order); R level L = max(F, R) with R's regions made of the pixels whose s_v exceeds L "
+             "(landed: 0.3 until "
              "2026-12-04, then 0.7), its "
              "case the landed case score; ranked in bands (R level L) = the banded rank mean of it and softmin, its "
              "thresholds and bands calibrated on it; all of these keep the landed case score; "
@@ -236,6 +248,8 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
                             np.clip(landed_stats.mislabelled / (landed_stats.union + a0), 0.0, 1.0), 0.0)
         for name, level in LEVELS_R.items():
             scores[name] = np.maximum(fraction, worst_region(noise_in_roi, REGION_SHARE * a0, level))
+        for name, pixels in PRIORS_R.items():
+            scores[name] = np.maximum(fraction, worst_region(noise_in_roi, min(REGION_SHARE * a0, pixels)))
         if medians is not None:
             scores["class R"] = np.maximum(landed_stats.noise_score, class_scores(noise, case, pred, medians, False))
             scores["class R, F"] = class_scores(noise, case, pred, medians, True)
@@ -254,7 +268,7 @@ def score_cases(cases: list[CaseData], median_mm2: float, medians: dict[int, flo
                       SOFTMIN_WORST: float(soft.max(initial=0.0))}
         case_rules[CASE_RANKED] = case_rules["landed"]  # rank_cases() replaces it
         scores.update({how: landed for how in (*case_rules, STANDARDISED, *REMAPPED)})  # the slice score kept
-        case_rules.update({how: case_rules["landed"] for how in (*REMAPPED, *LEVELS_R)})  # the case score kept
+        case_rules.update({how: case_rules["landed"] for how in (*REMAPPED, *LEVELS_R, *PRIORS_R)})  # case kept
         for how, values in scores.items():
             scored = out[how]
             for i, value in enumerate(values):

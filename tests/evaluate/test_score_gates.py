@@ -128,9 +128,10 @@ def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
         order = order_of(ranking_from_scores(landed, q), t.slice, t.gate)
         np.testing.assert_allclose(banded, ranked_scores(landed, q, np.ones(40, bool), order))
         np.testing.assert_array_equal(banded >= t.slice, landed >= t.slice)
-    both = np.array([train[gates.BOTH_BANDED].slices[k] for k in keys])
-    for edge in (t.slice, t.gate):
-        np.testing.assert_array_equal(both >= edge, landed >= edge)  # the same flags
+    for how in (gates.BOTH_BANDED, *gates.PRIOR_BANDED):
+        both = np.array([train[how].slices[k] for k in keys])
+        for edge in (t.slice, t.gate):
+            np.testing.assert_array_equal(both >= edge, landed >= edge)  # the same flags
     assert not np.array_equal(np.argsort(both, kind="stable"), np.argsort(landed, kind="stable"))  # another order
 
 
@@ -204,3 +205,23 @@ def test_the_ap_per_kind_ranks_each_kind_against_the_clean_slices_only(gates):
     assert found["spurious"]["landed"] == pytest.approx(0.5 * (1 / 3 + 2 / 4))  # both below the clean slices
     table = gates.kind_table({"ds/slice": {"kinds": found}, "ds2/slice": {"kinds": found}})
     assert any(line.startswith("| slice | erosion | 4 | 2 | 1.000") for line in table)
+
+
+def test_the_region_prior_candidates_weigh_a_small_blob_whatever_the_structures_size(gates):
+    """R against min(¼ A₀, k pixels): the landed score where k is not smaller; a blob beside a large structure
+    scores higher where it is."""
+    classes = np.zeros((2, 32, 32), dtype=np.int64)
+    classes[:, 4:28, 4:28] = 1  # a large square
+    classes[1, 1:3, 29:31] = 1  # and a spurious 4-pixel blob on the second slice
+    fg = np.where(classes == 1, 0.97, 0.03)
+    fg[1, 1:3, 29:31] = 0.02  # the model is sure the blob is background
+    case = gates.CaseData("a", classes, np.stack([1 - fg, fg], axis=1).astype(np.float32), SPACING)
+    found = gates.score_cases([case], 576.0)  # A₀ = 288 pixels: ¼ A₀ = 72
+    landed, small, big = (np.array([found[how].slices[("a", i)] for i in range(2)])
+                          for how in ("landed", "R prior 4 px", "R prior 16 px"))
+    assert small[1] > big[1] > landed[1] + 0.05  # the smaller the prior, the more the blob counts
+    entropy = -(0.02 * np.log(0.02) + 0.98 * np.log(0.98)) / np.log(2)
+    blob = 4 * 0.98 * (1 - entropy)  # Σ s_v over the blob: confident disagreement
+    assert small[1] == pytest.approx(blob / (blob + 4.0), rel=1e-4)  # against 4 pixels
+    assert small[0] == pytest.approx(landed[0])  # no confident region: F alone
+    assert found["R prior 4 px"].cases == found["landed"].cases  # the case score kept
