@@ -16,7 +16,8 @@ out-of-fold and the new cases (clean, and corrupted) with `labelaudit score`, an
     python bench/suite.py --half dev           # the development half only
     python bench/suite.py --quick              # plain only, slice regime, 3 epochs, 2 folds: a few minutes
     python bench/suite.py --methods stronger   # fit's default budget (the standard preset): ~10 min a cell
-    python bench/suite.py --rewrite            # re-write RESULTS.md's section from the saved rows
+    python bench/suite.py --rewrite            # re-write RESULTS.md's section from the saved rows (a half
+                                               # whose rows are gone or lack the fast preset keeps its tables)
 
 Runs are kept under --work (default bench/suite_runs/, git-ignored) and reused when their run.json exists;
 scoring is always redone (it is cheap, and it is what a default change affects).

@@ -16,6 +16,8 @@ TITLE = "## Audit-quality suite: development and held-out halves (`python bench/
 LEVELS = ("slice", "pixel", "case")
 FRESH_HEADING = ("### Fresh held-out half (generated and fit on 2026-12-02, never used to choose anything; only "
                  "fit's default was run there)")
+HELD_OUT_HEADING = "### Held-out half (never used to choose anything)"
+DEV_HEADING = "### Development half (where defaults were chosen)"
 
 
 def default_key() -> str:
@@ -126,36 +128,73 @@ def variants_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def saved_subsection(path: Path, heading: str) -> list[str]:
+    """The lines of `heading`'s subsection of the suite's section as RESULTS.md holds it now (up to the next
+    heading of its level or above; [] where it has none)."""
+    text = path.read_text() if path.exists() else ""
+    if TITLE not in text or heading not in text.partition(TITLE)[2]:
+        return []
+    tail = text.partition(TITLE)[2].partition(heading)[2]
+    body = tail.split("\n### ", 1)[0].split("\n## ", 1)[0]
+    return [heading, *body.rstrip("\n").split("\n")[1:], ""]
+
+
+def complete(rows: list[dict], method: str) -> bool:
+    """Whether every row of a half has `method`'s figures: a half refit for one method only (fit's default)
+    lacks the others' rows, and its table is then kept as RESULTS.md has it rather than rewritten without them."""
+    return bool(rows) and all(method in r["methods"] for r in rows)
+
+
 def write_results(path: Path, rows: list[dict], meta: dict) -> None:
+    """Rewrite the suite's section from `rows`; a half whose rows are gone or incomplete (`complete`) keeps
+    its subsection as RESULTS.md has it, and the header says so; with no half to rewrite nothing is written."""
     key = default_key()
     rows = [r for r in rows if Half(r["half"]).reported]
-    total = sum(e["fit_s"] + e["score_s"] for r in rows for e in r["methods"].values())
-    out = [TITLE, "",
-           f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
-           f"labelaudit's rows here are `{key}` at the fast preset (10 epochs, U-Net 8-16-32-64-128-8, the CPU "
-           "budget every method of this table shares); fit's default, the standard preset, has its own table "
-           "(the cells it was run on: `python bench/suite.py --methods stronger`). cleanlab and 1 − Dice rank "
-           "the out-of-fold probabilities of the same plain run (same network, same compute). AP over every slice / every pixel (noisy ≠ clean) / every "
-           "case of the training set, out-of-fold; miss ratio = (1 − AP labelaudit) / (1 − AP cleanlab), bold "
-           "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
-           "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "
-           f"case, no perturbations. Fit and score wall time of all runs: {total / 60:.0f} min.", ""]
-    fresh = [r for r in rows if r["half"] == Half.FRESH.value]
-    if fresh:  # fit's default only: the standard preset against cleanlab on its own out-of-fold softmax
-        out += [FRESH_HEADING, "", *stronger_table(fresh, key), "", gate_line(fresh, "stronger"), "",
-                *methods_table(fresh), ""]
-    for half, heading in (("held-out", "### Held-out half (never used to choose anything)"),
-                          ("dev", "### Development half (where defaults were chosen)")):
-        part = [r for r in rows if r["half"] == half]
-        if not part:
-            continue
-        out += [heading, "", *audit_table(part, key), "", gate_line(part, key), "", *methods_table(part), ""]
-        if stronger_table(part, key):
-            out += ["fit's default, the standard preset (`stronger` in the suite: plain, 30 epochs, U-Net "
-                    "16-16-32-64-128-16, three folds), against the fast preset and against cleanlab's softmin on the "
-                    "standard preset's own out-of-fold softmax (miss ratio against it), AP:", "",
-                    *stronger_table(part, key), ""]
-        if half == "dev" and variants_table(part):
-            out += ["Candidate scoring variants on the plain run's out-of-fold probabilities (AP slice · pixel · "
-                    "case):", "", *variants_table(part), ""]
+    halves: list[list[str]] = []
+    kept: list[str] = []
+    rewritten: list[dict] = []
+    for half, heading, method in ((Half.FRESH, FRESH_HEADING, "stronger"), (Half.HELD_OUT, HELD_OUT_HEADING, key),
+                                  (Half.DEV, DEV_HEADING, key)):
+        part = [r for r in rows if r["half"] == half.value]
+        if complete(part, method):
+            halves.append(half_tables(half, heading, part, key))
+            rewritten += part
+        elif saved := saved_subsection(path, heading):
+            print(f"kept RESULTS.md's {heading.removeprefix('### ')!r}: its rows are gone or incomplete")
+            halves.append(saved)
+            kept.append(heading.removeprefix("### ").split(" (")[0])
+    if len(kept) == len(halves) and path.exists() and TITLE in path.read_text():
+        print("nothing rewritten: every half's rows are gone or incomplete")
+        return
+    total = sum(e["fit_s"] + e["score_s"] for r in rewritten for e in r["methods"].values())
+    header = (f"{meta['date']}, {meta['machine']}{' — QUICK MODE (3 epochs, 2 folds, plain only)' if meta['quick'] else ''}. "
+              f"labelaudit's rows here are `{key}` at the fast preset (10 epochs, U-Net 8-16-32-64-128-8, the CPU "
+              "budget every method of this table shares); fit's default, the standard preset, has its own table "
+              "(the cells it was run on: `python bench/suite.py --methods stronger`). cleanlab and 1 − Dice rank "
+              "the out-of-fold probabilities of the same plain run (same network, same compute). AP over every slice / every pixel (noisy ≠ clean) / every "
+              "case of the training set, out-of-fold; miss ratio = (1 − AP labelaudit) / (1 − AP cleanlab), bold "
+              "where labelaudit misses less. The last column scores exactly cleanlab's input (the fold models' "
+              "out-of-fold softmax, written as CASE.npz) with `labelaudit score --probabilities`: one softmax per "
+              f"case, no perturbations. Fit and score wall time of the runs rewritten here: {total / 60:.0f} min.")
+    if kept:
+        header += (f" The tables of the {', '.join(kept)} are kept from this section's earlier run (their rows are "
+                   "gone or hold fit's default only).")
+    out = [TITLE, "", header, ""] + [line for lines in halves for line in lines]
     write_section(path, TITLE, "\n".join(out) + "\n")
+
+
+def half_tables(half: Half, heading: str, part: list[dict], key: str) -> list[str]:
+    """One half's subsection: the fresh half has fit's default only (the standard preset against cleanlab on its
+    own out-of-fold softmax); the others the fast preset's audit table, then the standard preset's."""
+    if half is Half.FRESH:
+        return [heading, "", *stronger_table(part, key), "", gate_line(part, "stronger"), "", *methods_table(part), ""]
+    out = [heading, "", *audit_table(part, key), "", gate_line(part, key), "", *methods_table(part), ""]
+    if stronger_table(part, key):
+        out += ["fit's default, the standard preset (`stronger` in the suite: plain, 30 epochs, U-Net "
+                "16-16-32-64-128-16, three folds), against the fast preset and against cleanlab's softmin on the "
+                "standard preset's own out-of-fold softmax (miss ratio against it), AP:", "",
+                *stronger_table(part, key), ""]
+    if half is Half.DEV and variants_table(part):
+        out += ["Candidate scoring variants on the plain run's out-of-fold probabilities (AP slice · pixel · "
+                "case):", "", *variants_table(part), ""]
+    return out
