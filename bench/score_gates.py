@@ -74,8 +74,11 @@ LEVELS_R = {"R level 0.3": 0.3, "R level 0.5": 0.5, "R level 0.7": 0.7}
 #: blobs are where the landed score trails softmin most); max(F, R_k), its thresholds those of the landed score.
 PRIORS_R = {"R prior 4 px": 4.0, "R prior 16 px": 16.0}
 #: The rank mean of each PRIORS_R score and softmin, on the landed scale within the landed score's bands (so it
-#: flags what landed flags and only reorders).
-PRIOR_BANDED = {f"ranked in landed bands ({name})": (name, "softmin") for name in PRIORS_R}
+#: flags what landed flags and only reorders); the same of the landed score with softmin counted twice, and of the
+#: landed score, softmin and R prior 4 px.
+PRIOR_BANDED = {**{f"ranked in landed bands ({name})": (name, "softmin") for name in PRIORS_R},
+                "ranked in landed bands (softmin twice)": ("landed", "softmin", "softmin"),
+                "ranked in landed bands (landed and softmin and R prior 4 px)": ("landed", "softmin", "R prior 4 px")}
 #: Banded rankings: their base slice score (thresholds calibrated on it, bands of it) and the softmin blended in.
 BANDS = {BANDED: ("landed", "softmin"), SHIFTED_BANDED: ("landed", SHIFTED),
          **{f"ranked in bands ({name})": (name, "softmin") for name in LEVELS_R}}
@@ -118,7 +121,9 @@ DESCRIBED = ("landed = max(F, R) with A₀ = 0.5 × the median area, case = mean
              "bands; R prior k px = max(F, R) with R against min(¼ A₀, k pixels) instead of ¼ A₀ (a small blob "
              "beside a large structure scores as beside a small one), ranked in landed bands (R prior k px) = the "
              "rank mean of it and softmin on the landed scale within the landed score's bands (landed's flags, "
-             "another order); R level L = max(F, R) with R's regions made of the pixels whose s_v exceeds L "
+             "another order), ranked in landed bands (softmin twice) the same of the landed score and softmin "
+             "with softmin's CDF counted twice (weights 1/3, 2/3), (landed and softmin and R prior 4 px) of the "
+             "three; R level L = max(F, R) with R's regions made of the pixels whose s_v exceeds L "
              "(landed: 0.3 until "
              "2026-12-04, then 0.7), its "
              "case the landed case score; ranked in bands (R level L) = the banded rank mean of it and softmin, its "
@@ -650,7 +655,7 @@ def measure(cell: Path, clean_new: Path, shown: tuple[str, ...] = SCORES, corrup
 
 
 #: The scores whose AP per corruption kind is measured (kind_aps).
-KIND_SCORES = ("landed", "softmin", BANDED)
+KIND_SCORES = ("landed", "softmin", BANDED, "R prior 4 px")
 
 
 def kind_aps(scored: dict[str, Scored], truth, record) -> dict[str, dict[str, float]]:
