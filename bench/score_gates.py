@@ -66,12 +66,13 @@ TOP3 = "case top3 (before)"
 BANDED = "ranked in bands (cleanlab softmin)"
 SHIFTED = "softmin shifted"
 SHIFTED_BANDED = "ranked in bands (softmin shifted)"
-#: The region term R at a higher pixel level (formulas.REGION_LEVEL is 0.3): only confidently wrong pixels make a
-#: region, so that a spurious blob stands out from a structure's uncertain boundary (max(F, R_level)).
+#: The region term R at other pixel levels (formulas.REGION_LEVEL: 0.3 until 2026-12-04, then 0.7): the higher,
+#: the more only confidently wrong pixels make a region, so that a spurious blob stands out from a structure's
+#: uncertain boundary (max(F, R_level)).
 LEVELS_R = {"R level 0.3": 0.3, "R level 0.5": 0.5, "R level 0.7": 0.7}
 #: The region term R against a prior that does not grow with the structure: min(REGION_SHARE · A₀, k pixels), so
 #: that a small confidently wrong blob beside a large structure scores as it would beside a small one (spurious
-#: blobs are where the landed score trails softmin most); max(F, R_k), its thresholds those of the landed score.
+#: blobs are where the landed score trails softmin most); max(F, R_k), thresholded on its own training slices.
 PRIORS_R = {"R prior 4 px": 4.0, "R prior 16 px": 16.0}
 #: The rank mean of each PRIORS_R score and softmin, on the landed scale within the landed score's bands (so it
 #: flags what landed flags and only reorders); the same of the landed score with softmin counted twice, and of the
@@ -368,7 +369,7 @@ def standardise(training: dict[str, Scored], every: list[dict[str, Scored]]) -> 
             scored[STANDARDISED].cases[case_id] = float(sigmoid(z / 2))
 
 
-#: What the development half's figures of 2026-12-03 said (kept with the table it reads).
+#: What the development half's figures of 2026-12-06 said, and earlier ones (kept with the table it reads).
 READING = """What this says (development half, all fifteen cells refit at the standard preset on 2026-12-06; read for
 the region term against a prior that does not grow with the structure and for three more rankings within the landed
 score's bands, with the bar set and committed before the run: adopted only if a candidate beats today's ranking,
