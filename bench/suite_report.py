@@ -128,14 +128,12 @@ def variants_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def saved_subsection(path: Path, heading: str) -> list[str]:
-    """The lines of `heading`'s subsection of the suite's section as RESULTS.md holds it now (up to the next
-    heading of its level or above; [] where it has none)."""
-    text = path.read_text() if path.exists() else ""
-    if TITLE not in text or heading not in text.partition(TITLE)[2]:
+def saved_subsection(section: str, heading: str) -> list[str]:
+    """The lines of `heading`'s subsection of `section` (the suite's section as RESULTS.md holds it now, from its
+    title on), up to the next heading of its level or above; [] where it has none."""
+    if heading not in section:
         return []
-    tail = text.partition(TITLE)[2].partition(heading)[2]
-    body = tail.split("\n### ", 1)[0].split("\n## ", 1)[0]
+    body = section.partition(heading)[2].split("\n### ", 1)[0].split("\n## ", 1)[0]
     return [heading, *body.rstrip("\n").split("\n")[1:], ""]
 
 
@@ -150,6 +148,8 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
     its subsection as RESULTS.md has it, and the header says so; with no half to rewrite nothing is written."""
     key = default_key()
     rows = [r for r in rows if Half(r["half"]).reported]
+    text = path.read_text() if path.exists() else ""
+    saved_section = text.partition(TITLE)[2] if TITLE in text else ""
     halves: list[list[str]] = []
     kept: list[str] = []
     rewritten: list[dict] = []
@@ -159,11 +159,12 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         if complete(part, method):
             halves.append(half_tables(half, heading, part, key))
             rewritten += part
-        elif saved := saved_subsection(path, heading):
-            print(f"kept RESULTS.md's {heading.removeprefix('### ')!r}: its rows are gone or incomplete")
+        elif saved := saved_subsection(saved_section, heading):
+            name = heading.removeprefix("### ")
+            print(f"kept RESULTS.md's {name!r}: its rows are gone or incomplete")
             halves.append(saved)
-            kept.append(heading.removeprefix("### ").split(" (")[0])
-    if len(kept) == len(halves) and path.exists() and TITLE in path.read_text():
+            kept.append(name.split(" (")[0])
+    if not rewritten and saved_section:
         print("nothing rewritten: every half's rows are gone or incomplete")
         return
     total = sum(e["fit_s"] + e["score_s"] for r in rewritten for e in r["methods"].values())

@@ -132,7 +132,7 @@ def test_the_banded_ranking_is_the_products_and_flags_what_landed_flags(gates):
         both = np.array([train[how].slices[k] for k in keys])
         for edge in (t.slice, t.gate):
             np.testing.assert_array_equal(both >= edge, landed >= edge)  # the same flags
-    assert not np.array_equal(np.argsort(both, kind="stable"), np.argsort(landed, kind="stable"))  # another order
+        assert not np.array_equal(np.argsort(both, kind="stable"), np.argsort(landed, kind="stable")), how
 
 
 def test_ranked_cases_keep_the_landed_case_scores_training_distribution(gates):

@@ -19,8 +19,8 @@ def _results(report, tmp_path: Path) -> Path:
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n" + "\n".join([
         report.TITLE, "", "an earlier run.", "", report.FRESH_HEADING, "", "| fresh table |", "",
-        "### Held-out half (never used to choose anything)", "", "| held-out table |", "", "#### a part of it", "",
-        "| more |", "", "### Development half (where defaults were chosen)", "", "| dev table |", "",
+        report.HELD_OUT_HEADING, "", "| held-out table |", "", "#### a part of it", "", "| more |", "",
+        report.DEV_HEADING, "", "| dev table |", "",
         "## The next section", "", "untouched", ""]))
     return path
 
